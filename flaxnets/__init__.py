@@ -1,0 +1,28 @@
+"""flaxnets: train convolutional and recurrent networks with JAX, Flax, Optax and Orbax.
+
+    import flaxnets
+    config = flaxnets.get_config()          # SimpleCNN on the built-in digits
+    result = flaxnets.train(config, workdir="runs/digits")
+    print(result.test_metrics["accuracy"])
+    predictor = flaxnets.load("runs/digits")  # best checkpoint, params only
+    predictor.predict(images)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["train", "evaluate", "load", "Predictor", "get_config", "ConfigError", "__version__"]
+
+
+def __getattr__(name):
+  # Lazy: `import flaxnets` stays cheap; jax is imported on first use.
+  if name in ("train", "evaluate", "TrainResult"):
+    from flaxnets.training import loop
+    return getattr(loop, name)
+  if name in ("get_config", "ConfigError", "validate"):
+    from flaxnets import config
+    return getattr(config, name)
+  if name in ("load", "Predictor"):
+    from flaxnets import inference
+    return getattr(inference, name)
+  raise AttributeError(f"module 'flaxnets' has no attribute {name!r}")

@@ -1,0 +1,143 @@
+"""Command line: `flaxnets train | eval | predict | plot | prepare`.
+
+    flaxnets train                                    # SimpleCNN on digits
+    flaxnets train --config experiments/configs/mnist1d_conv.py --config.seed=1 \
+        --workdir runs/mnist1d
+    flaxnets eval runs/mnist1d [--split test] [--step best]
+    flaxnets predict runs/mnist1d INPUT...            # image files, .npy arrays or text
+    flaxnets plot runs/mnist1d                        # PNG curves and confusion matrix
+    flaxnets prepare tfds:mnist [--data_dir DIR]
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import flags
+
+USAGE = __doc__
+
+
+def _train(argv: list[str]) -> int:
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  default = str(pathlib.Path(__file__).with_name("config.py"))
+  config_flag = config_flags.DEFINE_config_file(
+      "config", default, "task config file (a .py with get_config())", flag_values=fv,
+      lock_config=False, accept_new_attributes=True)
+  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results",
+                      flag_values=fv)
+  flags.DEFINE_boolean("restart", False, "ignore checkpoints in workdir and start over",
+                       flag_values=fv)
+  flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() first "
+                       "(multi-host; coordinator from JAX's environment variables or "
+                       "--coordinator)", flag_values=fv)
+  flags.DEFINE_string("coordinator", None, "host:port of process 0 for --distributed",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "process count for --distributed", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "this process's index for --distributed",
+                       flag_values=fv)
+  flags.DEFINE_float("init_timeout", 60.0, "seconds to wait for the coordinator",
+                     flag_values=fv)
+  try:
+    fv(["flaxnets"] + argv)
+  except flags.Error as e:
+    print(f"flaxnets train: {e}", file=sys.stderr)
+    return 2
+  if fv.distributed:
+    from flaxnets.training.distributed import initialize
+    initialize(fv.coordinator, fv.num_processes, fv.process_id, fv.init_timeout)
+  from flaxnets.config import ConfigError
+  from flaxnets.training.checkpoint import CheckpointError
+  from flaxnets.training import loop
+  try:
+    loop.train(config_flag.value, fv.workdir, restart=fv.restart)
+  except (ConfigError, CheckpointError) as e:
+    print(f"flaxnets train: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def _positional(argv: list[str], fv: flags.FlagValues, name: str) -> list[str]:
+  try:
+    rest = fv([f"flaxnets {name}"] + argv)[1:]
+  except flags.Error as e:
+    raise SystemExit(f"flaxnets {name}: {e}")
+  return rest
+
+
+def _eval(argv: list[str]) -> int:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("split", "test", "train | val | test", flag_values=fv)
+  flags.DEFINE_string("step", "best", "best | latest | a step number", flag_values=fv)
+  rest = _positional(argv, fv, "eval")
+  if len(rest) != 1:
+    print("usage: flaxnets eval WORKDIR [--split test] [--step best]", file=sys.stderr)
+    return 2
+  from flaxnets import inference
+  predictor = inference.load(rest[0], step=fv.step)
+  metrics = predictor.evaluate(fv.split)
+  print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=2))
+  return 0
+
+
+def _predict(argv: list[str]) -> int:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("step", "best", "best | latest | a step number", flag_values=fv)
+  flags.DEFINE_integer("top", 3, "probabilities to print per input", flag_values=fv)
+  rest = _positional(argv, fv, "predict")
+  if len(rest) < 2:
+    print("usage: flaxnets predict WORKDIR INPUT... (image files, .npy arrays, or text)",
+          file=sys.stderr)
+    return 2
+  from flaxnets import inference
+  predictor = inference.load(rest[0], step=fv.step)
+  for line in predictor.describe(rest[1:], top=fv.top):
+    print(line)
+  return 0
+
+
+def _plot(argv: list[str]) -> int:
+  fv = flags.FlagValues()
+  rest = _positional(argv, fv, "plot")
+  if len(rest) != 1:
+    print("usage: flaxnets plot WORKDIR", file=sys.stderr)
+    return 2
+  from flaxnets import plots
+  for path in plots.plot_workdir(rest[0]):
+    print(path)
+  return 0
+
+
+def _prepare(argv: list[str]) -> int:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir", flag_values=fv)
+  rest = _positional(argv, fv, "prepare")
+  if len(rest) != 1 or not rest[0].startswith("tfds:"):
+    print("usage: flaxnets prepare tfds:NAME[:VERSION] [--data_dir DIR]", file=sys.stderr)
+    return 2
+  from flaxnets.data import tfds_source
+  tfds_source.prepare_tfds(rest[0][len("tfds:"):], data_dir=fv.data_dir)
+  return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "plot": _plot,
+            "prepare": _prepare}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE)
+    return 0 if argv else 2
+  command = COMMANDS.get(argv[0])
+  if command is None:
+    print(f"flaxnets: unknown command {argv[0]!r}; expected one of {sorted(COMMANDS)}\n{USAGE}",
+          file=sys.stderr)
+    return 2
+  return command(argv[1:])
+
+
+if __name__ == "__main__":
+  sys.exit(main())

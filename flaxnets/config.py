@@ -1,0 +1,219 @@
+"""Config schema, defaults and validation.
+
+`get_config()` is the default job (a CNN on the built-in digits). Every task config
+in experiments/configs/ starts from it and overrides fields. `validate(config)` runs
+before any compute: unknown keys, wrong types and out-of-range values raise one
+ConfigError naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+DATASETS = ("digits", "mnist1d", "arrays", "image_folder", "text_table", "text_file")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lamb")
+SCHEDULES = ("constant", "cosine", "linear")
+STRATEGIES = ("auto", "single", "pmap", "mesh")
+POOLINGS = ("last", "mean", "max")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot be used; the message names key, value and what is allowed."""
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Defaults for every key; the default job trains SimpleCNN on digits."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_epochs = 10
+  c.batch_size = 32               # global, over all devices and processes
+  c.eval_batch_size = 256
+  c.log_every_steps = 50
+  c.progress = True               # tqdm bar per epoch (process 0 only)
+  c.debug = False                 # chex checks for non-finite values inside the steps
+
+  c.dataset = ml_collections.ConfigDict()
+  d = c.dataset
+  d.name = "digits"
+  d.path = ""                     # image_folder / text_table / text_file: file or folder
+  d.train_split = "train"         # tfds split names, or image-folder subfolders / table files
+  d.val_split = ""                # "" -> carve val_fraction out of train
+  d.test_split = "test"
+  d.val_fraction = 0.1
+  d.data_dir = ""                 # tfds data_dir
+  d.text_column = "sentence"
+  d.label_column = "label"
+  d.image_size = 0                # resize image folders to this square size; 0 keeps sizes
+  d.vocab_level = "word"          # "word" | "char"
+  d.min_freq = 1
+  d.max_vocab = 0                 # 0: no limit
+  d.max_len = 0                   # tokens per example; 0: longest training example
+  d.seq_len = 128                 # language-model window
+  d.normalize = True              # per-channel standardisation from training statistics
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "simple_cnn"     # any other key here is a field of that model
+
+  c.optimizer = ml_collections.ConfigDict()
+  o = c.optimizer
+  o.name = "adam"
+  o.learning_rate = 3e-3
+  o.momentum = 0.9
+  o.nesterov = False
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.weight_decay = 0.0            # decoupled; masked off biases and norm scales
+  o.schedule = "cosine"
+  o.warmup_epochs = 0.0
+  o.end_lr_factor = 0.0           # final lr = learning_rate * end_lr_factor
+  o.clip_norm = 0.0               # global-norm clipping; 0: off
+  o.label_smoothing = 0.0
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_padding = 0      # random crop after padding by this many pixels; 0: off
+  c.augment.flip = False          # random horizontal flip
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.strategy = "auto"
+
+  c.checkpoint = ml_collections.ConfigDict()
+  k = c.checkpoint
+  k.enabled = True                # only when train() is given a workdir
+  k.every_steps = 0               # 0: at epoch ends only
+  k.max_to_keep = 2
+  k.best_metric = "accuracy"      # validation metric that picks the best checkpoint
+  k.best_mode = "max"
+  k.async_save = True
+
+  c.early_stopping = ml_collections.ConfigDict()
+  e = c.early_stopping
+  e.patience = 0                  # epochs without improvement; 0: off
+  e.min_delta = 0.0
+  e.metric = "loss"               # validation metric
+  e.mode = "min"
+  e.restore_best = False
+  return c
+
+
+# (key, predicate, what is allowed)
+def _positive(v):
+  return v > 0
+
+
+def _non_negative(v):
+  return v >= 0
+
+
+_RULES: list[tuple[str, Any, str]] = [
+    ("num_epochs", lambda v: v >= 1, "an integer >= 1"),
+    ("batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("log_every_steps", lambda v: v >= 1, "an integer >= 1"),
+    ("dataset.name", lambda v: v in DATASETS or (v.startswith("tfds:") and len(v) > 5),
+     f"one of {DATASETS} or 'tfds:<name>[:<version>]'"),
+    ("dataset.val_fraction", lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)"),
+    ("dataset.vocab_level", lambda v: v in ("word", "char"), "'word' or 'char'"),
+    ("dataset.min_freq", lambda v: v >= 1, "an integer >= 1"),
+    ("dataset.max_vocab", _non_negative, "an integer >= 0 (0: no limit)"),
+    ("dataset.max_len", _non_negative, "an integer >= 0 (0: longest example)"),
+    ("dataset.seq_len", lambda v: v >= 2, "an integer >= 2"),
+    ("dataset.image_size", _non_negative, "an integer >= 0"),
+    ("optimizer.name", lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+    ("optimizer.learning_rate", _positive, "a number > 0"),
+    ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    ("optimizer.b1", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    ("optimizer.b2", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    ("optimizer.weight_decay", _non_negative, "a number >= 0"),
+    ("optimizer.schedule", lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
+    ("optimizer.warmup_epochs", _non_negative, "a number >= 0"),
+    ("optimizer.end_lr_factor", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    ("optimizer.clip_norm", _non_negative, "a number >= 0 (0: off)"),
+    ("optimizer.label_smoothing", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    ("augment.crop_padding", _non_negative, "an integer >= 0"),
+    ("parallel.strategy", lambda v: v in STRATEGIES, f"one of {STRATEGIES}"),
+    ("checkpoint.every_steps", _non_negative, "an integer >= 0 (0: epoch ends only)"),
+    ("checkpoint.max_to_keep", lambda v: v >= 1, "an integer >= 1"),
+    ("checkpoint.best_mode", lambda v: v in ("min", "max"), "'min' or 'max'"),
+    ("early_stopping.patience", _non_negative, "an integer >= 0 (0: off)"),
+    ("early_stopping.min_delta", _non_negative, "a number >= 0"),
+    ("early_stopping.mode", lambda v: v in ("min", "max"), "'min' or 'max'"),
+]
+
+# Model fields constrained wherever a model has them.
+_MODEL_RULES: list[tuple[str, Any, str]] = [
+    ("dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    ("num_layers", lambda v: v >= 1, "an integer >= 1"),
+    ("hidden_size", lambda v: v >= 1, "an integer >= 1"),
+    ("cell", lambda v: v in ("lstm", "gru", "simple"), "one of ('lstm', 'gru', 'simple')"),
+    ("pooling", lambda v: v in POOLINGS, f"one of {POOLINGS}"),
+    ("dtype", lambda v: v in ("float32", "bfloat16", "float16"), "'float32', 'bfloat16' or 'float16'"),
+    ("param_dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+]
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, str):
+    return isinstance(value, str)
+  return True
+
+
+def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
+  for key in cfg.keys():
+    path = f"{prefix}{key}"
+    if key not in ref:
+      raise ConfigError(f"config.{path}: unknown key (value {cfg[key]!r}); allowed keys "
+                        f"under config{'.' + prefix[:-1] if prefix else ''}: {sorted(ref.keys())}")
+    value, default = cfg[key], ref[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"config.{path}={value!r}: expected a ConfigDict of {sorted(default)}")
+      if path != "model":
+        _check_keys(value, default, path + ".")
+    elif not _type_ok(value, default):
+      raise ConfigError(f"config.{path}={value!r}: expected {type(default).__name__}, "
+                        f"got {type(value).__name__}")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+  for part in dotted.split("."):
+    cfg = cfg[part]
+  return cfg
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Raise ConfigError for the first bad key or value; return the config unchanged."""
+  _check_keys(config, get_config(), "")
+  for key, ok, allowed in _RULES:
+    value = _get(config, key)
+    if not ok(value):
+      raise ConfigError(f"config.{key}={value!r}: expected {allowed}")
+  from flaxnets.models import registry  # models register themselves on import
+  import flaxnets.models  # noqa: F401
+  name = config.model.name
+  if name not in registry.MODELS:
+    raise ConfigError(f"config.model.name={name!r}: expected one of {sorted(registry.MODELS)}")
+  fields = registry.model_fields(name)
+  for key in config.model.keys():
+    if key == "name":
+      continue
+    if key not in fields:
+      raise ConfigError(f"config.model.{key}={config.model[key]!r}: not a field of model "
+                        f"{name!r}; allowed: {sorted(fields)}")
+  for key, ok, allowed in _MODEL_RULES:
+    if key in config.model and not ok(config.model[key]):
+      raise ConfigError(f"config.model.{key}={config.model[key]!r}: expected {allowed}")
+  if config.eval_batch_size < 1:
+    raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r}: expected >= 1")
+  return config
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """config.model without `name`, as plain Python values."""
+  return {k: v for k, v in config.model.to_dict().items() if k != "name"}

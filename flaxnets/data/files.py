@@ -1,0 +1,367 @@
+"""Local files as numpy arrays: image folders (or tar archives of them) and text tables.
+
+Nothing here is cached or pickled; every reader returns plain numpy arrays / lists and
+raises one clear error, naming the offending path, member, column, line or label, where
+bad input enters.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import gzip
+import io
+import os
+import pathlib
+import re
+import tarfile
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_GRAY_MODES = ("1", "L", "LA", "I", "F")
+_CHUNK = 64  # images per decode task: per-image tasks cost more in overhead than they gain
+# Below this mean file size (CIFAR's JPEGs are ~1.3 KB) decoding is dominated by PIL's
+# Python-side header parsing, which holds the GIL, so threads only add contention and the
+# automatic setting decodes inline; bigger images decode in C with the GIL released.
+_SMALL_FILE_BYTES = 16 * 1024
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _is_image(parts: tuple[str, ...]) -> bool:
+  """An image file name, outside hidden folders and macOS resource forks."""
+  if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+    return False
+  return parts[-1].lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _to_array(im: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
+  """A decoded PIL image -> uint8 [H, W, 1] (grayscale) or [H, W, 3] (anything else)."""
+  if image_size is not None and im.format == "JPEG":
+    im.draft(im.mode, (image_size[1], image_size[0]))  # DCT-domain downscale, >= target size
+  if im.mode.startswith("I;16"):  # 16-bit grayscale PNG: keep the 8 high bits
+    im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8))
+  elif im.mode in _GRAY_MODES:
+    im = im.convert("L") if im.mode != "L" else im
+  elif im.mode != "RGB":  # palette, RGBA (alpha dropped), CMYK, ...
+    im = im.convert("RGB")
+  if image_size is not None and im.size != (image_size[1], image_size[0]):
+    im = im.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+  arr = np.asarray(im, dtype=np.uint8)
+  return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _decode_chunk(chunk: list[tuple[str, bytes | str]],
+                  image_size: tuple[int, int] | None) -> list[np.ndarray]:
+  """Decodes (display name, file bytes or file path) pairs; names the first bad one."""
+  out = []
+  for name, data in chunk:
+    try:
+      with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+        out.append(_to_array(im, image_size))
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
+      raise ValueError(f"cannot decode image {name}: {type(e).__name__}: {e} "
+                       "(expected a readable JPEG or PNG file)") from None
+  return out
+
+
+def _scan_dir(root: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, str]]:
+  """Yields (relative path parts, display name, file path) for each image under root."""
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    dirnames.sort()
+    rel = pathlib.Path(dirpath).relative_to(root).parts
+    for fn in sorted(filenames):
+      if _is_image(rel + (fn,)):
+        full = os.path.join(dirpath, fn)
+        yield rel + (fn,), full, full
+
+
+def _scan_tar(archive: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, bytes]]:
+  """Streams (member path parts, display name, member bytes) for each image member."""
+  try:
+    with tarfile.open(archive, "r|*") as tf:
+      for member in tf:
+        parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
+        if member.isfile() and parts and _is_image(parts):
+          yield parts, f"{member.name!r} in {archive}", tf.extractfile(member).read()
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise ValueError(f"cannot read archive {archive}: {type(e).__name__}: {e} "
+                     f"(expected a {'/'.join(ARCHIVE_SUFFIXES)} archive)") from None
+
+
+def _check_image_size(image_size) -> tuple[int, int] | None:
+  if image_size is None:
+    return None
+  if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2 or
+      not all(isinstance(s, (int, np.integer)) and s > 0 for s in image_size)):
+    raise ValueError(f"image_size={image_size!r}: expected None or (height, width), "
+                     "two positive ints")
+  return int(image_size[0]), int(image_size[1])
+
+
+def read_image_folder(path: str | os.PathLike,
+                      split: str | None = None,
+                      image_size: tuple[int, int] | None = None,
+                      num_workers: int | None = None,
+                      *,
+                      class_names: Sequence[str] | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """Reads `<path>/[<prefix>/]<class>/<image>` from a directory or a tar archive.
+
+  Args:
+    path: a directory, or a .tar/.tar.gz/.tgz archive (streamed, never unpacked).
+    split: keep only images under this top-level folder (e.g. 'train').
+    image_size: (height, width) to resize every image to; None = all must match.
+    num_workers: decoding threads; <= 1 decodes inline; None = min(8, cpu count)
+      threads, or inline when the first files are small (< 16 KB on average).
+    class_names: the label order to use (e.g. from the train split), so that a split
+      missing a class keeps the same ids; None = sorted class folders found.
+
+  Returns:
+    images uint8 [N, H, W, C] (C = 1 if every image is grayscale, else 3), labels
+    int32 [N], class_names. A class is the image's parent folder; images are sorted by
+    (class, file). Files that are not .jpg/.jpeg/.png, hidden files and images lying
+    outside a class folder are ignored; alpha channels are dropped.
+  """
+  path = pathlib.Path(path)
+  image_size = _check_image_size(image_size)
+  auto_workers = num_workers is None
+  if auto_workers:
+    num_workers = min(8, os.cpu_count() or 1)
+  if not path.exists():
+    raise FileNotFoundError(f"image folder {str(path)!r} does not exist: expected a directory "
+                            "with one subfolder per class, or a .tar/.tar.gz/.tgz archive")
+  if path.is_dir():
+    entries: Iterable = _scan_dir(path)
+  elif path.name.lower().endswith(ARCHIVE_SUFFIXES) or tarfile.is_tarfile(path):
+    entries = _scan_tar(path)
+  else:
+    raise ValueError(f"image folder {str(path)!r} is a file but not a tar archive: expected a "
+                     f"directory or a {'/'.join(ARCHIVE_SUFFIXES)} archive")
+
+  split_parts = tuple(p for p in split.split("/") if p) if split else ()
+  if split is not None and not split_parts:
+    raise ValueError(f"split={split!r}: expected a folder name such as 'train', or None")
+  keys: list[tuple[str, str, str]] = []   # (prefix, class, relpath) per kept image
+  names: list[str] = []
+  top_level: set[str] = set()             # first folders of images nested >= 3 deep
+  loose = 0                               # images outside any class folder
+  futures, chunk = [], []
+  pool = None
+  results: list[np.ndarray] = []
+
+  def flush():
+    nonlocal pool, num_workers
+    if chunk:
+      if auto_workers and num_workers > 1 and pool is None:
+        sizes = [len(d) if isinstance(d, bytes) else os.path.getsize(d) for _, d in chunk]
+        if sum(sizes) / len(sizes) < _SMALL_FILE_BYTES:
+          num_workers = 1
+      if num_workers > 1 and pool is None:
+        pool = concurrent.futures.ThreadPoolExecutor(num_workers, "read_image_folder")
+      if pool is None:
+        results.extend(_decode_chunk(chunk, image_size))
+      else:
+        futures.append(pool.submit(_decode_chunk, list(chunk), image_size))
+      chunk.clear()
+
+  try:
+    for parts, name, data in entries:
+      if len(parts) >= 3:
+        top_level.add(parts[0])
+      if split_parts:
+        if parts[:len(split_parts)] != split_parts:
+          continue
+        parts = parts[len(split_parts):]
+      if len(parts) < 2:
+        loose += 1
+        continue
+      keys.append(("/".join(parts[:-2]), parts[-2], "/".join(parts)))
+      names.append(name)
+      chunk.append((name, data))
+      if len(chunk) >= _CHUNK:
+        flush()
+    flush()
+    for f in futures:
+      results.extend(f.result())
+  finally:
+    if pool is not None:
+      pool.shutdown(wait=True, cancel_futures=True)
+
+  exts = "/".join(IMAGE_EXTENSIONS)
+  if not keys:
+    if split_parts and split_parts[0] not in top_level:
+      found = sorted(top_level) or "none (images sit directly in class folders; use split=None)"
+      raise ValueError(f"split {split!r} not found in {path}: expected images under "
+                       f"{split}/<class>/; top-level folders with images: {found}")
+    where = f"{path} (split {split!r})" if split else str(path)
+    hint = (f"; {loose} image(s) lie directly in it: expected <folder>/<class>/<image>"
+            if loose else "")
+    raise ValueError(f"no images found in {where}: looked for {exts} files "
+                     f"(case-insensitive) in class subfolders{hint}")
+  prefixes = sorted({k[0] for k in keys})
+  if len(prefixes) > 1:
+    shown = ", ".join(repr(p) for p in prefixes[:8])
+    raise ValueError(f"{path}: class folders sit under {len(prefixes)} different parent "
+                     f"folders ({shown}): expected one level of class folders; pass split= "
+                     f"to pick one of the top-level folders {sorted(top_level)}")
+
+  found_classes = sorted({k[1] for k in keys})
+  if class_names is None:
+    class_names = found_classes
+  else:
+    class_names = list(class_names)
+    for c in found_classes:
+      if c not in class_names:
+        raise ValueError(f"{path}: class folder {c!r} is not among class_names={class_names}")
+  class_index = {c: i for i, c in enumerate(class_names)}
+  order = sorted(range(len(keys)), key=lambda i: (class_index[keys[i][1]], keys[i][2]))
+  first = order[0]
+  want_hw = image_size or results[first].shape[:2]
+  for i in order:
+    if results[i].shape[:2] != want_hw:
+      h, w = results[i].shape[:2]
+      raise ValueError(f"image {names[i]} is {h}x{w} (height x width) but {names[first]} is "
+                       f"{want_hw[0]}x{want_hw[1]}: all images must share a size; pass "
+                       "image_size=(height, width) to resize them")
+  channels = 3 if any(r.shape[2] == 3 for r in results) else 1
+  images = np.empty((len(order), *want_hw, channels), np.uint8)
+  for j, i in enumerate(order):
+    images[j] = results[i]  # broadcasts a grayscale [H, W, 1] image into RGB
+  labels = np.array([class_index[keys[i][1]] for i in order], np.int32)
+  return images, labels, class_names
+
+
+# ----------------------------------------------------------------------------- text tables
+
+
+def _open_text(path: pathlib.Path):
+  if path.name.lower().endswith(".gz"):
+    return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+  return open(path, encoding="utf-8-sig", newline="")
+
+
+def _column_index(column: str | int, header: list[str] | None, ncols: int,
+                  path: pathlib.Path, role: str) -> int:
+  """Resolves a column name or index against the header; names what was found."""
+  if isinstance(column, str):
+    if header is None:
+      raise ValueError(f"{role}={column!r}: {path} is read with header=False, so columns "
+                       f"must be given by index (0..{ncols - 1})")
+    if column not in header:
+      raise ValueError(f"{path}: no column {column!r} (the {role}); columns found: {header}")
+    return header.index(column)
+  if isinstance(column, (int, np.integer)) and not isinstance(column, bool):
+    if not 0 <= column < ncols:
+      raise ValueError(f"{role}={column}: {path} has {ncols} columns, expected 0..{ncols - 1}")
+    return int(column)
+  raise TypeError(f"{role}={column!r}: expected a column name (str) or index (int)")
+
+
+def read_text_table(path: str | os.PathLike,
+                    text_column: str | int = "sentence",
+                    label_column: str | int | None = "label",
+                    delimiter: str | None = None,
+                    header: bool = True) -> tuple[list[str], list[str]]:
+  """Reads a TSV/CSV table (optionally .gz) into (texts [N], raw label strings [N]).
+
+  The delimiter defaults from the suffix: TAB for .tsv[.gz], ',' for .csv[.gz]. TAB-
+  separated files are read without quote handling (texts contain quote characters);
+  others with normal CSV quoting. Blank lines are skipped. label_column=None returns an
+  empty label list (unlabelled text, e.g. for prediction).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"text table {str(path)!r} does not exist (or is not a file)")
+  if delimiter is None:
+    stem = path.name.lower().removesuffix(".gz")
+    if stem.endswith(".tsv"):
+      delimiter = "\t"
+    elif stem.endswith(".csv"):
+      delimiter = ","
+    else:
+      raise ValueError(f"cannot tell the delimiter of {path} from its suffix (expected .tsv, "
+                       ".csv, .tsv.gz or .csv.gz): pass delimiter='\\t' or ','")
+  quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+  texts, labels = [], []
+  reader = None
+  try:
+    with _open_text(path) as f:
+      reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+      rows = (row for row in reader if row)  # skip blank lines
+      first = next(rows, None)
+      if first is None:
+        raise ValueError(f"{path} is empty: expected a "
+                         f"{'header line and ' if header else ''}data rows")
+      names = first if header else None
+      ncols = len(first)
+      t = _column_index(text_column, names, ncols, path, "text_column")
+      lab = (None if label_column is None else
+             _column_index(label_column, names, ncols, path, "label_column"))
+      if not header:
+        texts.append(first[t])
+        labels.extend([first[lab]] if lab is not None else [])
+      for row in rows:
+        if len(row) != ncols:
+          what = "header" if header else "first row"
+          raise ValueError(f"{path}: line {reader.line_num} has {len(row)} fields, expected "
+                           f"{ncols} like the {what} ({delimiter!r}-separated)")
+        texts.append(row[t])
+        if lab is not None:
+          labels.append(row[lab])
+  except csv.Error as e:
+    line = reader.line_num if reader is not None else 1
+    raise ValueError(f"{path}: line {line}: malformed {delimiter!r}-separated row: {e}") \
+        from None
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path} is not UTF-8 text ({e}): expected a UTF-8 encoded table") \
+        from None
+  except (gzip.BadGzipFile, EOFError) as e:
+    raise ValueError(f"{path} is not a valid gzip file: {e}") from None
+  if not texts:
+    raise ValueError(f"{path} has a header but no data rows: expected at least one example")
+  return texts, labels
+
+
+def _label_sort_key(names: set[str]):
+  """Numeric order when every label is an integer string ('2' < '10'), else text order."""
+  if all(re.fullmatch(r"[+-]?\d+", s) for s in names):
+    return lambda s: (int(s), s)
+  return None
+
+
+def encode_labels(raw_labels: Sequence[str],
+                  label_names: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+  """Maps raw label strings to int32 ids [N].
+
+  With label_names=None the names are built from these (training) labels: sorted,
+  numerically when all are integer strings, so '0', '1', ... map to 0, 1, ...
+  Otherwise every label must be one of label_names, which fixes the id order.
+  """
+  raw = [str(x) if isinstance(x, (int, np.integer)) else x for x in raw_labels]
+  for i, x in enumerate(raw):
+    if not isinstance(x, str):
+      raise TypeError(f"label {x!r} at index {i}: expected a string")
+    if x == "":
+      raise ValueError(f"label at index {i} is empty: expected a label value")
+  if label_names is None:
+    if not raw:
+      raise ValueError("encode_labels: no labels given to build the label names from")
+    unique = set(raw)
+    label_names = sorted(unique, key=_label_sort_key(unique))
+  else:
+    label_names = list(label_names)
+    if not label_names or len(set(label_names)) != len(label_names):
+      raise ValueError(f"label_names={label_names}: expected a non-empty list without "
+                       "duplicates")
+  index = {name: i for i, name in enumerate(label_names)}
+  ids = np.empty(len(raw), np.int32)
+  for i, x in enumerate(raw):
+    if x not in index:
+      raise ValueError(f"unknown label {x!r} at index {i}: expected one of {label_names}")
+    ids[i] = index[x]
+  return ids, label_names

@@ -1,0 +1,172 @@
+"""Dataset sources: built-in sets, numpy arrays, image folders, text tables, TFDS.
+
+`load_dataset(config.dataset)` returns a flaxnets.data.types.Dataset of numpy splits.
+Built-in sets need no network: `digits` (scikit-learn's 1,797 real 8x8 digits, read
+from the csv file scikit-learn ships, without importing scikit-learn) and `mnist1d`
+(generated locally by the mnist1d package). Splits that a source lacks are carved
+from train with a fixed seed, so the split never depends on the training seed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from flaxnets.data.types import Dataset, Split
+
+SPLIT_SEED = 0  # fixed: the train/val/test partition is part of the task, not the run
+
+
+def _stratified_split(labels: np.ndarray, fractions: tuple[float, ...],
+                      seed: int = SPLIT_SEED) -> list[np.ndarray]:
+  """Index arrays, one per fraction (the last takes the rest), stratified by label."""
+  rng = np.random.default_rng(seed)
+  parts: list[list[np.ndarray]] = [[] for _ in fractions]
+  for c in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    start = 0
+    for i, f in enumerate(fractions):
+      stop = len(idx) if i == len(fractions) - 1 else start + int(round(f * len(idx)))
+      parts[i].append(idx[start:stop])
+      start = stop
+  return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+  return {k: v[idx] for k, v in split.items()}
+
+
+def carve_validation(train: Split, fraction: float, seed: int = SPLIT_SEED) -> tuple[Split, Split | None]:
+  """Hold out a seeded, stratified `fraction` of train as validation."""
+  if fraction <= 0:
+    return train, None
+  labels = train["labels"]
+  if labels.ndim > 1:  # language model windows: hold out a random subset
+    idx = np.random.default_rng(seed).permutation(len(labels))
+    n_val = max(1, int(round(fraction * len(labels))))
+    return _take(train, np.sort(idx[n_val:])), _take(train, np.sort(idx[:n_val]))
+  val_idx, train_idx = _stratified_split(labels, (fraction, 1.0 - fraction), seed)
+  return _take(train, train_idx), _take(train, val_idx)
+
+
+def digits() -> Dataset:
+  """scikit-learn's digits: 1,797 8x8 images, values 0..16; fixed 70/10/20 split."""
+  spec = importlib.util.find_spec("sklearn")
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError("the 'digits' dataset needs scikit-learn: pip install scikit-learn")
+  path = pathlib.Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+  raw = np.loadtxt(path, delimiter=",", dtype=np.float32)       # [1797, 65]
+  images = raw[:, :64].reshape(-1, 8, 8, 1)                      # [N, 8, 8, 1], 0..16
+  labels = raw[:, 64].astype(np.int32)
+  train_idx, val_idx, test_idx = _stratified_split(labels, (0.7, 0.1, 0.2))
+  full = {"inputs": images, "labels": labels}
+  return Dataset(train=_take(full, train_idx), val=_take(full, val_idx),
+                 test=_take(full, test_idx), num_classes=10,
+                 label_names=[str(i) for i in range(10)], input_kind="image", name="digits")
+
+
+def mnist1d(val_fraction: float = 0.1) -> Dataset:
+  """MNIST-1D (Greydanus 2020), generated locally: 4,000 train / 1,000 test, length 40."""
+  from mnist1d.data import get_dataset_args, make_dataset
+  data = make_dataset(get_dataset_args())
+  train = {"inputs": np.asarray(data["x"], np.float32)[..., None],   # [4000, 40, 1]
+           "labels": np.asarray(data["y"], np.int32)}
+  test = {"inputs": np.asarray(data["x_test"], np.float32)[..., None],
+          "labels": np.asarray(data["y_test"], np.int32)}
+  train, val = carve_validation(train, val_fraction)
+  return Dataset(train=train, val=val, test=test, num_classes=10,
+                 label_names=[str(i) for i in range(10)], input_kind="series", name="mnist1d")
+
+
+def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = None,
+                label_names: list[str] | None = None, val_fraction: float = 0.0) -> Dataset:
+  """Numpy arrays passed from Python: each split is (inputs, labels[, seq_lengths])."""
+  def to_split(name: str, xy: tuple | None) -> Split | None:
+    if xy is None:
+      return None
+    if not isinstance(xy, (tuple, list)) or len(xy) not in (2, 3):
+      raise ValueError(f"data[{name!r}]: expected a tuple (inputs, labels[, seq_lengths]), "
+                       f"got {type(xy).__name__}")
+    x, y = np.asarray(xy[0]), np.asarray(xy[1])
+    if len(x) != len(y):
+      raise ValueError(f"data[{name!r}]: {len(x)} inputs but {len(y)} labels")
+    if not np.issubdtype(y.dtype, np.integer):
+      raise ValueError(f"data[{name!r}] labels: expected integer class ids, got dtype {y.dtype}")
+    split = {"inputs": x, "labels": y.astype(np.int32)}
+    if len(xy) == 3:
+      split["seq_lengths"] = np.asarray(xy[2], np.int32)
+    return split
+
+  tr = to_split("train", train)
+  va = to_split("val", val)
+  if va is None:
+    tr, va = carve_validation(tr, val_fraction)
+  te = to_split("test", test)
+  x = tr["inputs"]
+  if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
+    kind = "tokens"
+  elif x.ndim == 4:
+    kind = "image"
+  elif x.ndim in (2, 3):
+    kind = "series"
+    for s in (tr, va, te):
+      if s is not None and s["inputs"].ndim == 2:
+        s["inputs"] = s["inputs"][..., None].astype(np.float32)
+  else:
+    raise ValueError(f"data['train'] inputs of shape {x.shape}: expected images [N, H, W, C], "
+                     "series [N, T] or [N, T, F], or int tokens [N, T]")
+  labels = np.concatenate([s["labels"] for s in (tr, va, te) if s is not None])
+  num_classes = int(labels.max()) + 1 if label_names is None else len(label_names)
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"labels span [{labels.min()}, {labels.max()}]: expected ids in "
+                     f"[0, {num_classes})")
+  names = label_names or [str(i) for i in range(num_classes)]
+  return Dataset(train=tr, val=va, test=te, num_classes=num_classes, label_names=list(names),
+                 input_kind=kind, name="arrays")
+
+
+def load_dataset(dcfg: Any, data: Any = None) -> Dataset:
+  """Build the Dataset that config.dataset describes (`data` feeds the 'arrays' source)."""
+  name = dcfg.name
+  if isinstance(data, Dataset):
+    return data
+  if name == "arrays" or data is not None:
+    if not isinstance(data, dict) or "train" not in data:
+      raise ValueError("dataset 'arrays' needs train(config, data={'train': (x, y), "
+                       "'val': ..., 'test': ...})")
+    return from_arrays(data["train"], data.get("val"), data.get("test"),
+                       data.get("label_names"), dcfg.val_fraction)
+  if name == "digits":
+    return digits()
+  if name == "mnist1d":
+    return mnist1d(dcfg.val_fraction)
+  from flaxnets.data import local
+  if name == "image_folder":
+    return local.image_folder_dataset(dcfg)
+  if name == "text_table":
+    return local.text_table_dataset(dcfg)
+  if name == "text_file":
+    return local.text_file_dataset(dcfg)
+  if name.startswith("tfds:"):
+    return local.tfds_dataset(dcfg)
+  raise ValueError(f"config.dataset.name={name!r}: unknown dataset")
+
+
+def adapt(dataset: Dataset, input_kinds: tuple[str, ...]) -> Dataset:
+  """Present the data the way the model reads it: images feed RNNs row by row."""
+  if dataset.input_kind in input_kinds:
+    return dataset
+  if dataset.input_kind == "image" and "series" in input_kinds:
+    def rows(split):
+      if split is None:
+        return None
+      x = split["inputs"]
+      return {**split, "inputs": x.reshape(x.shape[0], x.shape[1], -1).astype(np.float32)}
+    return Dataset(train=rows(dataset.train), val=rows(dataset.val), test=rows(dataset.test),
+                   num_classes=dataset.num_classes, label_names=dataset.label_names,
+                   input_kind="series", vocab=dataset.vocab, task=dataset.task,
+                   name=dataset.name)
+  raise ValueError(f"dataset {dataset.name!r} gives {dataset.input_kind} inputs; the model "
+                   f"reads {input_kinds}")

@@ -1,0 +1,224 @@
+"""Text to token ids: a word/char vocabulary, length buckets and language-model windows.
+
+The vocabulary is built from training texts only and saved as plain UTF-8 JSON, so a
+checkpoint can carry it and inference tokenizes exactly as training did.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pathlib
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+LEVELS = ("word", "char")
+_FORMAT = "flaxnets.vocabulary"
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)   # IMDB's line breaks
+# Words (keeping inner hyphens/apostrophes: "re-imagining", "don't", "n't"), clitics
+# ("'s"), and runs of one punctuation character ("...", "!!") as separate tokens.
+_WORD_PUNCT = re.compile(r"\w+(?:['\-]\w+)*|'\w+|([^\w\s])\1*")
+
+
+class Vocabulary:
+  """Token <-> id mapping; id 0 is '<pad>', id 1 is '<unk>'.
+
+  level='word' splits on whitespace (right for already tokenised text such as SST and
+  TREC) after removing '<br />' tags; split_punctuation=True also separates punctuation
+  from words (for raw text such as IMDB). level='char' uses single characters.
+  """
+
+  def __init__(self, tokens: Sequence[str], level: str = "word", lowercase: bool = True,
+               split_punctuation: bool = False):
+    tokens = list(tokens)
+    if level not in LEVELS:
+      raise ValueError(f"level={level!r}: expected one of {LEVELS}")
+    if tokens[:2] != [PAD, UNK]:
+      raise ValueError(f"vocabulary tokens must start with [{PAD!r}, {UNK!r}], "
+                       f"found {tokens[:2]}")
+    index = {}
+    for i, t in enumerate(tokens):
+      if not isinstance(t, str) or not t:
+        raise ValueError(f"vocabulary token {i} is {t!r}: expected a non-empty string")
+      if t in index:
+        raise ValueError(f"vocabulary token {t!r} appears twice (ids {index[t]} and {i})")
+      index[t] = i
+    self.tokens = tokens
+    self.level = level
+    self.lowercase = bool(lowercase)
+    self.split_punctuation = bool(split_punctuation)
+    self._index = index
+
+  @classmethod
+  def build(cls, texts: Iterable[str], level: str = "word", lowercase: bool = True,
+            min_freq: int = 1, max_size: int | None = None,
+            split_punctuation: bool = False) -> "Vocabulary":
+    """Builds from training texts: tokens seen >= min_freq times, most frequent first
+    (ties by token), at most max_size ids in all (counting '<pad>' and '<unk>')."""
+    if isinstance(texts, str):
+      raise TypeError("texts must be a list of strings, not one string")
+    if min_freq < 1:
+      raise ValueError(f"min_freq={min_freq}: expected >= 1")
+    if max_size is not None and max_size < 2:
+      raise ValueError(f"max_size={max_size}: expected None or >= 2 (room for {PAD!r} "
+                       f"and {UNK!r})")
+    vocab = cls([PAD, UNK], level, lowercase, split_punctuation)
+    counts = collections.Counter()
+    for text in texts:
+      counts.update(vocab.tokenize(text))
+    counts.pop(PAD, None)
+    counts.pop(UNK, None)
+    kept = sorted((t for t, c in counts.items() if c >= min_freq),
+                  key=lambda t: (-counts[t], t))
+    if max_size is not None:
+      kept = kept[:max_size - 2]
+    return cls([PAD, UNK] + kept, level, lowercase, split_punctuation)
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, Vocabulary) and self._config() == other._config()
+
+  def __repr__(self) -> str:
+    return (f"Vocabulary(size={len(self)}, level={self.level!r}, "
+            f"lowercase={self.lowercase}, split_punctuation={self.split_punctuation})")
+
+  def tokenize(self, text: str) -> list[str]:
+    """One text -> its tokens (words or characters)."""
+    if not isinstance(text, str):
+      raise TypeError(f"expected a text string, got {type(text).__name__}: {text!r:.80}")
+    if self.lowercase:
+      text = text.lower()
+    if self.level == "char":
+      return list(text)
+    text = _BREAK.sub(" ", text)
+    if self.split_punctuation:
+      return [m.group(0) for m in _WORD_PUNCT.finditer(text)]
+    return text.split()
+
+  def token_ids(self, text: str) -> np.ndarray:
+    """One text -> int32 [T] ids, unpadded and untruncated (e.g. a whole LM corpus)."""
+    index = self._index
+    return np.array([index.get(t, UNK_ID) for t in self.tokenize(text)], np.int32)
+
+  def encode(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> (ids int32 [N, max_len] padded with 0, lengths int32 [N]).
+
+    Texts longer than max_len keep their first max_len tokens. Unknown tokens map to
+    '<unk>' (1). A text with no tokens becomes one '<unk>', so every length is >= 1
+    (recurrent layers and mean pooling never see an empty sequence).
+    """
+    if isinstance(texts, str):
+      raise TypeError("texts must be a list of strings, not one string")
+    if not isinstance(max_len, (int, np.integer)) or max_len < 1:
+      raise ValueError(f"max_len={max_len!r}: expected a positive int")
+    ids = np.zeros((len(texts), max_len), np.int32)
+    lengths = np.empty(len(texts), np.int32)
+    index = self._index
+    for i, text in enumerate(texts):
+      row = [index.get(t, UNK_ID) for t in self.tokenize(text)[:max_len]] or [UNK_ID]
+      ids[i, :len(row)] = row
+      lengths[i] = len(row)
+    return ids, lengths
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    """int ids [T] -> text, skipping padding (words joined by spaces)."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+      return ""
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"decode expects a 1-D sequence of int ids, got shape {ids.shape} "
+                       f"dtype {ids.dtype}")
+    bad = ids[(ids < 0) | (ids >= len(self))]
+    if bad.size:
+      raise ValueError(f"id {int(bad[0])} is outside this vocabulary (0..{len(self) - 1})")
+    toks = [self.tokens[i] for i in ids.tolist() if i != PAD_ID]
+    return ("" if self.level == "char" else " ").join(toks)
+
+  def _config(self) -> dict:
+    return {"format": _FORMAT, "version": 1, "level": self.level,
+            "lowercase": self.lowercase, "split_punctuation": self.split_punctuation,
+            "tokens": self.tokens}
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Writes the vocabulary as UTF-8 JSON (atomically: a temp file, then rename)."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(self._config(), ensure_ascii=False, indent=1), "utf-8")
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> "Vocabulary":
+    """Reads a file written by save(); a malformed file gets an error naming the path."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+      raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
+    try:
+      cfg = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise ValueError(f"{path} is not a vocabulary file: expected UTF-8 JSON ({e})") \
+          from None
+    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+      raise ValueError(f"{path} is not a vocabulary file: expected a JSON object with "
+                       f"\"format\": \"{_FORMAT}\"")
+    expected = {"level": str, "lowercase": bool, "tokens": list}
+    for key, typ in expected.items():
+      if not isinstance(cfg.get(key), typ):
+        raise ValueError(f"{path}: field {key!r} is {cfg.get(key)!r:.60}, expected a "
+                         f"{typ.__name__}")
+    try:
+      return cls(cfg["tokens"], cfg["level"], cfg["lowercase"],
+                 bool(cfg.get("split_punctuation", False)))
+    except ValueError as e:
+      raise ValueError(f"{path}: {e}") from None
+
+
+def default_buckets(max_len: int) -> tuple[int, ...]:
+  """Padded lengths to compile for: powers of two from 16 below max_len, then max_len."""
+  if max_len < 1:
+    raise ValueError(f"max_len={max_len}: expected a positive int")
+  buckets, b = [], 16
+  while b < max_len:
+    buckets.append(b)
+    b *= 2
+  return tuple(buckets) + (max_len,)
+
+
+def bucket_length(max_length_in_batch: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= the batch's longest sequence (the largest bucket if over)."""
+  if not buckets:
+    raise ValueError("buckets is empty: expected at least one padded length")
+  buckets = sorted(buckets)
+  for b in buckets:
+    if b >= max_length_in_batch:
+      return int(b)
+  return int(buckets[-1])
+
+
+def lm_windows(ids_1d: np.ndarray, seq_len: int,
+               stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """A token stream [T] -> (inputs [N, seq_len], targets [N, seq_len]) int32.
+
+  Window k starts at k * stride (default stride = seq_len: no overlap); targets are the
+  inputs shifted one token ahead. N = (T - seq_len - 1) // stride + 1; a tail shorter
+  than a window is dropped.
+  """
+  ids_1d = np.asarray(ids_1d)
+  if ids_1d.ndim != 1:
+    raise ValueError(f"lm_windows expects a 1-D token stream, got shape {ids_1d.shape}")
+  if seq_len < 1:
+    raise ValueError(f"seq_len={seq_len}: expected >= 1")
+  stride = seq_len if stride is None else stride
+  if stride < 1:
+    raise ValueError(f"stride={stride}: expected >= 1")
+  if len(ids_1d) < seq_len + 1:
+    raise ValueError(f"a token stream of length {len(ids_1d)} is too short for seq_len="
+                     f"{seq_len}: need at least seq_len + 1 = {seq_len + 1} tokens")
+  windows = np.lib.stride_tricks.sliding_window_view(ids_1d, seq_len + 1)[::stride]
+  return (np.ascontiguousarray(windows[:, :-1], np.int32),
+          np.ascontiguousarray(windows[:, 1:], np.int32))

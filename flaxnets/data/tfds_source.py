@@ -1,0 +1,174 @@
+"""TFDS datasets as numpy arrays, read through `tfds.data_source` (ArrayRecord).
+
+Reading a prepared dataset needs no TensorFlow and never touches the network
+(`download=False`); preparing one (`prepare_tfds`) downloads it and, for most image
+datasets, needs TensorFlow to encode the images. tensorflow_datasets is imported lazily
+inside the functions because importing it is slow.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+import numpy as np
+
+_TF_HINT = "pip install 'flaxnets[tfds-prepare]'   (or: pip install tensorflow)"
+_READ_BATCH = 1024  # examples fetched per data-source call
+
+
+def _tfds():
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("reading TFDS datasets needs tensorflow-datasets and array_record: "
+                      "pip install tensorflow-datasets array_record") from e
+  return tfds
+
+
+def _not_found(tfds, name: str, data_dir: str | None) -> ValueError:
+  base = name.split("/")[0].split(":")[0]
+  close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False),
+                                    n=3)
+  hint = f"; did you mean {close}?" if close else ""
+  return ValueError(f"unknown TFDS dataset {name!r}: it is not registered in "
+                    f"tensorflow_datasets {tfds.__version__} and no prepared copy was found "
+                    f"under data_dir={data_dir!r}{hint} (names as in tfds.list_builders(), "
+                    "e.g. 'mnist', 'cifar10', 'imdb_reviews')")
+
+
+def _builder(tfds, name: str, data_dir: str | None):
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise _not_found(tfds, name, data_dir) from None
+  except AssertionError as e:  # e.g. a version that cannot be loaded
+    raise ValueError(f"TFDS dataset {name!r}: {e}") from None
+
+
+def _data_source(tfds, name: str, split: str, data_dir: str | None):
+  """tfds.data_source without download, with errors that say what to do."""
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise _not_found(tfds, name, data_dir) from None
+  except (NotImplementedError, FileNotFoundError, AssertionError) as e:
+    builder = _builder(tfds, name, data_dir)
+    if not builder.is_prepared():
+      raise FileNotFoundError(
+          f"TFDS dataset {name!r} is not prepared under {builder.data_dir}: run "
+          f"flaxnets.data.tfds_source.prepare_tfds({name!r}, data_dir={data_dir!r}) once "
+          "(downloads it; image datasets need TensorFlow for that step)") from None
+    raise ValueError(f"TFDS dataset {name!r} at {builder.data_dir} cannot be read by "
+                     f"random access: {e}") from None
+  except ValueError as e:  # unknown split, bad split slice, bad config
+    raise ValueError(f"TFDS dataset {name!r}, split={split!r}: {e}") from None
+
+
+def _read_all(source, n: int):
+  """Yields every example, reading in batches (about 2x faster than one by one)."""
+  batched = True
+  for start in range(0, n, _READ_BATCH):
+    keys = list(range(start, min(n, start + _READ_BATCH)))
+    if batched:
+      try:
+        yield from source.__getitems__(keys)
+        continue
+      except TypeError:
+        if start:
+          raise
+        # tfds.testing.mock_data (4.9.x) installs __getitems__ as an unbound function on
+        # its mock, so only item-by-item reads work under it.
+        batched = False
+    yield from (source[k] for k in keys)
+
+
+def _check_key(key: str, features: Any, name: str, role: str) -> None:
+  keys = list(features.keys())
+  if key not in keys:
+    raise ValueError(f"TFDS dataset {name!r} has no feature {key!r} ({role}); its features "
+                     f"are {keys}")
+
+
+def load_tfds(name: str, split: str, data_dir: str | None = None,
+              image_key: str = "image", label_key: str | None = "label",
+              text_key: str | None = None) -> dict[str, Any]:
+  """Reads one split of a prepared TFDS dataset into memory.
+
+  Returns a dict with
+    'images'      uint8 [N, H, W, C] (when text_key is None), or
+    'texts'       list[str] of N texts (when text_key is given, e.g. 'text');
+    'labels'      int32 [N] (when label_key is not None);
+    'label_names' list[str]: the ClassLabel names, or '0'..'K-1' for plain int labels.
+  """
+  tfds = _tfds()
+  data_dir = None if data_dir is None else os.fspath(data_dir)
+  source = _data_source(tfds, name, split, data_dir)
+  features = source.dataset_info.features
+  data_key = text_key if text_key is not None else image_key
+  _check_key(data_key, features, name, "text_key" if text_key is not None else "image_key")
+  if label_key is not None:
+    _check_key(label_key, features, name, "label_key")
+  n = len(source)
+  if n == 0:
+    raise ValueError(f"TFDS dataset {name!r} split {split!r} has no examples")
+
+  data, labels = [], []
+  for ex in _read_all(source, n):
+    data.append(ex[data_key])
+    if label_key is not None:
+      labels.append(ex[label_key])
+
+  out: dict[str, Any] = {}
+  if text_key is not None:
+    out["texts"] = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in data]
+  else:
+    shape = np.shape(data[0])
+    for i, im in enumerate(data):
+      if np.shape(im) != shape:
+        raise ValueError(f"TFDS dataset {name!r} split {split!r}: example {i} has image "
+                         f"shape {np.shape(im)} but example 0 has {shape}: load_tfds needs "
+                         "images of one size")
+    images = np.stack(data)
+    if images.ndim == 3:  # [N, H, W] -> [N, H, W, 1]
+      images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4:
+      raise ValueError(f"TFDS dataset {name!r} feature {image_key!r} gives {images.dtype} "
+                       f"arrays of shape {images.shape[1:]}: expected uint8 images [H, W, C]")
+    out["images"] = images
+  if label_key is not None:
+    out["labels"] = np.asarray(labels, np.int32)
+    feature = features[label_key]
+    names = getattr(feature, "names", None)
+    if names is None:
+      names = [str(i) for i in range(int(out["labels"].max()) + 1)]
+    out["label_names"] = list(names)
+  return out
+
+
+def _missing_tensorflow(e: BaseException | None) -> bool:
+  while e is not None:
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "tensorflow":
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def prepare_tfds(name: str, data_dir: str | os.PathLike | None = None) -> str:
+  """Downloads and prepares a TFDS dataset as ArrayRecord files; returns its folder.
+
+  A no-op when already prepared. Most image datasets need TensorFlow here (TFDS encodes
+  the images with tf.image); without it this raises ImportError with the install command.
+  """
+  tfds = _tfds()
+  data_dir = None if data_dir is None else os.fspath(data_dir)
+  builder = _builder(tfds, name, data_dir)
+  try:
+    builder.download_and_prepare(file_format="array_record")
+  except Exception as e:
+    if _missing_tensorflow(e):
+      raise ImportError(f"preparing TFDS dataset {name!r} needs TensorFlow, which is not "
+                        f"installed (reading prepared data does not). Install it with:\n"
+                        f"  {_TF_HINT}") from None
+    raise
+  return str(builder.data_dir)

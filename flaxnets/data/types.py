@@ -1,0 +1,46 @@
+"""The in-memory dataset every source returns and every pipeline consumes."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+# Splits are dicts of numpy arrays sharing a leading example axis:
+#   'inputs'      image [N, H, W, C] (uint8 or float32), series [N, T, F] float32,
+#                 or tokens [N, T] int32 (0 = padding)
+#   'labels'      [N] int32 class ids, or [N, T] int32 next-token targets for a language model
+#   'seq_lengths' [N] int32, valid steps per example (sequence inputs only)
+Split = dict[str, np.ndarray]
+
+INPUT_KINDS = ("image", "series", "tokens")
+
+
+@dataclasses.dataclass
+class Dataset:
+  train: Split
+  val: Split | None
+  test: Split | None
+  num_classes: int
+  label_names: list[str]
+  input_kind: str                 # one of INPUT_KINDS
+  vocab: Any = None               # flaxnets.data.text.Vocabulary for text, else None
+  task: str = "classification"    # or "lm" (labels are next tokens)
+  name: str = ""
+
+  def __post_init__(self):
+    if self.input_kind not in INPUT_KINDS:
+      raise ValueError(f"input_kind={self.input_kind!r}: expected one of {INPUT_KINDS}")
+    for split_name in ("train", "val", "test"):
+      split = getattr(self, split_name)
+      if split is None:
+        continue
+      n = {k: len(v) for k, v in split.items()}
+      if len(set(n.values())) != 1:
+        raise ValueError(f"dataset {self.name!r} split {split_name!r}: arrays disagree on "
+                         f"the number of examples: {n}")
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    """Shape of one example's inputs, e.g. (8, 8, 1) or (40, 1) or (T,)."""
+    return tuple(self.train["inputs"].shape[1:])

@@ -1,0 +1,258 @@
+"""Inference: `load(workdir, step)` -> Predictor, on whatever devices exist now.
+
+Only params and batch-norm statistics are restored (no optimizer state), as host
+arrays, so a checkpoint written by 8 devices under pmap or mesh loads on one CPU.
+Predictor takes raw inputs (image arrays or files, series, strings) and pads each
+call to a bucketed batch size, so varying batch sizes reuse a few compiled shapes.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxnets.training import steps
+
+BATCH_BUCKETS = (1, 8, 32, 128, 512)
+
+
+def _ocp():
+  import orbax.checkpoint as ocp
+  return ocp
+
+
+def _step_dir(workdir: pathlib.Path, step: str | int) -> pathlib.Path:
+  """The folder of the requested step: 'best', 'latest' or a step number."""
+  def steps_in(sub):
+    d = workdir / sub
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist")
+  if step == "best":
+    found = steps_in("best")
+    if found:
+      return workdir / "best" / str(found[-1])
+    step = "latest"  # no validation split: the last step is the best we know
+  if step == "latest":
+    found = steps_in("checkpoints")
+    if not found:
+      raise FileNotFoundError(f"no checkpoints in {str(workdir / 'checkpoints')!r}; train with "
+                              "a workdir first")
+    return workdir / "checkpoints" / str(found[-1])
+  try:
+    n = int(step)
+  except (TypeError, ValueError):
+    raise ValueError(f"step={step!r}: expected 'best', 'latest' or a step number") from None
+  for sub in ("checkpoints", "best"):
+    if (workdir / sub / str(n)).is_dir():
+      return workdir / sub / str(n)
+  raise FileNotFoundError(f"step {n} not found in {str(workdir)!r}; saved steps: "
+                          f"{sorted(set(steps_in('checkpoints')) | set(steps_in('best')))}")
+
+
+class Predictor:
+  """A trained model ready for inference: `.predict(x)`, `.predict_proba(x)`, `.export(path)`."""
+
+  def __init__(self, model: Any, params: Any, batch_stats: Any, meta: dict[str, Any],
+               path: pathlib.Path | None = None):
+    self.model, self.params, self.batch_stats, self.meta = model, params, batch_stats, meta
+    self.path = path
+    self.label_names: list[str] = meta["label_names"]
+    self.input_kind: str = meta["input_kind"]
+    self.input_shape: tuple[int, ...] = tuple(meta["input_shape"])
+    self.stats = {k: np.asarray(v, np.float32) for k, v in meta["stats"].items()}
+    self.vocab = None
+    if meta.get("vocab") is not None:
+      from flaxnets.data.text import Vocabulary
+      self.vocab = Vocabulary.from_dict(meta["vocab"])
+    self._predict = jax.jit(self._proba)
+
+  @property
+  def config(self):
+    import ml_collections
+    return ml_collections.ConfigDict(self.meta["config"])
+
+  def _proba(self, variables, batch):
+    state = _Vars(self.model.apply, variables["params"], variables.get("batch_stats", {}))
+    return steps.make_predict_step(self.stats)(state, batch)
+
+  # -- inputs ------------------------------------------------------------------------------
+  def prepare(self, inputs: Any) -> dict[str, np.ndarray]:
+    """Raw inputs -> a batch dict of arrays shaped like the training inputs."""
+    if isinstance(inputs, (str, pathlib.Path)):
+      inputs = [inputs]
+    if self.input_kind == "tokens":
+      if isinstance(inputs, np.ndarray) and np.issubdtype(inputs.dtype, np.integer):
+        ids = inputs.reshape(-1, inputs.shape[-1])
+        return {"inputs": ids.astype(np.int32),
+                "seq_lengths": np.maximum((ids != 0).sum(-1), 1).astype(np.int32)}
+      texts = [str(t) for t in inputs]
+      ids, lengths = self.vocab.encode(texts, self.input_shape[0])
+      return {"inputs": ids, "seq_lengths": lengths}
+    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], (str, pathlib.Path)):
+      inputs = np.stack([self._read_image(p) for p in inputs])
+    x = np.asarray(inputs)
+    want = self.input_shape
+    if self.input_kind == "series" and x.ndim >= 3 and x.shape[1:] != want:
+      x = x.reshape(x.shape[0], x.shape[1], -1)  # images fed row by row
+    if x.shape == want:
+      x = x[None]
+    if self.input_kind == "series" and x.ndim == len(want) and x.shape[1:] == want[:-1]:
+      x = x[..., None]
+    if x.shape[1:] != want:
+      raise ValueError(f"inputs of shape {x.shape}: expected [batch, {', '.join(map(str, want))}] "
+                       f"(or one example {want})")
+    return {"inputs": x.astype(np.float32)}
+
+  def _read_image(self, path) -> np.ndarray:
+    from PIL import Image
+    p = pathlib.Path(path)
+    if not p.is_file():
+      raise FileNotFoundError(f"image file {str(p)!r} does not exist")
+    h, w, c = self.input_shape
+    try:
+      img = Image.open(p)
+      img = img.convert("L" if c == 1 else "RGB")
+    except Exception as e:
+      raise ValueError(f"cannot read image {str(p)!r}: {e}") from e
+    if img.size != (w, h):
+      img = img.resize((w, h), Image.BILINEAR)
+    return np.asarray(img, np.float32).reshape(h, w, c)
+
+  # -- prediction ---------------------------------------------------------------------------
+  def predict_proba(self, inputs: Any) -> np.ndarray:
+    """Class probabilities float32 [N, classes] for N raw inputs."""
+    batch = self.prepare(inputs)
+    n = len(batch["inputs"])
+    variables = {"params": self.params, "batch_stats": self.batch_stats}
+    outs = []
+    for start in range(0, n, BATCH_BUCKETS[-1]):
+      chunk = {k: v[start:start + BATCH_BUCKETS[-1]] for k, v in batch.items()}
+      m = len(chunk["inputs"])
+      size = next(b for b in BATCH_BUCKETS if b >= m)
+      padded = {k: np.concatenate([v, np.repeat(v[-1:], size - m, axis=0)]) for k, v in chunk.items()}
+      outs.append(np.asarray(self._predict(variables, padded))[:m])
+    return np.concatenate(outs)
+
+  def predict(self, inputs: Any) -> np.ndarray:
+    """Class ids int [N]."""
+    return self.predict_proba(inputs).argmax(-1)
+
+  def predict_labels(self, inputs: Any) -> list[str]:
+    return [self.label_names[i] for i in self.predict(inputs)]
+
+  def describe(self, inputs: Sequence[str], top: int = 3) -> list[str]:
+    """CLI lines: input, predicted label and the top probabilities."""
+    items: list[Any] = []
+    for s in inputs:
+      if self.input_kind != "tokens" and s.endswith(".npy"):
+        items.extend(np.load(s, allow_pickle=False).reshape((-1,) + self.input_shape))
+      else:
+        items.append(s)
+    raw = np.stack(items) if items and isinstance(items[0], np.ndarray) else items
+    proba = self.predict_proba(raw)
+    lines = []
+    for i, p in enumerate(proba):
+      order = np.argsort(-p)[:top]
+      name = inputs[i] if len(inputs) == len(proba) else f"#{i}"
+      tops = ", ".join(f"{self.label_names[j]}={p[j]:.3f}" for j in order)
+      lines.append(f"{name}\t{self.label_names[order[0]]}\t{tops}")
+    return lines
+
+  def evaluate(self, split: str = "test") -> dict[str, Any]:
+    """Metrics on a split of the dataset the model was trained on."""
+    from flaxnets.data import sources
+    from flaxnets.models import registry
+    from flaxnets.training import loop
+    config = self.config
+    dataset = sources.load_dataset(config.dataset)
+    dataset = sources.adapt(dataset, getattr(registry.MODELS[config.model.name], "input_kinds",
+                                             ("image", "series", "tokens")))
+    if self.vocab is not None and dataset.vocab != self.vocab:
+      raise ValueError("the dataset's vocabulary differs from the checkpoint's; the data "
+                       f"at {config.dataset.path!r} changed since training")
+    from flaxnets.training.state import TrainState
+    import optax
+    state = TrainState.create(apply_fn=self.model.apply, params=self.params, tx=optax.identity(),
+                              batch_stats=self.batch_stats, rng=jax.random.PRNGKey(0))
+    result = loop.TrainResult(state=state, history=[], val_metrics=None, test_metrics=None,
+                              config=config, model=self.model, dataset=dataset, stats=self.stats,
+                              workdir=None, train_time_s=0.0)
+    return loop.evaluate(result, split)
+
+  # -- export --------------------------------------------------------------------------------
+  def export(self, path: str | pathlib.Path) -> pathlib.Path:
+    """Serialize predict_proba (weights included) with jax.export; batch size symbolic.
+
+    Reload without flaxnets: `jax.export.deserialize(open(path, 'rb').read()).call(x)`
+    (token models take (ids, seq_lengths)). `<path>.json` records inputs and labels.
+    """
+    from jax import export
+    path = pathlib.Path(path)
+    variables = jax.tree.map(jnp.asarray, {"params": self.params, "batch_stats": self.batch_stats})
+    (b,) = export.symbolic_shape("b")
+    if self.input_kind == "tokens":
+      def fn(ids, lengths):
+        return self._proba(variables, {"inputs": ids, "seq_lengths": lengths})
+      specs = (jax.ShapeDtypeStruct((b,) + self.input_shape, jnp.int32),
+               jax.ShapeDtypeStruct((b,), jnp.int32))
+    else:
+      def fn(x):
+        return self._proba(variables, {"inputs": x})
+      specs = (jax.ShapeDtypeStruct((b,) + self.input_shape, jnp.float32),)
+    exported = export.export(jax.jit(fn))(*specs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(exported.serialize())
+    path.with_suffix(path.suffix + ".json").write_text(json.dumps({
+        "inputs": [{"shape": ["batch", *self.input_shape], "dtype": str(s.dtype)} for s in specs],
+        "label_names": self.label_names, "input_kind": self.input_kind,
+        "vocab": self.meta.get("vocab")}, indent=2))
+    return path
+
+
+class _Vars:
+  """The three fields steps.apply_model reads from a state."""
+
+  def __init__(self, apply_fn, params, batch_stats):
+    self.apply_fn, self.params, self.batch_stats = apply_fn, params, batch_stats
+
+
+def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
+  """Restore params (and batch_stats) of `step` ('best' | 'latest' | N) for inference."""
+  from flaxnets.models import registry
+  from flaxnets.training.checkpoint import CheckpointError
+  from flaxnets.training.state import dummy_inputs
+  ocp = _ocp()
+  step_dir = _step_dir(pathlib.Path(workdir), step)
+  meta_file = step_dir / "meta" / "metadata"
+  try:
+    meta = json.loads(meta_file.read_text())
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"checkpoint {step_dir} is damaged or incomplete: cannot read "
+                          f"{meta_file}: {e}") from e
+  kwargs = {k: v for k, v in meta["config"]["model"].items() if k != "name"}
+  fields = registry.model_fields(meta["model"])
+  if "num_classes" in fields and "num_classes" not in kwargs:
+    kwargs["num_classes"] = meta["num_classes"]
+  if "vocab_size" in fields and meta.get("vocab") is not None and "vocab_size" not in kwargs:
+    kwargs["vocab_size"] = len(meta["vocab"]["tokens"])
+  model = registry.build_model(meta["model"], **kwargs)
+  x, lengths = dummy_inputs(tuple(meta["input_shape"]), meta["input_kind"])
+  abstract = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0),
+                                                "dropout": jax.random.PRNGKey(0)},
+                                               x, lengths, train=False))
+  target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  try:
+    tree = ocp.PyTreeCheckpointer().restore(
+        step_dir / "state", args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                        partial_restore=True))
+  except Exception as e:
+    raise CheckpointError(f"checkpoint {step_dir} is damaged or incomplete: "
+                          f"{type(e).__name__}: {e}") from e
+  return Predictor(model, tree["params"], tree.get("batch_stats", {}), meta, step_dir)

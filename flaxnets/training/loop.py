@@ -1,0 +1,335 @@
+"""The training loop: `train(config, workdir)` and `evaluate(...)`.
+
+Reads top to bottom: data, model, optimizer, state, restore, compile, epochs (train,
+validate, checkpoint, early stop), test once, write results. The host waits on the
+device only at logging points, epoch ends and checkpoints.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+from flaxnets import config as config_lib
+from flaxnets import metrics as metrics_lib
+from flaxnets.data import pipeline, sources
+from flaxnets.data.types import Dataset
+from flaxnets.models import registry
+from flaxnets.training import hooks, optim, parallel, steps
+from flaxnets.training.state import TrainState, create_state, param_count, summary
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns: the final state on the host, history and metrics."""
+  state: TrainState
+  history: list[dict[str, Any]]
+  val_metrics: dict[str, Any] | None
+  test_metrics: dict[str, Any] | None
+  config: Any
+  model: Any
+  dataset: Dataset
+  stats: dict[str, np.ndarray]
+  workdir: str | None
+  train_time_s: float
+  stopped_early: bool = False
+
+
+class Progress:
+  """A tqdm bar per epoch on process 0 (or nothing)."""
+
+  def __init__(self, enabled: bool, total: int, epoch: int, num_epochs: int):
+    self.bar = None
+    if enabled and hooks.is_chief():
+      from tqdm.auto import tqdm
+      self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{num_epochs}", unit="step",
+                      dynamic_ncols=True, leave=True)
+
+  def update(self, n: int = 1, **postfix):
+    if self.bar is not None:
+      self.bar.update(n)
+      if postfix:
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def log(msg: str) -> None:
+  if hooks.is_chief():
+    print(msg, flush=True)
+
+
+def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") -> Any:
+  """The registered model with dataset-derived fields filled in."""
+  name = config.model.name
+  fields = registry.model_fields(name)
+  kwargs = config_lib.model_kwargs(config)
+  if "num_classes" in fields and "num_classes" not in kwargs:
+    kwargs["num_classes"] = dataset.num_classes
+  if "vocab_size" in fields and dataset.vocab is not None and "vocab_size" not in kwargs:
+    kwargs["vocab_size"] = len(dataset.vocab)
+  if "bn_axis_name" in fields and strategy_name == "pmap":
+    kwargs["bn_axis_name"] = parallel.AXIS
+  return registry.build_model(name, **kwargs)
+
+
+def buckets_for(dataset: Dataset) -> tuple[int, ...] | None:
+  if dataset.input_kind != "tokens" or "seq_lengths" not in dataset.train:
+    return None
+  return pipeline.default_buckets(dataset.train["inputs"].shape[1])
+
+
+def prefetch(batches: Iterator[dict], strategy: parallel.Strategy, size: int = 2) -> Iterator:
+  """Keep `size` batches already transferred to the devices ahead of the step."""
+  queue: collections.deque = collections.deque()
+  for batch in batches:
+    queue.append(strategy.put_batch(batch))
+    if len(queue) > size - 1:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def run_eval(eval_fn, state, split: dict[str, np.ndarray], global_batch: int,
+             strategy: parallel.Strategy, buckets, num_classes: int,
+             with_confusion: bool = False) -> dict[str, Any]:
+  """Loss, accuracy (and top-5, confusion matrix, F1) over every example of a split."""
+  outs = []
+  for batch in prefetch(pipeline.eval_batches(split, global_batch, buckets=buckets,
+                                              process_index=jax.process_index(),
+                                              process_count=jax.process_count()), strategy):
+    outs.append(eval_fn(state, batch))
+  outs = jax.device_get(outs)  # one sync for the whole split
+  sums = {k: sum(float(np.asarray(strategy.unreplicate(o)[k])) for o in outs)
+          for k in ("loss_sum", "correct", "count", "top5_correct") if k in outs[0]}
+  result = metrics_lib.summarize(sums)
+  if with_confusion and "preds" in outs[0] and (strategy.name == "mesh" or jax.process_count() == 1):
+    preds = np.concatenate([strategy.gather_preds(o["preds"]) for o in outs])[:len(split["labels"])]
+    cm = metrics_lib.confusion_matrix(split["labels"], preds, num_classes)
+    result["confusion_matrix"] = cm.tolist()
+    result.update(metrics_lib.f1_scores(cm))
+  return result
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2))
+  tmp.replace(path)
+
+
+def train(config: Any, workdir: str | None = None, *, data: Any = None,
+          restart: bool = False) -> TrainResult:
+  """Train config's model on config's dataset; resume from workdir's latest checkpoint.
+
+  Args:
+    config: an ml_collections.ConfigDict from flaxnets.get_config() (or a task config).
+    workdir: where metrics.jsonl, results.json and checkpoints go; None keeps it in memory.
+    data: for dataset 'arrays': {'train': (x, y), 'val': ..., 'test': ...}.
+    restart: ignore existing checkpoints in workdir and start over.
+  Returns:
+    TrainResult with the final state (host arrays), per-epoch history, val and test metrics.
+  """
+  start_time = time.time()
+  config = config_lib.validate(config.copy_and_resolve_references())
+
+  # ---- data ------------------------------------------------------------------------
+  dataset = sources.load_dataset(config.dataset, data)
+  model_cls = registry.MODELS[config.model.name]
+  dataset = sources.adapt(dataset, getattr(model_cls, "input_kinds", ("image", "series", "tokens")))
+  stats = pipeline.input_stats(dataset.train, dataset.input_kind) if config.dataset.normalize else {}
+  buckets = buckets_for(dataset)
+
+  # ---- devices and model ------------------------------------------------------------
+  strategy = parallel.Strategy(parallel.choose(config.parallel.strategy))
+  strategy.check_batch(config.batch_size)
+  eval_batch = -(-config.eval_batch_size // strategy.num_devices) * strategy.num_devices
+  model = build_model(config, dataset, strategy.name)
+  train_it = pipeline.TrainIterator(dataset.train, config.batch_size, config.seed,
+                                    buckets=buckets, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+  steps_per_epoch = train_it.steps_per_epoch
+  tx, schedule = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs)
+  rng = jax.random.PRNGKey(config.seed)
+  state = create_state(model, tx, rng, dataset.input_shape, dataset.input_kind)
+  log(f"flaxnets: {config.model.name} on {dataset.name} "
+      f"({len(dataset.train['labels'])} train / "
+      f"{0 if dataset.val is None else len(dataset.val['labels'])} val / "
+      f"{0 if dataset.test is None else len(dataset.test['labels'])} test), "
+      f"{strategy.num_devices} {jax.default_backend()} device(s), strategy {strategy.name}")
+  log(summary(state.params, state.batch_stats))
+
+  # ---- checkpoint restore ----------------------------------------------------------
+  history: list[dict[str, Any]] = []
+  early = hooks.EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta,
+                              config.early_stopping.mode)
+  ckpt = None
+  if workdir is not None and config.checkpoint.enabled:
+    from flaxnets.training import checkpoint
+    ckpt = checkpoint.Checkpointer(workdir, config, dataset, stats, restart=restart)
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+      state, extra = restored
+      train_it.set_state(extra["iterator"])
+      history = extra["history"]
+      early.load_state_dict(extra["early_stopping"])
+      log(f"resumed from step {int(state.step)} (epoch {train_it.epoch + 1}, "
+          f"batch {extra['iterator']['next_index']}) in {workdir}")
+  writer = hooks.MetricWriter(workdir, tensorboard=False)
+
+  # ---- compile ---------------------------------------------------------------------
+  train_step = strategy.compile_train(steps.make_train_step(
+      num_classes=dataset.num_classes, stats=stats, schedule=schedule,
+      label_smoothing=config.optimizer.label_smoothing,
+      crop_padding=config.augment.crop_padding if dataset.input_kind == "image" else 0,
+      flip=config.augment.flip and dataset.input_kind == "image",
+      axis_name=strategy.axis_name, debug=config.debug))
+  eval_step = strategy.compile_eval(steps.make_eval_step(
+      num_classes=dataset.num_classes, stats=stats, axis_name=strategy.axis_name))
+  state = strategy.put_state(state)
+  step = int(strategy.get_state(state.step))
+
+  def save(final_metrics=None, force=False):
+    if ckpt is not None:
+      ckpt.save(step, strategy.get_state(state), {
+          "iterator": train_it.get_state(), "history": history,
+          "early_stopping": early.state_dict()}, final_metrics, force=force)
+
+  # ---- epochs ----------------------------------------------------------------------
+  val_metrics = None
+  stopped_early = False
+  train_time = 0.0
+  with hooks.PreemptionGuard() as guard:
+    while train_it.epoch < config.num_epochs:
+      epoch = train_it.epoch
+      epoch_start = time.time()
+      bar = Progress(config.progress, steps_per_epoch - train_it.get_state()["next_index"],
+                     epoch, config.num_epochs)
+      sums = None
+      window_start, window_examples = time.time(), 0
+      for batch in prefetch(train_it.epoch_batches(), strategy):
+        state, m = train_step(state, batch)
+        step += 1
+        sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
+        window_examples += config.batch_size
+        if step % config.log_every_steps == 0:
+          host = jax.device_get(strategy.unreplicate(m))
+          loss = float(host["loss_sum"]) / max(float(host["count"]), 1.0)
+          if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {step} (epoch {epoch + 1}); "
+                                     "the last good checkpoint is kept untouched")
+          rate = window_examples / max(time.time() - window_start, 1e-9)
+          window_start, window_examples = time.time(), 0
+          writer.write({"split": "train_step", "epoch": epoch + 1, "step": step, "loss": loss,
+                        "accuracy": float(host["correct"]) / max(float(host["count"]), 1.0),
+                        "learning_rate": float(host["learning_rate"]),
+                        "grad_norm": float(host["grad_norm"]), "examples_per_sec": rate})
+          bar.update(0, loss=loss, ex_per_s=rate)
+        bar.update(1)
+        if ckpt is not None and config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
+          save()
+        if guard.stop_requested:
+          break
+      bar.close()
+      if guard.stop_requested:
+        save(force=True)
+        if ckpt is not None:
+          ckpt.close()
+        raise SystemExit(f"flaxnets: received {guard.signal_name} at step {step}; saved a "
+                         f"checkpoint in {workdir}. Run the same command again to resume.")
+      if sums is None:
+        continue
+      sums = strategy.unreplicate(jax.device_get(sums))
+      epoch_time = time.time() - epoch_start
+      train_time += epoch_time
+      train_metrics = metrics_lib.summarize(sums)
+      if not math.isfinite(train_metrics["loss"]):
+        raise FloatingPointError(f"loss became {train_metrics['loss']} in epoch {epoch + 1} "
+                                 f"(by step {step}); the last good checkpoint is kept untouched")
+      record = {"split": "train", "epoch": epoch + 1, "step": step, "loss": train_metrics["loss"],
+                "accuracy": train_metrics["accuracy"],
+                "examples_per_sec": train_metrics["count"] / epoch_time,
+                "wall_time": time.time() - start_time}
+      history.append(record)
+      writer.write(record)
+      msg = f"epoch {epoch + 1:3d}: train loss {record['loss']:.4f} acc {record['accuracy']:.4f}"
+      if dataset.val is not None:
+        val_metrics = run_eval(eval_step, state, dataset.val, eval_batch, strategy, buckets,
+                               dataset.num_classes)
+        vrec = {"split": "val", "epoch": epoch + 1, "step": step, "loss": val_metrics["loss"],
+                "accuracy": val_metrics["accuracy"], "wall_time": time.time() - start_time}
+        history.append(vrec)
+        writer.write(vrec)
+        msg += f" | val loss {vrec['loss']:.4f} acc {vrec['accuracy']:.4f}"
+        if config.early_stopping.patience:
+          stop = early.update(val_metrics[config.early_stopping.metric], epoch + 1)
+          stopped_early = stop
+      log(msg + f" | {record['examples_per_sec']:.0f} ex/s")
+      save({"val_" + k: v for k, v in (val_metrics or {}).items()
+            if isinstance(v, float)} or None)
+      if stopped_early:
+        log(f"early stopping: no improvement in validation {config.early_stopping.metric} "
+            f"for {config.early_stopping.patience} epochs (best epoch {early.best_epoch})")
+        break
+
+  # ---- final evaluation ----------------------------------------------------------------
+  if ckpt is not None:
+    ckpt.wait()
+  if stopped_early and config.early_stopping.restore_best and ckpt is not None:
+    best = ckpt.restore_step(ckpt.best_step(), strategy.get_state(state))
+    if best is not None:
+      state = strategy.put_state(best[0])
+      log(f"restored the best weights (step {ckpt.best_step()})")
+  if dataset.val is not None:
+    val_metrics = run_eval(eval_step, state, dataset.val, eval_batch, strategy, buckets,
+                           dataset.num_classes)
+  test_metrics = None
+  if dataset.test is not None:
+    test_metrics = run_eval(eval_step, state, dataset.test, eval_batch, strategy, buckets,
+                            dataset.num_classes, with_confusion=True)
+  host_state = strategy.get_state(state)
+  wall = time.time() - start_time
+  table = ["", f"{'split':<6} {'loss':>8} {'accuracy':>9} {'examples':>9}"]
+  for name, m in (("val", val_metrics), ("test", test_metrics)):
+    if m is not None:
+      table.append(f"{name:<6} {m['loss']:>8.4f} {m['accuracy']:>9.4f} {m['count']:>9d}")
+  table.append(f"params {param_count(host_state.params):,}; training {train_time:.1f} s; "
+               f"total {wall:.1f} s")
+  log("\n".join(table))
+  if workdir is not None and hooks.is_chief():
+    import flaxnets
+    _write_json(pathlib.Path(workdir) / "results.json", {
+        "config": config.to_dict(), "val": val_metrics, "test": test_metrics,
+        "train_time_s": train_time, "wall_time_s": wall, "steps": step,
+        "stopped_early": stopped_early, "devices": [str(d) for d in strategy.devices],
+        "device_kind": jax.devices()[0].device_kind, "strategy": strategy.name,
+        "process_count": jax.process_count(), "flaxnets_version": flaxnets.__version__})
+  if ckpt is not None:
+    ckpt.close()
+  writer.close()
+  return TrainResult(state=host_state, history=history, val_metrics=val_metrics,
+                     test_metrics=test_metrics, config=config, model=model, dataset=dataset,
+                     stats=stats, workdir=workdir, train_time_s=train_time,
+                     stopped_early=stopped_early)
+
+
+def evaluate(result: TrainResult, split: str = "test") -> dict[str, Any]:
+  """Metrics of a trained model on one split ('train', 'val' or 'test') of its dataset."""
+  data = getattr(result.dataset, split, None)
+  if split not in ("train", "val", "test") or data is None:
+    raise ValueError(f"split={split!r}: expected one of the dataset's splits "
+                     f"{[s for s in ('train', 'val', 'test') if getattr(result.dataset, s) is not None]}")
+  strategy = parallel.Strategy("single")
+  eval_step = strategy.compile_eval(steps.make_eval_step(
+      num_classes=result.dataset.num_classes, stats=result.stats))
+  state = strategy.put_state(result.state)
+  return run_eval(eval_step, state, data, result.config.eval_batch_size, strategy,
+                  buckets_for(result.dataset), result.dataset.num_classes, with_confusion=True)
