@@ -22,11 +22,10 @@ from PIL import Image
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _GRAY_MODES = ("1", "L", "LA", "I", "F")
-_CHUNK = 64  # images per decode task: per-image tasks cost more in overhead than they gain
-# Below this mean file size (CIFAR's JPEGs are ~1.3 KB) decoding is dominated by PIL's
-# Python-side header parsing, which holds the GIL, so threads only add contention and the
-# automatic setting decodes inline; bigger images decode in C with the GIL released.
-_SMALL_FILE_BYTES = 16 * 1024
+# Images per decode task: one task per image costs more in overhead than it gains
+# (experiments/benchmarks/decode_cifar10.py). PIL releases the GIL while decoding, so
+# threads pay off for photo-sized images; for tiny ones (CIFAR) they roughly break even.
+_CHUNK = 64
 
 
 # ----------------------------------------------------------------------------- images
@@ -93,6 +92,59 @@ def _scan_tar(archive: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, byt
                      f"(expected a {'/'.join(ARCHIVE_SUFFIXES)} archive)") from None
 
 
+class _Layout:
+  """Picks the images of `[<split>/][<prefix>/]<class>/<file>` and checks the layout."""
+
+  def __init__(self, path: pathlib.Path, split: str | None, split_parts: tuple[str, ...]):
+    self.path, self.split, self.split_parts = path, split, split_parts
+    self.top_level: set[str] = set()  # first folders of images nested >= 3 deep
+    self.prefixes: set[str] = set()   # folders holding the class folders
+    self.loose = 0                    # images outside any class folder
+    self.count = 0
+
+  def select(self, entries: Iterable) -> Iterator[tuple[str, str, str, bytes | str]]:
+    """(parts, name, data) -> (class, relative path, name, data) of the kept images."""
+    n = len(self.split_parts)
+    for parts, name, data in entries:
+      if len(parts) >= 3:
+        self.top_level.add(parts[0])
+      if n:
+        if parts[:n] != self.split_parts:
+          continue
+        parts = parts[n:]
+      if len(parts) < 2:
+        self.loose += 1
+        continue
+      prefix = "/".join(parts[:-2])
+      if prefix not in self.prefixes:
+        self.prefixes.add(prefix)
+        if len(self.prefixes) > 1:
+          self.check()  # fail early while streaming an archive
+      self.count += 1
+      yield parts[-2], "/".join(parts), name, data
+
+  def check(self) -> None:
+    """Raises if no images were found, the split is missing, or class levels differ."""
+    path, split = self.path, self.split
+    if not self.count:
+      if self.split_parts and self.split_parts[0] not in self.top_level:
+        found = (sorted(self.top_level) or
+                 "none (images sit directly in class folders; use split=None)")
+        raise ValueError(f"split {split!r} not found in {path}: expected images under "
+                         f"{split}/<class>/; top-level folders with images: {found}")
+      where = f"{path} (split {split!r})" if split else str(path)
+      hint = (f"; {self.loose} image(s) lie directly in it: expected "
+              "<folder>/<class>/<image>" if self.loose else "")
+      raise ValueError(f"no images found in {where}: looked for "
+                       f"{'/'.join(IMAGE_EXTENSIONS)} files (case-insensitive) in class "
+                       f"subfolders{hint}")
+    if len(self.prefixes) > 1:
+      shown = ", ".join(repr(p) for p in sorted(self.prefixes)[:8])
+      raise ValueError(f"{path}: class folders sit under different parent folders ({shown}): "
+                       "expected one level of class folders; pass split= to pick one of the "
+                       f"top-level folders {sorted(self.top_level)}")
+
+
 def _check_image_size(image_size) -> tuple[int, int] | None:
   if image_size is None:
     return None
@@ -116,8 +168,7 @@ def read_image_folder(path: str | os.PathLike,
     path: a directory, or a .tar/.tar.gz/.tgz archive (streamed, never unpacked).
     split: keep only images under this top-level folder (e.g. 'train').
     image_size: (height, width) to resize every image to; None = all must match.
-    num_workers: decoding threads; <= 1 decodes inline; None = min(8, cpu count)
-      threads, or inline when the first files are small (< 16 KB on average).
+    num_workers: decoding threads; None = min(8, cpu count); <= 1 decodes inline.
     class_names: the label order to use (e.g. from the train split), so that a split
       missing a class keeps the same ids; None = sorted class folders found.
 
@@ -129,8 +180,7 @@ def read_image_folder(path: str | os.PathLike,
   """
   path = pathlib.Path(path)
   image_size = _check_image_size(image_size)
-  auto_workers = num_workers is None
-  if auto_workers:
+  if num_workers is None:
     num_workers = min(8, os.cpu_count() or 1)
   if not path.exists():
     raise FileNotFoundError(f"image folder {str(path)!r} does not exist: expected a directory "
@@ -146,23 +196,20 @@ def read_image_folder(path: str | os.PathLike,
   split_parts = tuple(p for p in split.split("/") if p) if split else ()
   if split is not None and not split_parts:
     raise ValueError(f"split={split!r}: expected a folder name such as 'train', or None")
-  keys: list[tuple[str, str, str]] = []   # (prefix, class, relpath) per kept image
+  layout = _Layout(path, split, split_parts)
+  selected = layout.select(entries)
+  if path.is_dir():  # listing is cheap: check the layout before decoding anything
+    selected = list(selected)
+    layout.check()
+  keys: list[tuple[str, str]] = []  # (class, relpath) per kept image
   names: list[str] = []
-  top_level: set[str] = set()             # first folders of images nested >= 3 deep
-  loose = 0                               # images outside any class folder
   futures, chunk = [], []
-  pool = None
+  pool = (concurrent.futures.ThreadPoolExecutor(num_workers, "read_image_folder")
+          if num_workers > 1 else None)
   results: list[np.ndarray] = []
 
   def flush():
-    nonlocal pool, num_workers
     if chunk:
-      if auto_workers and num_workers > 1 and pool is None:
-        sizes = [len(d) if isinstance(d, bytes) else os.path.getsize(d) for _, d in chunk]
-        if sum(sizes) / len(sizes) < _SMALL_FILE_BYTES:
-          num_workers = 1
-      if num_workers > 1 and pool is None:
-        pool = concurrent.futures.ThreadPoolExecutor(num_workers, "read_image_folder")
       if pool is None:
         results.extend(_decode_chunk(chunk, image_size))
       else:
@@ -170,17 +217,8 @@ def read_image_folder(path: str | os.PathLike,
       chunk.clear()
 
   try:
-    for parts, name, data in entries:
-      if len(parts) >= 3:
-        top_level.add(parts[0])
-      if split_parts:
-        if parts[:len(split_parts)] != split_parts:
-          continue
-        parts = parts[len(split_parts):]
-      if len(parts) < 2:
-        loose += 1
-        continue
-      keys.append(("/".join(parts[:-2]), parts[-2], "/".join(parts)))
+    for cls, rel, name, data in selected:
+      keys.append((cls, rel))
       names.append(name)
       chunk.append((name, data))
       if len(chunk) >= _CHUNK:
@@ -191,26 +229,9 @@ def read_image_folder(path: str | os.PathLike,
   finally:
     if pool is not None:
       pool.shutdown(wait=True, cancel_futures=True)
+  layout.check()
 
-  exts = "/".join(IMAGE_EXTENSIONS)
-  if not keys:
-    if split_parts and split_parts[0] not in top_level:
-      found = sorted(top_level) or "none (images sit directly in class folders; use split=None)"
-      raise ValueError(f"split {split!r} not found in {path}: expected images under "
-                       f"{split}/<class>/; top-level folders with images: {found}")
-    where = f"{path} (split {split!r})" if split else str(path)
-    hint = (f"; {loose} image(s) lie directly in it: expected <folder>/<class>/<image>"
-            if loose else "")
-    raise ValueError(f"no images found in {where}: looked for {exts} files "
-                     f"(case-insensitive) in class subfolders{hint}")
-  prefixes = sorted({k[0] for k in keys})
-  if len(prefixes) > 1:
-    shown = ", ".join(repr(p) for p in prefixes[:8])
-    raise ValueError(f"{path}: class folders sit under {len(prefixes)} different parent "
-                     f"folders ({shown}): expected one level of class folders; pass split= "
-                     f"to pick one of the top-level folders {sorted(top_level)}")
-
-  found_classes = sorted({k[1] for k in keys})
+  found_classes = sorted({k[0] for k in keys})
   if class_names is None:
     class_names = found_classes
   else:
@@ -219,7 +240,7 @@ def read_image_folder(path: str | os.PathLike,
       if c not in class_names:
         raise ValueError(f"{path}: class folder {c!r} is not among class_names={class_names}")
   class_index = {c: i for i, c in enumerate(class_names)}
-  order = sorted(range(len(keys)), key=lambda i: (class_index[keys[i][1]], keys[i][2]))
+  order = sorted(range(len(keys)), key=lambda i: (class_index[keys[i][0]], keys[i][1]))
   first = order[0]
   want_hw = image_size or results[first].shape[:2]
   for i in order:
@@ -232,7 +253,7 @@ def read_image_folder(path: str | os.PathLike,
   images = np.empty((len(order), *want_hw, channels), np.uint8)
   for j, i in enumerate(order):
     images[j] = results[i]  # broadcasts a grayscale [H, W, 1] image into RGB
-  labels = np.array([class_index[keys[i][1]] for i in order], np.int32)
+  labels = np.array([class_index[keys[i][0]] for i in order], np.int32)
   return images, labels, class_names
 
 

@@ -108,11 +108,11 @@ def run_eval(eval_fn, state, split: dict[str, np.ndarray], global_batch: int,
                                               process_index=jax.process_index(),
                                               process_count=jax.process_count()), strategy):
     outs.append(eval_fn(state, batch))
-  outs = jax.device_get(outs)  # one sync for the whole split
+  outs = strategy.to_host(outs)  # one sync for the whole split
   sums = {k: sum(float(np.asarray(strategy.unreplicate(o)[k])) for o in outs)
           for k in ("loss_sum", "correct", "count", "top5_correct") if k in outs[0]}
   result = metrics_lib.summarize(sums)
-  if with_confusion and "preds" in outs[0] and (strategy.name == "mesh" or jax.process_count() == 1):
+  if with_confusion and "preds" in outs[0]:
     preds = np.concatenate([strategy.gather_preds(o["preds"]) for o in outs])[:len(split["labels"])]
     cm = metrics_lib.confusion_matrix(split["labels"], preds, num_classes)
     result["confusion_matrix"] = cm.tolist()
@@ -197,10 +197,14 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   state = strategy.put_state(state)
   step = int(strategy.get_state(state.step))
 
+  # Prefetching runs the iterator ahead of the steps, so the position saved is the
+  # one of the last batch consumed: (epoch, batches consumed in it).
+  position = dict(train_it.get_state())
+
   def save(final_metrics=None, force=False):
     if ckpt is not None:
       ckpt.save(step, strategy.get_state(state), {
-          "iterator": train_it.get_state(), "history": history,
+          "iterator": dict(position), "history": history,
           "early_stopping": early.state_dict()}, final_metrics, force=force)
 
   # ---- epochs ----------------------------------------------------------------------
@@ -218,6 +222,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
       for batch in prefetch(train_it.epoch_batches(), strategy):
         state, m = train_step(state, batch)
         step += 1
+        position["next_index"] += 1
         sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
         window_examples += config.batch_size
         if step % config.log_every_steps == 0:
@@ -234,11 +239,15 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
                         "grad_norm": float(host["grad_norm"]), "examples_per_sec": rate})
           bar.update(0, loss=loss, ex_per_s=rate)
         bar.update(1)
-        if ckpt is not None and config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
+        if (ckpt is not None and config.checkpoint.every_steps and
+            step % config.checkpoint.every_steps == 0 and
+            position["next_index"] < steps_per_epoch):  # epoch ends save below anyway
           save()
         if guard.stop_requested:
           break
       bar.close()
+      if position["next_index"] >= steps_per_epoch:
+        position.update(epoch=epoch + 1, next_index=0)
       if guard.stop_requested:
         save(force=True)
         if ckpt is not None:

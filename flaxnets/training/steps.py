@@ -113,7 +113,7 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
       new_state = new_state.replace(batch_stats=updates["batch_stats"])
     metrics = _reduce({"loss_sum": (losses * weight).sum(), "correct": (correct * weight).sum(),
                        "count": weight.sum()}, axis_name)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
     return new_state, metrics
 

@@ -1,0 +1,144 @@
+"""Config validation: one test per kind of bad value; each message names key, value and what is allowed."""
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+import flaxnets
+from flaxnets.config import ConfigError, validate
+
+
+def _set(config, dotted, value):
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  with node.unlocked() if hasattr(node, "unlocked") else _null():
+    node[leaf] = value
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("optimizer.learning_rate", 0.0, "> 0"),
+    ("optimizer.learning_rate", -1e-3, "> 0"),
+    ("batch_size", 0, ">= 1"),
+    ("num_epochs", 0, ">= 1"),
+    ("eval_batch_size", -4, ">= 1"),
+    ("dataset.val_fraction", 1.0, "[0, 1)"),
+    ("optimizer.label_smoothing", 1.5, "[0, 1)"),
+    ("optimizer.momentum", 1.0, "[0, 1)"),
+    ("optimizer.name", "adagradd", "one of"),
+    ("optimizer.schedule", "cosinus", "one of"),
+    ("dataset.name", "cifar11", "one of"),
+    ("parallel.strategy", "pjit", "one of"),
+    ("checkpoint.best_mode", "maximum", "'min' or 'max'"),
+])
+def test_out_of_range_or_unknown_value(key, value, allowed):
+  config = flaxnets.get_config()
+  _set(config, key, value)
+  with pytest.raises(ConfigError) as e:
+    validate(config)
+  msg = str(e.value)
+  assert f"config.{key}={value!r}" in msg
+  assert allowed in msg
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0, 1.5])
+def test_dropout_outside_unit_interval(dropout):
+  config = flaxnets.get_config()
+  config.model.dropout = dropout
+  with pytest.raises(ConfigError, match=rf"config\.model\.dropout={dropout!r}: expected a number in \[0, 1\)"):
+    validate(config)
+
+
+def test_unknown_model_name_lists_models():
+  config = flaxnets.get_config()
+  config.model.name = "resnet19"
+  with pytest.raises(ConfigError) as e:
+    validate(config)
+  assert "config.model.name='resnet19'" in str(e.value)
+  for name in ("simple_cnn", "resnet18", "resnet20", "rnn", "crnn", "conv1d", "char_lm"):
+    assert name in str(e.value)
+
+
+def test_unknown_top_level_key():
+  config = flaxnets.get_config()
+  config.learning_rate = 0.1  # belongs under optimizer
+  with pytest.raises(ConfigError, match=r"config\.learning_rate: unknown key \(value 0\.1\).*allowed keys"):
+    validate(config)
+
+
+def test_unknown_nested_key_names_section():
+  config = flaxnets.get_config()
+  config.optimizer.lerning_rate = 0.1
+  with pytest.raises(ConfigError) as e:
+    validate(config)
+  assert "config.optimizer.lerning_rate" in str(e.value)
+  assert "learning_rate" in str(e.value).split("allowed keys")[1]
+
+
+def test_unknown_model_field_lists_fields():
+  config = flaxnets.get_config()
+  config.model.hiden = 64
+  with pytest.raises(ConfigError) as e:
+    validate(config)
+  assert "config.model.hiden=64" in str(e.value) and "'hidden'" in str(e.value)
+
+
+def _from_dict(**changes):
+  """A config as loaded from JSON/YAML: plain dict values, no ConfigDict type locking."""
+  d = flaxnets.get_config().to_dict()
+  for dotted, value in changes.items():
+    node = d
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return ml_collections.ConfigDict(d)
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("batch_size", "32", "expected int, got str"),
+    ("num_epochs", True, "expected int, got bool"),
+    ("optimizer.learning_rate", "1e-3", "expected float, got str"),
+    ("progress", 1, "expected bool, got int"),
+])
+def test_wrong_type(key, value, expected):
+  with pytest.raises(ConfigError) as e:
+    validate(_from_dict(**{key: value}))
+  assert f"config.{key}={value!r}: {expected}" in str(e.value)
+
+
+def test_configdict_rejects_wrong_type_on_assignment():
+  config = flaxnets.get_config()
+  with pytest.raises(TypeError, match="batch_size"):
+    config.batch_size = "32"
+
+
+def test_wrong_model_field_value():
+  config = flaxnets.get_config()
+  config.model.name = "rnn"
+  config.model.cell = "transformer"
+  with pytest.raises(ConfigError, match=r"config\.model\.cell='transformer': expected one of \('lstm', 'gru', 'simple'\)"):
+    validate(config)
+
+
+def test_valid_default_config_passes():
+  assert validate(flaxnets.get_config()).model.name == "simple_cnn"
+
+
+def test_cli_reports_config_error_without_traceback(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "flaxnets.cli", "train",
+                        "--config.optimizer.learning_rate=-1", f"--workdir={tmp_path}"],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert "config.optimizer.learning_rate=-1" in out.stderr
+  assert "Traceback" not in out.stderr
