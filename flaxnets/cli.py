@@ -46,8 +46,12 @@ def _train(argv: list[str]) -> int:
     print(f"flaxnets train: {e}", file=sys.stderr)
     return 2
   if fv.distributed:
-    from flaxnets.training.distributed import initialize
-    initialize(fv.coordinator, fv.num_processes, fv.process_id, fv.init_timeout)
+    from flaxnets.training.distributed import DistributedInitError, initialize
+    try:
+      initialize(fv.coordinator, fv.num_processes, fv.process_id, fv.init_timeout)
+    except DistributedInitError as e:
+      print(f"flaxnets train: {e}", file=sys.stderr)
+      return 2
   from flaxnets.config import ConfigError
   from flaxnets.training.checkpoint import CheckpointError
   from flaxnets.training import loop

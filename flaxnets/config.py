@@ -46,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.label_column = "label"
   d.image_size = 0                # resize image folders to this square size; 0 keeps sizes
   d.vocab_level = "word"          # "word" | "char"
+  d.lowercase = True
+  d.split_punctuation = False     # word level: also split punctuation off words (raw text)
   d.min_freq = 1
   d.max_vocab = 0                 # 0: no limit
   d.max_len = 0                   # tokens per example; 0: longest training example

@@ -129,6 +129,8 @@ class Predictor:
     """Class probabilities float32 [N, classes] for N raw inputs."""
     batch = self.prepare(inputs)
     n = len(batch["inputs"])
+    if n == 0:
+      return np.zeros((0, len(self.label_names)), np.float32)
     variables = {"params": self.params, "batch_stats": self.batch_stats}
     outs = []
     for start in range(0, n, BATCH_BUCKETS[-1]):
@@ -225,7 +227,7 @@ class _Vars:
 def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
   """Restore params (and batch_stats) of `step` ('best' | 'latest' | N) for inference."""
   from flaxnets.models import registry
-  from flaxnets.training.checkpoint import CheckpointError
+  from flaxnets.training.checkpoint import damaged_error
   from flaxnets.training.state import dummy_inputs
   ocp = _ocp()
   step_dir = _step_dir(pathlib.Path(workdir), step)
@@ -233,9 +235,10 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
   try:
     meta = json.loads(meta_file.read_text())
   except (OSError, ValueError) as e:
-    raise CheckpointError(f"checkpoint {step_dir} is damaged or incomplete: cannot read "
-                          f"{meta_file}: {e}") from e
-  kwargs = {k: v for k, v in meta["config"]["model"].items() if k != "name"}
+    raise damaged_error(step_dir, e) from e
+  # JSON turned the config's tuples into lists; the model gets them back as trained.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in meta["config"]["model"].items() if k != "name"}
   fields = registry.model_fields(meta["model"])
   if "num_classes" in fields and "num_classes" not in kwargs:
     kwargs["num_classes"] = meta["num_classes"]
@@ -252,7 +255,6 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
     tree = ocp.PyTreeCheckpointer().restore(
         step_dir / "state", args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                                         partial_restore=True))
-  except Exception as e:
-    raise CheckpointError(f"checkpoint {step_dir} is damaged or incomplete: "
-                          f"{type(e).__name__}: {e}") from e
+  except Exception as e:  # orbax / tensorstore raise several types
+    raise damaged_error(step_dir, e) from e
   return Predictor(model, tree["params"], tree.get("batch_stats", {}), meta, step_dir)

@@ -13,24 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
+from flaxnets.data.text import bucket_length, default_buckets  # noqa: F401
 from flaxnets.data.types import Split
-
-
-def bucket_length(longest: int, buckets: tuple[int, ...]) -> int:
-  """The smallest bucket >= longest (the largest bucket when none is)."""
-  for b in sorted(buckets):
-    if b >= longest:
-      return b
-  return max(buckets)
-
-
-def default_buckets(max_len: int) -> tuple[int, ...]:
-  """Powers of two from 16 below max_len, plus max_len itself."""
-  out, b = [], 16
-  while b < max_len:
-    out.append(b)
-    b *= 2
-  return tuple(out) + (max_len,)
 
 
 def input_stats(split: Split, input_kind: str) -> dict[str, np.ndarray]:

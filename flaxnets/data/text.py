@@ -145,6 +145,18 @@ class Vocabulary:
             "lowercase": self.lowercase, "split_punctuation": self.split_punctuation,
             "tokens": self.tokens}
 
+  def to_dict(self) -> dict:
+    """Plain JSON-able form, stored in checkpoint metadata."""
+    return self._config()
+
+  @classmethod
+  def from_dict(cls, cfg: dict) -> "Vocabulary":
+    """Inverse of to_dict()."""
+    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+      raise ValueError(f"not a vocabulary dict: expected \"format\": \"{_FORMAT}\"")
+    return cls(cfg["tokens"], cfg["level"], cfg["lowercase"],
+               bool(cfg.get("split_punctuation", False)))
+
   def save(self, path: str | os.PathLike) -> None:
     """Writes the vocabulary as UTF-8 JSON (atomically: a temp file, then rename)."""
     path = pathlib.Path(path)

@@ -83,10 +83,14 @@ def _read_all(source, n: int):
     yield from (source[k] for k in keys)
 
 
+class MissingFeatureError(ValueError):
+  """The dataset has no feature of the requested name (e.g. no 'image' in a text set)."""
+
+
 def _check_key(key: str, features: Any, name: str, role: str) -> None:
   keys = list(features.keys())
   if key not in keys:
-    raise ValueError(f"TFDS dataset {name!r} has no feature {key!r} ({role}); its features "
+    raise MissingFeatureError(f"TFDS dataset {name!r} has no feature {key!r} ({role}); its features "
                      f"are {keys}")
 
 

@@ -3,18 +3,23 @@
 Layout of a workdir:
     checkpoints/<step>/{state, extra, meta}   the latest `max_to_keep` steps
     best/<step>/{state, extra, meta}          the step with the best validation metric
+    damaged/<sub>-<step>-<time>/              steps found damaged on resume, moved aside
 `state` holds params, batch_stats, opt_state, step and rng (Orbax StandardSave);
-`extra` (JSON) the data-iterator position, history and early-stopping state; `meta`
-(JSON) everything inference needs: config, model name, label names, vocabulary,
-input statistics. Nothing is pickled. Orbax writes each step to a temporary folder
-and renames it when complete, so a half-written step is never picked up; a step
-that is damaged afterwards is skipped on resume, with a message naming it.
+`extra` (JSON) the data-iterator position, history, the running sums of a partly
+done epoch and early-stopping state; `meta` (JSON) everything inference needs:
+config, model name, label names, vocabulary, input statistics, plus the validation
+metrics of that step. Nothing is pickled. Orbax writes each step to a temporary
+folder and renames it when complete, so a half-written step is never picked up; a
+step that is damaged afterwards is skipped on resume, with a message naming it.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import pathlib
 import shutil
-from typing import Any
+import time
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -24,6 +29,11 @@ from flaxnets.training.hooks import is_chief
 
 # Changing any of these between a run and its resume would make the resume wrong.
 RESUME_KEYS = ("model", "dataset", "batch_size", "seed", "optimizer.name")
+# Facts about the data that fix the model's shape and the meaning of its outputs; a
+# changed 'arrays' dataset has no config key that would show it.
+RESUME_META = ("dataset", "task", "input_kind", "input_shape", "num_classes", "label_names")
+ITEMS = ("state", "extra", "meta")
+_MAX_CAUSE = 400  # characters of an Orbax / TensorStore error quoted in ours
 
 
 class CheckpointError(RuntimeError):
@@ -35,7 +45,17 @@ def _ocp():
   return ocp
 
 
+def damaged_error(path: pathlib.Path | str, error: BaseException) -> CheckpointError:
+  """One CheckpointError naming `path`, with the first few hundred characters of the cause."""
+  cause = f"{type(error).__name__}: {error}"
+  if len(cause) > _MAX_CAUSE:  # TensorStore appends its whole JSON spec: keep the reason
+    cause = cause[:_MAX_CAUSE] + " ..."
+  return CheckpointError(f"checkpoint {path} is damaged or incomplete ({cause}); "
+                         "load another step (step=N), or retrain")
+
+
 def state_tree(state: Any) -> dict[str, Any]:
+  """The parts of a TrainState that a checkpoint stores."""
   return {"params": state.params, "batch_stats": state.batch_stats,
           "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
 
@@ -50,9 +70,14 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _as_json(obj: Any) -> Any:
+  """obj as it reads back from a JSON checkpoint item (tuples become lists)."""
+  return json.loads(json.dumps(_jsonable(obj)))
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Dotted keys under RESUME_KEYS whose values differ between two config dicts."""
-  a, b = _flatten(saved), _flatten(current)
+  a, b = _flatten(_as_json(saved)), _flatten(_as_json(current))
   diffs = []
   for key in sorted(set(a) | set(b)):
     if any(key == r or key.startswith(r + ".") for r in RESUME_KEYS) and a.get(key) != b.get(key):
@@ -60,7 +85,22 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   return diffs
 
 
+def meta_differences(saved: dict, current: dict) -> list[str]:
+  """Config keys, data facts and vocabulary that differ between two `meta` items."""
+  diffs = config_differences(saved["config"], current["config"])
+  a, b = _as_json(saved), _as_json(current)
+  for key in RESUME_META:
+    if a.get(key) != b.get(key):
+      shown = [repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "..."
+               for v in (a.get(key), b.get(key))]
+      diffs.append(f"{key} (from the data): checkpoint {shown[0]} vs now {shown[1]}")
+  if a.get("vocab") != b.get("vocab"):
+    diffs.append("vocabulary: built from different training data or settings")
+  return diffs
+
+
 def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dict[str, Any]:
+  """What inference needs to rebuild the model and read raw inputs, as JSON values."""
   import flaxnets
   return {"config": config.to_dict(), "model": config.model.name,
           "label_names": list(dataset.label_names), "num_classes": dataset.num_classes,
@@ -72,7 +112,7 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dic
 
 
 class Checkpointer:
-  """Saves and restores the training state of one workdir."""
+  """Saves and restores the training state of one workdir (process 0 writes)."""
 
   def __init__(self, workdir: str | pathlib.Path, config: Any, dataset: Dataset,
                stats: dict[str, np.ndarray], restart: bool = False):
@@ -83,69 +123,102 @@ class Checkpointer:
         shutil.rmtree(self.workdir / sub, ignore_errors=True)
     self.ccfg = config.checkpoint
     self.meta = metadata(config, dataset, stats)
-    opts = dict(enable_async_checkpointing=self.ccfg.async_save, create=True)
-    self.items = ("state", "extra", "meta")
+    # A run killed mid-save leaves a temporary folder behind; it is never a step.
+    opts = dict(enable_async_checkpointing=self.ccfg.async_save, create=True,
+                cleanup_tmp_directories=True)
     self.latest = ocp.CheckpointManager(
-        self.workdir / "checkpoints", item_names=self.items,
+        self.workdir / "checkpoints", item_names=ITEMS,
         options=ocp.CheckpointManagerOptions(max_to_keep=self.ccfg.max_to_keep, **opts))
     self.best = ocp.CheckpointManager(
-        self.workdir / "best", item_names=self.items,
+        self.workdir / "best", item_names=ITEMS,
         options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
-    self.best_value = None
+    self.best_value: float | None = None
+    self._closed = False
     self._check_compatible()
 
   def _check_compatible(self) -> None:
-    step = self.latest.latest_step()
-    if step is None:
+    """Refuse to resume from checkpoints of a different model, dataset or vocabulary."""
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        saved = self._read_meta(self.latest, step)
+      except CheckpointError:
+        continue  # a damaged step is reported (and moved aside) by restore_latest
+      diffs = meta_differences(saved, self.meta)
+      if diffs:
+        raise CheckpointError(
+            f"{self.workdir}: the checkpoints there were trained with a different config "
+            "or data, so resuming would be wrong. Differing keys:\n  " + "\n  ".join(diffs) +
+            "\nUse another workdir, or --restart (train(..., restart=True)) to start over.")
       return
-    try:
-      saved = self._read_meta(self.latest, step)
-    except CheckpointError:
-      return  # a damaged newest step is handled (and reported) by restore_latest
-    diffs = config_differences(saved["config"], self.meta["config"])
-    if saved.get("vocab") != self.meta["vocab"]:
-      diffs.append("vocabulary: built from different training data")
-    if diffs:
-      raise CheckpointError(
-          f"{self.workdir}: the checkpoints there were trained with a different config, so "
-          "resuming would be wrong. Differing keys:\n  " + "\n  ".join(diffs) +
-          "\nUse another workdir, or --restart (train(..., restart=True)) to start over.")
-    self.best_value = saved.get("best_value")
 
-  def _read_meta(self, manager, step: int) -> dict:
+  def _read_meta(self, manager: Any, step: int) -> dict:
     ocp = _ocp()
     try:
       return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # orbax raises several types for missing / damaged files
-      raise CheckpointError(f"checkpoint {manager.directory / str(step)} is damaged or "
-                            f"incomplete: {type(e).__name__}: {e}") from e
+      raise damaged_error(manager.directory / str(step), e) from e
 
   # -- save -------------------------------------------------------------------------------
+  def _better(self, value: float) -> bool:
+    if self.best_value is None:
+      return True
+    return value > self.best_value if self.ccfg.best_mode == "max" else value < self.best_value
+
   def save(self, step: int, state: Any, extra: dict[str, Any],
            val_metrics: dict[str, float] | None = None, force: bool = False) -> None:
-    """Save `state` (host arrays) at `step`; also to best/ when val_metrics improve."""
+    """Save `state` (host arrays) at `step`; also to best/ when val_metrics improve.
+
+    A step that is already saved is left as it is: the same step of the same run
+    holds the same state (a resumed run replays the steps after its checkpoint).
+    `force` is accepted for the loop's preemption save; every call saves.
+    """
+    del force
     ocp = _ocp()
     if step in self.latest.all_steps():
       return
-    meta = dict(self.meta, metrics=val_metrics or {}, best_value=self.best_value)
+    self._check_finite(step, state)
+    metric = f"val_{self.ccfg.best_metric}"
+    improved = bool(val_metrics) and metric in val_metrics and self._better(val_metrics[metric])
+    if improved:
+      self.best_value = float(val_metrics[metric])
+    meta = dict(self.meta, metrics=val_metrics or {}, best_value=self.best_value,
+                best_step=step if improved else None)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)),
                               extra=ocp.args.JsonSave(_jsonable(extra)),
-                              meta=ocp.args.JsonSave(meta))
-    if val_metrics and f"val_{self.ccfg.best_metric}" in val_metrics:
-      value = val_metrics[f"val_{self.ccfg.best_metric}"]
-      better = (self.best_value is None or
-                (value > self.best_value if self.ccfg.best_mode == "max" else value < self.best_value))
-      if better:
-        self.best_value = value
-        meta["best_value"] = value
-        self.best.save(step, args=args, force=True)
+                              meta=ocp.args.JsonSave(_jsonable(meta)))
+    # best/ first: if the run dies between the two, the resumed run replays this
+    # step and finds best/ already done (a best step missing is repaired on resume).
+    if improved and step not in self.best.all_steps():
+      self.best.save(step, args=args, force=True)
     self.latest.save(step, args=args, force=True)
 
+  def _check_finite(self, step: int, state: Any) -> None:
+    """Refuse to write a diverged state: the last good checkpoint must stay the newest.
+
+    The loop checks the loss only at logging points and epoch ends; an update that
+    overflowed since then shows up here first. Costs one pass over host arrays,
+    less than writing them.
+    """
+    tree = {k: v for k, v in state_tree(state).items() if k in ("params", "batch_stats",
+                                                                 "opt_state")}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      leaf = np.asarray(leaf)
+      if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact) and not np.isfinite(leaf).all():
+        raise FloatingPointError(
+            f"training diverged by step {step}: {jax.tree_util.keystr(path)} holds NaN or "
+            f"Inf, so it is not saved; the last good checkpoint "
+            f"(step {self.latest.latest_step()}) in {self.latest.directory} is kept untouched")
+
   def wait(self) -> None:
+    """Block until every asynchronous save has been committed."""
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
 
   def close(self) -> None:
+    """Wait for pending saves and release Orbax's threads (safe to call twice)."""
+    if self._closed:
+      return
+    self._closed = True
     self.wait()
     self.latest.close()
     self.best.close()
@@ -154,7 +227,8 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.best.latest_step()
 
-  def restore_step(self, step: int | None, target: Any, manager=None) -> tuple[Any, dict] | None:
+  def restore_step(self, step: int | None, target: Any, manager: Any = None
+                   ) -> tuple[Any, dict] | None:
     """(state, extra) of `step`, restored into the structure of `target`."""
     if step is None:
       return None
@@ -164,31 +238,100 @@ class Checkpointer:
     abstract = jax.tree.map(np.asarray, state_tree(jax.device_get(target)))
     try:
       out = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore(),
+          meta=ocp.args.JsonRestore()))
     except Exception as e:
-      raise CheckpointError(f"checkpoint {manager.directory / str(step)} is damaged or "
-                            f"incomplete: {type(e).__name__}: {e}") from e
+      raise damaged_error(manager.directory / str(step), e) from e
+    if out["extra"] is None or out["meta"] is None:  # a JSON item whose file is missing
+      raise damaged_error(manager.directory / str(step),
+                          FileNotFoundError("its 'extra' or 'meta' item is missing"))
     tree = out["state"]
+    extra = _from_json(out["extra"])
     state = target.replace(params=tree["params"], batch_stats=tree["batch_stats"],
                            opt_state=tree["opt_state"], step=tree["step"], rng=tree["rng"])
-    return state, out["extra"]
+    if manager is self.latest:
+      self._resume_best(step, out)
+    return state, extra
+
+  def _resume_best(self, step: int, restored: dict) -> None:
+    """Take the best value of the restored step; redo its best/ save if that was lost."""
+    meta = restored["meta"]
+    self.best_value = meta.get("best_value")
+    if meta.get("best_step") == step and step not in self.best.all_steps():
+      ocp = _ocp()
+      self.best.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(restored["state"]),
+          extra=ocp.args.JsonSave(restored["extra"]), meta=ocp.args.JsonSave(meta)))
 
   def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
-    """The newest complete step; damaged newer steps are skipped with a message."""
+    """The newest complete step; damaged newer steps are moved aside with a message."""
+    skipped = []
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
-        return self.restore_step(step, target, self.latest)
+        restored = self.restore_step(step, target, self.latest)
       except CheckpointError as e:
-        if is_chief():
-          print(f"flaxnets: skipping checkpoint step {step}: {e}", flush=True)
+        skipped.append((step, self._move_aside(step), e))
+        continue
+      for bad, moved, e in skipped:
+        _say(f"flaxnets: checkpoint step {bad} is unusable, resuming from step {step} "
+             f"instead; moved it to {moved}. {e}")
+      return restored
+    for bad, moved, e in skipped:
+      _say(f"flaxnets: checkpoint step {bad} is unusable and no older step is complete; "
+           f"starting from scratch. Moved it to {moved}. {e}")
     return None
+
+  def _move_aside(self, step: int) -> pathlib.Path:
+    """Move a damaged step out of checkpoints/, so that the resumed run can save it again."""
+    src = self.latest.directory / str(step)
+    dst = self.workdir / "damaged" / f"checkpoints-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if is_chief():
+      dst.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(src), str(dst))
+    self.latest.reload()
+    return dst
+
+
+@contextlib.contextmanager
+def close_on_error(ckpt: Checkpointer | None) -> Iterator[None]:
+  """Close `ckpt` if the block raises: the saves already started are good and finish."""
+  try:
+    yield
+  except BaseException:
+    if ckpt is not None:
+      ckpt.close()
+    raise
+
+
+def _say(msg: str) -> None:
+  if is_chief():
+    print(msg, flush=True)
+
+
+def _from_json(obj: Any) -> Any:
+  """Undo _jsonable's strings for non-finite floats (an early-stopping best of inf)."""
+  if isinstance(obj, dict):
+    return {k: _from_json(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return [_from_json(v) for v in obj]
+  if isinstance(obj, str) and obj in _NON_FINITE:
+    return float(obj)
+  return obj
+
+
+_NON_FINITE = ("inf", "-inf", "nan")
 
 
 def _jsonable(obj: Any) -> Any:
+  """obj with numpy scalars and arrays as Python numbers and lists (non-finite as str)."""
   if isinstance(obj, dict):
     return {str(k): _jsonable(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
     return [_jsonable(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return _jsonable(obj.tolist())
+  if isinstance(obj, (bool, np.bool_)):
+    return bool(obj)
   if isinstance(obj, (np.integer,)):
     return int(obj)
   if isinstance(obj, (np.floating, float)):

@@ -23,6 +23,7 @@ from flaxnets.data import pipeline, sources
 from flaxnets.data.types import Dataset
 from flaxnets.models import registry
 from flaxnets.training import hooks, optim, parallel, steps
+from flaxnets.training.checkpoint import close_on_error
 from flaxnets.training.state import TrainState, create_state, param_count, summary
 
 
@@ -169,6 +170,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
 
   # ---- checkpoint restore ----------------------------------------------------------
   history: list[dict[str, Any]] = []
+  resumed_sums = None  # metric sums of a partly done epoch, from its checkpoint
   early = hooks.EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta,
                               config.early_stopping.mode)
   ckpt = None
@@ -181,6 +183,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
       train_it.set_state(extra["iterator"])
       history = extra["history"]
       early.load_state_dict(extra["early_stopping"])
+      resumed_sums = extra.get("epoch_sums")
       log(f"resumed from step {int(state.step)} (epoch {train_it.epoch + 1}, "
           f"batch {extra['iterator']['next_index']}) in {workdir}")
   writer = hooks.MetricWriter(workdir, tensorboard=False)
@@ -203,21 +206,33 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
 
   def save(final_metrics=None, force=False):
     if ckpt is not None:
-      ckpt.save(step, strategy.get_state(state), {
-          "iterator": dict(position), "history": history,
-          "early_stopping": early.state_dict()}, final_metrics, force=force)
+      extra = {"iterator": dict(position), "history": history,
+               "early_stopping": early.state_dict()}
+      if position["next_index"] and sums is not None:  # so the resumed epoch's record is exact
+        extra["epoch_sums"] = jax.device_get(strategy.unreplicate(sums))
+      ckpt.save(step, strategy.get_state(state), extra, final_metrics, force=force)
+
+  def exit_preempted():
+    save(force=True)
+    if ckpt is not None:
+      ckpt.close()  # waits for the asynchronous saves to be committed
+    raise SystemExit(f"flaxnets: received {guard.signal_name} at step {step}; saved a "
+                     f"checkpoint in {workdir}. Run the same command again to resume.")
 
   # ---- epochs ----------------------------------------------------------------------
   val_metrics = None
-  stopped_early = False
+  # A run resumed after it had stopped early stays stopped.
+  stopped_early = bool(config.early_stopping.patience) and \
+      early.bad_epochs >= config.early_stopping.patience
   train_time = 0.0
-  with hooks.PreemptionGuard() as guard:
-    while train_it.epoch < config.num_epochs:
+  sums = None
+  with hooks.PreemptionGuard() as guard, close_on_error(ckpt):
+    while train_it.epoch < config.num_epochs and not stopped_early:
       epoch = train_it.epoch
       epoch_start = time.time()
       bar = Progress(config.progress, steps_per_epoch - train_it.get_state()["next_index"],
                      epoch, config.num_epochs)
-      sums = None
+      sums, resumed_sums = resumed_sums, None
       window_start, window_examples = time.time(), 0
       for batch in prefetch(train_it.epoch_batches(), strategy):
         state, m = train_step(state, batch)
@@ -243,17 +258,14 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
             step % config.checkpoint.every_steps == 0 and
             position["next_index"] < steps_per_epoch):  # epoch ends save below anyway
           save()
-        if guard.stop_requested:
+        # On an epoch's last step the epoch is finished first (validation, best, save).
+        if guard.stop_requested and position["next_index"] < steps_per_epoch:
           break
       bar.close()
       if position["next_index"] >= steps_per_epoch:
         position.update(epoch=epoch + 1, next_index=0)
-      if guard.stop_requested:
-        save(force=True)
-        if ckpt is not None:
-          ckpt.close()
-        raise SystemExit(f"flaxnets: received {guard.signal_name} at step {step}; saved a "
-                         f"checkpoint in {workdir}. Run the same command again to resume.")
+      if guard.stop_requested and position["next_index"]:
+        exit_preempted()
       if sums is None:
         continue
       sums = strategy.unreplicate(jax.device_get(sums))
@@ -284,6 +296,8 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
       log(msg + f" | {record['examples_per_sec']:.0f} ex/s")
       save({"val_" + k: v for k, v in (val_metrics or {}).items()
             if isinstance(v, float)} or None)
+      if guard.stop_requested:
+        exit_preempted()
       if stopped_early:
         log(f"early stopping: no improvement in validation {config.early_stopping.metric} "
             f"for {config.early_stopping.patience} epochs (best epoch {early.best_epoch})")

@@ -1,0 +1,182 @@
+"""Dataset builders for files and TFDS: image folders, text tables, text corpora.
+
+Each turns config.dataset into a Dataset of numpy splits. Vocabularies and label
+names come from the training split only; other splits are encoded with them.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from flaxnets.data import files, sources
+from flaxnets.data.text import Vocabulary, lm_windows
+from flaxnets.data.types import Dataset
+
+_TABLE_SUFFIXES = (".tsv", ".tsv.gz", ".csv", ".csv.gz")
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def _path(dcfg: Any) -> pathlib.Path:
+  if not dcfg.path:
+    raise ValueError(f"config.dataset.path='' : dataset {dcfg.name!r} needs a file or folder")
+  path = pathlib.Path(dcfg.path).expanduser()
+  if not path.exists():
+    raise FileNotFoundError(f"config.dataset.path={dcfg.path!r} does not exist")
+  return path
+
+
+# ---- images ----------------------------------------------------------------------------
+def _read_images(path: pathlib.Path, split: str, image_size, class_names=None):
+  """A split of an image dataset laid out as <path>/<split>/ or <path>/<split>.tar.gz."""
+  if path.is_dir():
+    if (path / split).is_dir():
+      return files.read_image_folder(path / split, image_size=image_size, class_names=class_names)
+    for suffix in _ARCHIVE_SUFFIXES:
+      archive = path / f"{split}{suffix}"
+      if archive.is_file():
+        return files.read_image_folder(archive, split=split, image_size=image_size,
+                                       class_names=class_names)
+    return None
+  return files.read_image_folder(path, split=split, image_size=image_size, class_names=class_names)
+
+
+def image_folder_dataset(dcfg: Any) -> Dataset:
+  path = _path(dcfg)
+  size = (dcfg.image_size, dcfg.image_size) if dcfg.image_size else None
+  if path.is_dir() and not (path / dcfg.train_split).exists() and not any(
+      (path / f"{dcfg.train_split}{s}").exists() for s in _ARCHIVE_SUFFIXES):
+    x, y, names = files.read_image_folder(path, image_size=size)  # class folders at the top
+    train, test = {"inputs": x, "labels": y}, None
+  else:
+    x, y, names = _read_images(path, dcfg.train_split, size)
+    train = {"inputs": x, "labels": y}
+    test = None
+    if dcfg.test_split:
+      got = _read_images(path, dcfg.test_split, size, names)
+      test = None if got is None else {"inputs": got[0], "labels": got[1]}
+  val = None
+  if dcfg.val_split:
+    got = _read_images(path, dcfg.val_split, size, names)
+    if got is None:
+      raise ValueError(f"config.dataset.val_split={dcfg.val_split!r}: not found in {str(path)!r}")
+    val = {"inputs": got[0], "labels": got[1]}
+  else:
+    train, val = sources.carve_validation(train, dcfg.val_fraction)
+  return Dataset(train=train, val=val, test=test, num_classes=len(names), label_names=names,
+                 input_kind="image", name=path.name)
+
+
+# ---- text tables -------------------------------------------------------------------------
+def _table_file(path: pathlib.Path, split: str) -> pathlib.Path | None:
+  if path.is_file():
+    return path if split == "train" else None
+  for suffix in _TABLE_SUFFIXES:
+    if (path / f"{split}{suffix}").is_file():
+      return path / f"{split}{suffix}"
+  return None
+
+
+def text_table_dataset(dcfg: Any) -> Dataset:
+  """TSV/CSV with label and text columns; word or char vocabulary from train."""
+  path = _path(dcfg)
+  train_file = _table_file(path, dcfg.train_split)
+  if train_file is None:
+    raise FileNotFoundError(f"config.dataset.train_split={dcfg.train_split!r}: no "
+                            f"{dcfg.train_split}{{{','.join(_TABLE_SUFFIXES)}}} in {str(path)!r}")
+  texts, raw = files.read_text_table(train_file, dcfg.text_column, dcfg.label_column)
+  labels, names = files.encode_labels(raw)
+  vocab = Vocabulary.build(texts, level=dcfg.vocab_level, lowercase=dcfg.lowercase,
+                           min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
+                           split_punctuation=dcfg.split_punctuation)
+  max_len = dcfg.max_len or max(len(vocab.tokenize(t)) for t in texts)
+
+  def encode(texts, labels):
+    ids, lengths = vocab.encode(texts, max_len)
+    return {"inputs": ids, "labels": labels, "seq_lengths": lengths}
+
+  train = encode(texts, labels)
+  splits = {}
+  for role in ("val", "test"):
+    split = dcfg[f"{role}_split"]
+    if not split:
+      continue
+    f = _table_file(path, split)
+    if f is None:
+      if role == "val":
+        raise FileNotFoundError(f"config.dataset.val_split={split!r}: no {split}"
+                                f"{{{','.join(_TABLE_SUFFIXES)}}} in {str(path)!r}")
+      continue  # no test table: report validation only
+    t, r = files.read_text_table(f, dcfg.text_column, dcfg.label_column)
+    splits[role] = encode(t, files.encode_labels(r, names)[0])
+  if "val" not in splits:
+    train, splits["val"] = sources.carve_validation(train, dcfg.val_fraction)
+  return Dataset(train=train, val=splits.get("val"), test=splits.get("test"),
+                 num_classes=len(names), label_names=names, input_kind="tokens", vocab=vocab,
+                 name=path.name)
+
+
+# ---- text corpora (language models) -------------------------------------------------------
+def text_file_dataset(dcfg: Any) -> Dataset:
+  """A plain-text corpus for next-token prediction: the last val_fraction is validation."""
+  path = _path(dcfg)
+  if not path.is_file():
+    raise ValueError(f"config.dataset.path={dcfg.path!r}: expected a text file")
+  text = path.read_text(encoding="utf-8")
+  if not text:
+    raise ValueError(f"text file {str(path)!r} is empty")
+  cut = int(len(text) * (1.0 - dcfg.val_fraction))
+  vocab = Vocabulary.build([text[:cut]], level=dcfg.vocab_level, lowercase=False,
+                           min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None)
+
+  def windows(part: str, stride: int | None) -> dict[str, np.ndarray]:
+    ids = vocab.token_ids(part)
+    x, y = lm_windows(ids, dcfg.seq_len, stride)
+    return {"inputs": x, "labels": y}
+
+  # Training windows overlap by half so each position is seen with two contexts.
+  train = windows(text[:cut], dcfg.seq_len // 2)
+  val = windows(text[cut:], None) if dcfg.val_fraction > 0 else None
+  return Dataset(train=train, val=val, test=None, num_classes=len(vocab),
+                 label_names=list(vocab.tokens), input_kind="tokens", vocab=vocab, task="lm",
+                 name=path.name)
+
+
+# ---- TFDS -------------------------------------------------------------------------------
+def tfds_dataset(dcfg: Any) -> Dataset:
+  """`tfds:<name>[:<version>]` through tfds.data_source (prepared ArrayRecord files)."""
+  from flaxnets.data import tfds_source
+  name = dcfg.name[len("tfds:"):]
+  data_dir = dcfg.data_dir or None
+
+  def load(split):
+    try:
+      return tfds_source.load_tfds(name, split, data_dir)
+    except tfds_source.MissingFeatureError:
+      return tfds_source.load_tfds(name, split, data_dir, text_key=dcfg.text_column)
+
+  train_raw = load(dcfg.train_split)
+  names = list(train_raw["label_names"])
+  raw = {"train": train_raw}
+  for role in ("val", "test"):
+    if dcfg[f"{role}_split"]:
+      raw[role] = load(dcfg[f"{role}_split"])
+  if "images" in train_raw:
+    splits = {k: {"inputs": v["images"], "labels": v["labels"]} for k, v in raw.items()}
+    kind, vocab = "image", None
+  else:
+    vocab = Vocabulary.build(train_raw["texts"], level=dcfg.vocab_level, lowercase=dcfg.lowercase,
+                             min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
+                             split_punctuation=dcfg.split_punctuation)
+    max_len = dcfg.max_len or max(len(vocab.tokenize(t)) for t in train_raw["texts"])
+    splits = {}
+    for k, v in raw.items():
+      ids, lengths = vocab.encode(v["texts"], max_len)
+      splits[k] = {"inputs": ids, "labels": v["labels"], "seq_lengths": lengths}
+    kind = "tokens"
+  train, val = splits["train"], splits.get("val")
+  if val is None:
+    train, val = sources.carve_validation(train, dcfg.val_fraction)
+  return Dataset(train=train, val=val, test=splits.get("test"), num_classes=len(names),
+                 label_names=names, input_kind=kind, vocab=vocab, name=dcfg.name)

@@ -1,0 +1,431 @@
+"""Checkpoints: exact resume after SIGKILL and SIGTERM, damaged steps, best step,
+config-change refusal, divergence, preemption signals.
+
+The resume tests run training in subprocesses (killing the test process itself is
+not an option); every child gets the same XLA_FLAGS, so all of them run on the
+same 8 host CPU devices and "same devices = same numbers" applies. The small job
+(digits, SimpleCNN 8/16/32, 39 steps per epoch, a checkpoint every 5 steps) keeps
+each child to a few seconds of compute.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+import flaxnets
+from flaxnets.training import checkpoint as checkpoint_lib
+from flaxnets.training import hooks
+from flaxnets.training.checkpoint import CheckpointError
+
+DEVICES = 8
+STEPS_PER_EPOCH = 39  # 1258 digits training examples // 32
+SMALL = {"num_epochs": 2, "batch_size": 32, "progress": False, "log_every_steps": 1,
+         "model.features": (8, 16), "model.hidden": 32, "model.dropout": 0.1,
+         "augment.crop_padding": 1, "checkpoint.every_steps": 5}  # dropout, crops: RNG used
+TIMING_KEYS = ("examples_per_sec", "wall_time")
+
+# Runs train(config, workdir) with SMALL plus overrides; argv: workdir, overrides JSON.
+CHILD = r"""
+import json, sys
+import jax
+import flaxnets
+assert jax.device_count() == int(sys.argv[3]), jax.devices()
+config = flaxnets.get_config()
+for key, value in json.loads(sys.argv[2]).items():
+  node = config
+  *parents, last = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[last] = tuple(value) if isinstance(value, list) else value
+flaxnets.train(config, sys.argv[1])
+"""
+
+
+def child_env(devices: int = DEVICES, cache: pathlib.Path | None = None) -> dict[str, str]:
+  """The environment of a training child: a fixed device count, CPU only, quiet.
+
+  `cache` shares XLA's compilation cache between children: the same program on the
+  same devices compiles to the same executable, so this only saves compile time.
+  """
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  if cache is not None:
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  return env
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory) -> pathlib.Path:
+  return tmp_path_factory.mktemp("xla_cache")
+
+
+def start_child(workdir: pathlib.Path, cache: pathlib.Path, **overrides: Any) -> subprocess.Popen:
+  args = json.dumps({**SMALL, **overrides})
+  return subprocess.Popen([sys.executable, "-c", CHILD, str(workdir), args, str(DEVICES)],
+                          env=child_env(cache=cache), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def run_child(workdir: pathlib.Path, cache: pathlib.Path, **overrides: Any) -> str:
+  """Train to the end in a child process; its stdout (fails the test on an error)."""
+  proc = start_child(workdir, cache, **overrides)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}"
+  return out
+
+
+def last_step(workdir: pathlib.Path) -> int:
+  """The newest step the child has logged to metrics.jsonl (0 before the first)."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return 0
+  steps = [0]
+  for line in path.read_text().splitlines():
+    try:
+      steps.append(int(json.loads(line).get("step", 0)))
+    except ValueError:  # the child is halfway through writing this line
+      pass
+  return max(steps)
+
+
+def wait_for_step(proc: subprocess.Popen, workdir: pathlib.Path, step: int,
+                  timeout: float = 240.0) -> int:
+  """Poll until the child has logged `step`; the newest logged step."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if proc.poll() is not None:
+      out, err = proc.communicate()
+      pytest.fail(f"child exited ({proc.returncode}) before step {step}:\n{out[-2000:]}\n"
+                  f"{err[-2000:]}")
+    seen = last_step(workdir)
+    if seen >= step:
+      return seen
+    time.sleep(0.02)
+  proc.kill()
+  pytest.fail(f"child did not reach step {step} within {timeout} s")
+
+
+def final_run(workdir: pathlib.Path) -> dict[str, Any]:
+  """Params, batch stats, step and history of the newest checkpoint, plus results.json."""
+  predictor = flaxnets.load(workdir, step="latest")
+  extra = json.loads((predictor.path / "extra" / "metadata").read_text())
+  history = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in extra["history"]]
+  results = json.loads((workdir / "results.json").read_text())
+  return {"step": int(predictor.path.name), "params": predictor.params,
+          "batch_stats": predictor.batch_stats, "history": history,
+          "iterator": extra["iterator"], "test": results["test"]}
+
+
+def assert_same_run(got: dict[str, Any], want: dict[str, Any]) -> None:
+  """Bit-identical parameters and identical history and test metrics."""
+  assert got["step"] == want["step"] == 2 * STEPS_PER_EPOCH
+  flat_got = jax.tree_util.tree_leaves_with_path(got["params"])
+  flat_want = jax.tree_util.tree_leaves_with_path(want["params"])
+  assert [p for p, _ in flat_got] == [p for p, _ in flat_want]
+  for (path, a), (_, b) in zip(flat_got, flat_want):
+    assert np.array_equal(a, b), f"params{jax.tree_util.keystr(path)} differ"
+  assert jax.tree.all(jax.tree.map(np.array_equal, got["batch_stats"], want["batch_stats"]))
+  assert got["history"] == want["history"]
+  assert got["iterator"] == want["iterator"]
+  assert got["test"] == want["test"]
+
+
+def resumed_from(stdout: str) -> int:
+  found = re.search(r"resumed from step (\d+)", stdout)
+  assert found, f"the second run did not resume:\n{stdout[-2000:]}"
+  return int(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, xla_cache) -> dict[str, Any]:
+  """An uninterrupted run of the small job, in a child like the interrupted ones."""
+  workdir = tmp_path_factory.mktemp("reference")
+  run_child(workdir, xla_cache)
+  return final_run(workdir)
+
+
+# ---- acceptance 1: SIGKILL at three points, resume, bit-identical ---------------------------
+@pytest.mark.parametrize("kill_at", [12, 41, 67])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, xla_cache, kill_at):
+  # 12 and 67 lie between checkpoints (every 5 steps), 41 just after epoch 1 ended:
+  # the kill lands wherever the child is when the poll sees the step, often mid-save.
+  proc = start_child(tmp_path, xla_cache)
+  seen = wait_for_step(proc, tmp_path, kill_at)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert not (tmp_path / "results.json").exists(), "the child finished before the kill"
+  killed_at = last_step(tmp_path)
+  assert killed_at >= seen
+  out = run_child(tmp_path, xla_cache)
+  start = resumed_from(out)
+  assert 0 < start <= killed_at < 2 * STEPS_PER_EPOCH
+  assert_same_run(final_run(tmp_path), reference)
+
+
+# ---- acceptance 5: SIGTERM (and SIGINT) mid-epoch: finish the step, save, exit, resume ------
+@pytest.mark.parametrize("signum", [signal.SIGTERM,
+                                    pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_current_step_and_resumes_exactly(tmp_path, reference, xla_cache, signum):
+  proc = start_child(tmp_path, xla_cache)
+  seen = wait_for_step(proc, tmp_path, 23)  # mid-epoch 1, between checkpoints
+  proc.send_signal(signum)
+  out, err = proc.communicate(timeout=120)
+  name = signal.Signals(signum).name
+  assert proc.returncode == 1, f"{proc.returncode}\n{out[-2000:]}\n{err[-2000:]}"
+  found = re.search(rf"received {name} at step (\d+); saved a checkpoint in (.+)\. Run the "
+                    r"same command again to resume", err)
+  assert found, err[-2000:]
+  stopped = int(found.group(1))
+  # It finished the step in flight (the host runs at most a step ahead of the log it
+  # polled) and no other: nothing was logged after the step it saved.
+  assert seen <= stopped <= seen + 3
+  assert last_step(tmp_path) == stopped
+  assert (tmp_path / "checkpoints" / str(stopped)).is_dir()
+  assert not (tmp_path / "results.json").exists()
+  out = run_child(tmp_path, xla_cache)
+  assert resumed_from(out) == stopped
+  assert_same_run(final_run(tmp_path), reference)
+
+
+def test_preemption_guard_signals():
+  """SIGTERM / SIGINT set the flag; a second SIGINT interrupts; handlers come back."""
+  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  with hooks.PreemptionGuard() as guard:
+    assert not guard.stop_requested
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.stop_requested and guard.signal_name == "SIGTERM"
+  with hooks.PreemptionGuard() as guard:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert guard.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert {s: signal.getsignal(s) for s in before} == before
+
+
+# ---- in-process runs on the test process's 8 devices ------------------------------------------
+def small_config(**overrides: Any):
+  config = flaxnets.get_config()
+  for key, value in {**SMALL, **overrides}.items():
+    node = config
+    *parents, last = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[pathlib.Path, Any]:
+  """A finished small run (checkpoints 75 and 78) and its TrainResult; copy before changing."""
+  workdir = tmp_path_factory.mktemp("trained")
+  result = flaxnets.train(small_config(), str(workdir))
+  return workdir, result
+
+
+def copy_run(trained, tmp_path: pathlib.Path) -> pathlib.Path:
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)
+  return workdir
+
+
+def tree_digest(path: pathlib.Path) -> str:
+  """A hash of every file name and content under path."""
+  h = hashlib.sha256()
+  for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    h.update(str(f.relative_to(path)).encode())
+    h.update(f.read_bytes())
+  return h.hexdigest()
+
+
+def _truncate_largest_state_file(step_dir: pathlib.Path) -> None:
+  f = max((p for p in (step_dir / "state").rglob("*") if p.is_file()),
+          key=lambda p: p.stat().st_size)
+  f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _remove_manifest(step_dir: pathlib.Path) -> None:
+  (step_dir / "state" / "manifest.ocdbt").unlink()
+
+
+def _remove_meta(step_dir: pathlib.Path) -> None:
+  (step_dir / "meta" / "metadata").unlink()
+
+
+# ---- acceptance 2: a damaged newest step ----------------------------------------------------
+def checkpointer_for(workdir: pathlib.Path, result: Any) -> checkpoint_lib.Checkpointer:
+  return checkpoint_lib.Checkpointer(workdir, result.config, result.dataset, result.stats)
+
+
+@pytest.mark.parametrize("damage", [_truncate_largest_state_file, _remove_manifest,
+                                    _remove_meta], ids=["truncated", "no-manifest", "no-meta"])
+def test_damaged_newest_step_falls_back_and_load_names_it(tmp_path, trained, damage, capsys):
+  workdir = copy_run(trained, tmp_path)
+  result = trained[1]
+  newest = workdir / "checkpoints" / str(2 * STEPS_PER_EPOCH)
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [75, 78]
+  damage(newest)
+
+  with pytest.raises(CheckpointError, match=re.escape(str(newest))):
+    flaxnets.load(workdir, step=78)
+
+  capsys.readouterr()
+  ckpt = checkpointer_for(workdir, result)
+  state, extra = ckpt.restore_latest(result.state)
+  ckpt.close()
+  out = capsys.readouterr().out
+  assert int(state.step) == 75 and extra["iterator"] == {"epoch": 1, "next_index": 36}
+  assert "checkpoint step 78 is unusable, resuming from step 75" in out
+  assert str(newest) in out  # the message names the damaged folder
+  moved = list((workdir / "damaged").iterdir())
+  assert len(moved) == 1 and moved[0].name.startswith("checkpoints-78-")
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [75]
+
+
+def test_resume_after_damaged_step_saves_it_again_identically(tmp_path, trained, capsys):
+  workdir = copy_run(trained, tmp_path)
+  _truncate_largest_state_file(workdir / "checkpoints" / "78")
+  capsys.readouterr()
+  result = flaxnets.train(small_config(), str(workdir))
+  out = capsys.readouterr().out
+  assert "resuming from step 75" in out and "resumed from step 75" in out
+  # The replayed steps saved step 78 again, bit-identical to the undamaged run.
+  want = trained[1].state.params
+  assert jax.tree.all(jax.tree.map(np.array_equal, result.state.params, want))
+  assert jax.tree.all(jax.tree.map(np.array_equal, flaxnets.load(workdir, step=78).params, want))
+  # The resumed epoch's train record adds up all its steps (sums kept in the checkpoint).
+  strip = lambda history: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
+  assert strip(result.history) == strip(trained[1].history)
+
+
+def test_all_steps_damaged_starts_from_scratch(tmp_path, trained, capsys):
+  workdir = copy_run(trained, tmp_path)
+  for step_dir in (workdir / "checkpoints").iterdir():
+    _remove_manifest(step_dir)
+  ckpt = checkpointer_for(workdir, trained[1])
+  assert ckpt.restore_latest(trained[1].state) is None
+  ckpt.close()
+  assert "no older step is complete; starting from scratch" in capsys.readouterr().out
+  assert list((workdir / "checkpoints").iterdir()) == []
+
+
+# ---- acceptance 3: best ---------------------------------------------------------------------
+def test_best_is_the_step_with_the_best_validation_metric(trained):
+  workdir, result = trained
+  vals = [r for r in result.history if r["split"] == "val"]
+  want = max(vals, key=lambda r: r["accuracy"])["step"]  # first of ties: strictly better wins
+  predictor = flaxnets.load(workdir, step="best")
+  assert predictor.path == workdir / "best" / str(want)
+  assert predictor.meta["metrics"]["val_accuracy"] == max(r["accuracy"] for r in vals)
+
+
+@pytest.mark.parametrize("mode, values, best", [("max", [0.5, 0.9, 0.7, 0.9], 2),
+                                                 ("min", [0.5, 0.2, 0.7, 0.3], 2),
+                                                 ("min", [0.1, 0.2, 0.7, 0.3], 1)])
+def test_checkpointer_keeps_best_by_mode(tmp_path, trained, mode, values, best):
+  result = trained[1]
+  config = small_config(**{"checkpoint.best_metric": "loss", "checkpoint.best_mode": mode,
+                           "checkpoint.max_to_keep": 10})
+  ckpt = checkpoint_lib.Checkpointer(tmp_path, config, result.dataset, result.stats)
+  for step, value in enumerate(values, start=1):
+    ckpt.save(step, result.state, {"iterator": {}}, {"val_loss": value})
+  ckpt.save(len(values), result.state, {}, {"val_loss": -1.0})  # exists: skipped
+  ckpt.close()
+  assert flaxnets.load(tmp_path, step="best").path == tmp_path / "best" / str(best)
+  assert flaxnets.load(tmp_path, step="best").meta["metrics"]["val_loss"] == values[best - 1]
+  assert flaxnets.load(tmp_path, step="latest").path.name == str(len(values))
+
+
+def test_lost_best_save_is_redone_on_resume(tmp_path, trained):
+  # A kill between the best/ and checkpoints/ commits of one step leaves best/ without it.
+  result = trained[1]
+  ckpt = checkpointer_for(tmp_path, result)
+  ckpt.save(1, result.state, {"iterator": {}}, {"val_accuracy": 0.5})
+  ckpt.save(2, result.state, {"iterator": {}}, {"val_accuracy": 0.9})
+  ckpt.close()
+  shutil.rmtree(tmp_path / "best" / "2")
+  ckpt = checkpointer_for(tmp_path, result)
+  ckpt.restore_latest(result.state)
+  assert ckpt.best_value == 0.9
+  ckpt.save(3, result.state, {"iterator": {}}, {"val_accuracy": 0.8})  # not better than 0.9
+  ckpt.close()
+  assert flaxnets.load(tmp_path, step="best").path == tmp_path / "best" / "2"
+
+
+# ---- config changes --------------------------------------------------------------------------
+def test_config_change_is_refused_listing_keys_and_restart_starts_over(tmp_path, trained,
+                                                                       capsys):
+  workdir = copy_run(trained, tmp_path)
+  before = tree_digest(workdir / "checkpoints")
+  config = small_config(**{"model.features": (4, 8), "seed": 3, "num_epochs": 1})
+  with pytest.raises(CheckpointError) as info:
+    flaxnets.train(config, str(workdir))
+  msg = str(info.value)
+  assert str(workdir) in msg
+  assert "model.features: checkpoint [8, 16] vs now [4, 8]" in msg
+  assert "seed: checkpoint 0 vs now 3" in msg
+  assert "batch_size" not in msg and "num_epochs" not in msg and "--restart" in msg
+  assert tree_digest(workdir / "checkpoints") == before
+  # Settings that do not change what is being trained resume fine (here: more epochs).
+  assert not checkpoint_lib.config_differences(
+      trained[1].config.to_dict(), small_config(num_epochs=5, log_every_steps=7).to_dict())
+
+  capsys.readouterr()
+  flaxnets.train(config, str(workdir), restart=True)
+  assert "resumed" not in capsys.readouterr().out
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [35, 39]
+  assert flaxnets.load(workdir, "latest").params["Conv_0"]["kernel"].shape == (3, 3, 1, 4)
+
+
+def test_changed_data_is_refused(tmp_path, trained):
+  # An 'arrays' dataset has no config key that changes with the data; its shape does.
+  result = trained[1]
+  meta = checkpoint_lib.metadata(result.config, result.dataset, result.stats)
+  other = dict(meta, input_shape=[16, 16, 1], label_names=list("abcdefghij"))
+  diffs = checkpoint_lib.meta_differences(meta, other)
+  assert [d.split(" ")[0] for d in diffs] == ["input_shape", "label_names"]
+  assert checkpoint_lib.meta_differences(meta, checkpoint_lib._as_json(meta)) == []
+
+
+# ---- divergence ------------------------------------------------------------------------------
+@pytest.mark.parametrize("log_every_steps", [50, pytest.param(1, marks=pytest.mark.slow)])
+def test_divergence_stops_naming_step_and_keeps_last_good_checkpoint(tmp_path, trained,
+                                                                       log_every_steps):
+  # Resume the finished run for a third epoch with an absurd learning rate: the first
+  # update of the third epoch overflows. With log_every_steps=50 the loss is not looked
+  # at before the first checkpoint (step 80), which must refuse the diverged state.
+  workdir = copy_run(trained, tmp_path)
+  before = {sub: tree_digest(workdir / sub) for sub in ("checkpoints", "best")}
+  config = small_config(num_epochs=3, log_every_steps=log_every_steps,
+                        **{"optimizer.learning_rate": 1e30})
+  with pytest.raises(FloatingPointError, match=r"step (79|80)\b") as info:
+    flaxnets.train(config, str(workdir))
+  assert "last good checkpoint" in str(info.value)
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [75, 78]
+  assert {sub: tree_digest(workdir / sub) for sub in ("checkpoints", "best")} == before
+
+
+def test_jsonable_round_trip_of_non_finite_values():
+  extra = {"early_stopping": {"best": float("inf"), "best_epoch": None, "bad_epochs": 0},
+           "sums": {"loss": np.float32(1.5)}, "flags": (np.bool_(True), np.int64(3))}
+  back = checkpoint_lib._from_json(json.loads(json.dumps(checkpoint_lib._jsonable(extra))))
+  assert back == {"early_stopping": {"best": float("inf"), "best_epoch": None, "bad_epochs": 0},
+                  "sums": {"loss": 1.5}, "flags": [True, 3]}

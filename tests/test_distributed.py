@@ -1,0 +1,228 @@
+"""Several processes (jax.distributed, gloo collectives on 127.0.0.1) train like one.
+
+Each multi-process run starts its processes itself, as subprocesses with 2 host CPU
+devices each, and always kills them in `finally`. The reference is one process with
+4 devices (also a subprocess: this test process has 8). All of them go through
+flaxnets.train, so every process loads only its own rows of each global batch.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from flaxnets.training import distributed
+
+TIMEOUT_S = 300  # per group of processes; they normally finish in well under a minute
+
+# One process of a run: JSON args -> flaxnets.train; process 0 saves params and metrics.
+CHILD = textwrap.dedent('''
+    import json, os, sys
+    args = json.loads(sys.argv[1])
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args['devices']}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    import numpy as np
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args["num_processes"] > 1:
+      from flaxnets.training import distributed
+      distributed.initialize(args["coordinator"], args["num_processes"], args["process_id"],
+                             timeout_s=60)
+    import flaxnets
+    config = flaxnets.get_config()
+    config.update_from_flattened_dict(args["config"])
+    config.model.features = tuple(config.model.features)
+    result = flaxnets.train(config, args.get("workdir"))
+    if jax.process_index() == 0:
+      np.savez(args["out"] + ".npz", **{
+          jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(result.state.params)})
+      with open(args["out"] + ".json", "w") as f:
+        json.dump({"test": result.test_metrics, "history": result.history,
+                   "process_count": jax.process_count(),
+                   "device_count": jax.device_count()}, f)
+''')
+
+CONFIG = {"num_epochs": 1, "batch_size": 64, "eval_batch_size": 64, "progress": False,
+          "log_every_steps": 5, "model.features": [8, 16], "model.hidden": 32}
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # this process's 8 devices; each child sets its own
+  return env
+
+
+def _run_group(commands: list[list[str]], logs: list[pathlib.Path], env=None) -> list[int]:
+  """Start the processes together, wait for all (bounded), always kill what is left."""
+  procs = []
+  try:
+    for cmd, log in zip(commands, logs):
+      procs.append(subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                    env=env or _env()))
+    deadline = time.monotonic() + TIMEOUT_S
+    for p in procs:
+      p.wait(timeout=max(deadline - time.monotonic(), 1))
+    return [p.returncode for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def _tail(log: pathlib.Path, n: int = 3000) -> str:
+  return log.read_text()[-n:]
+
+
+def _train_processes(tmp: pathlib.Path, name: str, num_processes: int, devices: int,
+                     config: dict, workdir: str | None = None):
+  """flaxnets.train over `num_processes` processes x `devices` devices; (params, info, logs)."""
+  script = tmp / "child.py"
+  script.write_text(CHILD)
+  coordinator = f"127.0.0.1:{_free_port()}"
+  out = str(tmp / name)
+  commands, logs = [], []
+  for pid in range(num_processes):
+    args = {"devices": devices, "num_processes": num_processes, "process_id": pid,
+            "coordinator": coordinator, "out": out, "workdir": workdir, "config": config}
+    commands.append([sys.executable, str(script), json.dumps(args)])
+    logs.append(tmp / f"{name}.{pid}.log")
+  codes = _run_group(commands, logs)
+  for pid, (code, log) in enumerate(zip(codes, logs)):
+    assert code == 0, f"{name} process {pid} exited with {code}:\n{_tail(log)}"
+  params = dict(np.load(out + ".npz"))
+  info = json.loads(pathlib.Path(out + ".json").read_text())
+  return params, info, logs
+
+
+def _assert_params_close(got: dict, want: dict, atol: float = 1e-5):
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], atol=atol, rtol=0, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """One process with 4 devices, strategy mesh."""
+  tmp = tmp_path_factory.mktemp("one_process")
+  params, info, _ = _train_processes(tmp, "ref", 1, 4, dict(CONFIG, **{"parallel.strategy": "mesh"}))
+  assert info["process_count"] == 1 and info["device_count"] == 4
+  return params, info
+
+
+@pytest.mark.parametrize("strategy", ["mesh", "pmap"])
+def test_two_processes_train_like_one_process_with_four_devices(tmp_path, reference, strategy):
+  workdir = str(tmp_path / "workdir")
+  # Synchronous saves: see test_async_checkpoints_from_two_processes for the async case.
+  config = dict(CONFIG, **{"parallel.strategy": strategy, "checkpoint.async_save": False})
+  params, info, logs = _train_processes(tmp_path, strategy, 2, 2, config, workdir)
+  want_params, want_info = reference
+  assert info["process_count"] == 2 and info["device_count"] == 4
+  _assert_params_close(params, want_params)
+  assert info["test"]["count"] == want_info["test"]["count"] == 360  # each example once
+  for key in ("loss", "accuracy"):
+    assert info["test"][key] == pytest.approx(want_info["test"][key], abs=1e-5)
+    for got, want in zip(info["history"], want_info["history"]):
+      assert got[key] == pytest.approx(want[key], abs=1e-5)
+  # Only process 0 prints and writes logs.
+  assert "epoch   1:" in logs[0].read_text()
+  assert "epoch   1:" not in logs[1].read_text() and "test " not in logs[1].read_text()
+  assert (tmp_path / "workdir" / "metrics.jsonl").is_file()
+  # The checkpoint both processes wrote holds the final params.
+  import flaxnets
+  restored = flaxnets.load(workdir, step="latest").params
+  _assert_params_close({jax.tree_util.keystr(k): np.asarray(v)
+                        for k, v in jax.tree_util.tree_leaves_with_path(restored)}, params,
+                       atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "checkpoint.py: the async saves to checkpoints/ and best/ at one step both use Orbax "
+    "barrier '_async_write_complete.<step>' and clash across processes; give each "
+    "CheckpointManager MultiprocessingOptions(barrier_sync_key_prefix=...)"))
+def test_async_checkpoints_from_two_processes(tmp_path):
+  workdir = str(tmp_path / "workdir")
+  _train_processes(tmp_path, "async", 2, 2, dict(CONFIG, **{"parallel.strategy": "mesh"}),
+                   workdir)
+  assert (tmp_path / "workdir" / "checkpoints").is_dir()
+
+
+# ---- start-up errors --------------------------------------------------------------------
+
+
+def test_unreachable_coordinator_fails_within_the_timeout(tmp_path):
+  """`flaxnets train --distributed` as process 1 with nobody listening: exit 2, address named."""
+  address = f"127.0.0.1:{_free_port()}"  # bound, then released: nothing listens there
+  log = tmp_path / "cli.log"
+  start = time.monotonic()
+  [code] = _run_group([[sys.executable, "-m", "flaxnets.cli", "train", "--distributed",
+                        f"--coordinator={address}", "--num_processes=2", "--process_id=1",
+                        "--init_timeout=5"]], [log])
+  elapsed = time.monotonic() - start
+  text = log.read_text()
+  assert code == 2, text
+  assert f"could not reach the coordinator at {address} within 5 s" in text
+  assert 5 <= elapsed < 30, f"took {elapsed:.1f} s"  # it retried for 5 s, then stopped
+
+
+def test_coordinator_that_comes_up_late_is_waited_for():
+  port = _free_port()
+  server = socket.socket()
+
+  def listen_later():
+    time.sleep(1.0)
+    server.bind(("127.0.0.1", port))
+    server.listen()
+
+  thread = threading.Thread(target=listen_later)
+  thread.start()
+  try:
+    start = time.monotonic()
+    distributed.wait_for_coordinator(f"127.0.0.1:{port}", timeout_s=10)
+    assert time.monotonic() - start < 10
+  finally:
+    thread.join()
+    server.close()
+
+
+@pytest.mark.parametrize("args,message", [
+    (("localhost", 2, 1), "coordinator address 'localhost': expected 'host:port'"),
+    (("localhost:99999", 2, 1), "coordinator address 'localhost:99999'"),
+    (("127.0.0.1:1234", 2, 2), r"process_id=2: expected an integer in \[0, 2\)"),
+    (("127.0.0.1:1234", 0, 0), "num_processes=0: expected an integer >= 1"),
+])
+def test_bad_distributed_arguments(args, message):
+  with pytest.raises(distributed.DistributedInitError, match=message):
+    distributed.initialize(*args, timeout_s=1)
+
+
+def test_bad_timeout():
+  with pytest.raises(distributed.DistributedInitError, match=r"init_timeout=0: expected"):
+    distributed.initialize("127.0.0.1:1234", 2, 1, timeout_s=0)
+
+
+def test_process_zero_reports_a_busy_port():
+  jax.devices()  # backend up: were the check to miss, JAX would refuse, not hang
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    address = f"127.0.0.1:{busy.getsockname()[1]}"
+    with pytest.raises(distributed.DistributedInitError,
+                       match=f"process 0 cannot host the coordinator at {address}: .*in use"):
+      distributed.initialize(address, 2, 0, timeout_s=1)

@@ -1,0 +1,298 @@
+"""Data parallelism on 8 host CPU devices: pmap and mesh train like one device.
+
+One train step serves every strategy, so N steps under pmap, under jit over a mesh
+and on one device with the same global batch must give the same params, metrics
+and batch-norm statistics (to float32 reduction-order noise). Plain SGD is used in
+the step tests because Adam would hide a gradient that is off by a constant factor
+(such as a sum over devices instead of a mean).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import flaxnets
+from flaxnets.config import ConfigError
+from flaxnets.models import registry
+from flaxnets.training import loop, parallel, steps
+from flaxnets.training.state import create_state
+
+GLOBAL_BATCH = 32  # 4 rows per device on 8 devices
+ATOL = 1e-5
+
+
+def _batches(num: int, seed: int = 0, shape=(8, 8, 3)) -> list[dict[str, np.ndarray]]:
+  rng = np.random.default_rng(seed)
+  return [{"inputs": rng.normal(size=(GLOBAL_BATCH,) + shape).astype(np.float32),
+           "labels": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)} for _ in range(num)]
+
+
+def _model(name: str, strategy: parallel.Strategy, sync_bn: bool = True, **kwargs):
+  """The registered model, with batch norm bound to the pmap axis where it has one."""
+  if "bn_axis_name" in registry.model_fields(name):
+    kwargs["bn_axis_name"] = strategy.axis_name if sync_bn else None
+  return registry.build_model(name, num_classes=10, **kwargs)
+
+
+_STATES: dict = {}
+
+
+def _initial_state(name: str, **kwargs):
+  """Host initial state per model, built once: initialisation compiles slowly on CPU."""
+  kwargs.pop("dropout", None)  # no parameters of its own
+  key = (name, tuple(sorted(kwargs.items())))
+  if key not in _STATES:
+    model = registry.build_model(name, num_classes=10, **kwargs)
+    tx = optax.sgd(0.1, momentum=0.9)
+    _STATES[key] = jax.device_get(create_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3),
+                                               "image"))
+  return _STATES[key]
+
+
+_SINGLE: dict = {}
+
+
+def _train(strategy_name: str, name: str, batches, sync_bn: bool = True,
+           crop_padding: int = 0, flip: bool = False, **kwargs):
+  """Run len(batches) train steps; (host state, [host metrics per step])."""
+  if strategy_name == "single":  # the reference of several tests: computed once
+    key = (name, len(batches), float(batches[0]["inputs"][0, 0, 0, 0]), crop_padding, flip,
+           tuple(sorted(kwargs.items())))
+    if key not in _SINGLE:
+      _SINGLE[key] = _train_uncached("single", name, batches, sync_bn, crop_padding, flip,
+                                     **kwargs)
+    return _SINGLE[key]
+  return _train_uncached(strategy_name, name, batches, sync_bn, crop_padding, flip, **kwargs)
+
+
+def _train_uncached(strategy_name: str, name: str, batches, sync_bn: bool,
+                    crop_padding: int, flip: bool, **kwargs):
+  strategy = parallel.Strategy(strategy_name)
+  model = _model(name, strategy, sync_bn, **kwargs)
+  state = _initial_state(name, **kwargs).replace(apply_fn=model.apply)
+  step = strategy.compile_train(steps.make_train_step(
+      num_classes=10, stats={}, schedule=optax.constant_schedule(0.1),
+      crop_padding=crop_padding, flip=flip, axis_name=strategy.axis_name))
+  state = strategy.put_state(state)
+  history = []
+  for batch in batches:
+    state, metrics = step(state, strategy.put_batch(batch))
+    history.append(strategy.unreplicate(metrics))
+  return strategy.get_state(state), history
+
+
+def _assert_trees_close(a, b, atol=ATOL, what="params"):
+  flat_a = jax.tree_util.tree_leaves_with_path(a)
+  flat_b = jax.tree.leaves(b)
+  assert len(flat_a) == len(flat_b), f"{what}: different structures"
+  for (path, x), y in zip(flat_a, flat_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0,
+                               err_msg=f"{what}{jax.tree_util.keystr(path)}")
+
+
+def _assert_metrics_close(h1, h2):
+  for m1, m2 in zip(h1, h2):
+    assert float(m1["count"]) == float(m2["count"]) == GLOBAL_BATCH  # global, not per device
+    for k in ("loss_sum", "correct", "grad_norm", "learning_rate"):
+      np.testing.assert_allclose(float(m1[k]), float(m2[k]), rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_eight_devices():
+  assert jax.device_count() == 8, "conftest should force 8 host CPU devices"
+
+
+@pytest.mark.parametrize("strategy", ["pmap", "mesh"])
+def test_steps_match_one_device_without_batch_norm(strategy):
+  batches = _batches(3)
+  want_state, want_history = _train("single", "simple_cnn", batches, features=(8, 16), hidden=32)
+  got_state, got_history = _train(strategy, "simple_cnn", batches, features=(8, 16), hidden=32)
+  _assert_trees_close(got_state.params, want_state.params)
+  _assert_trees_close(got_state.opt_state, want_state.opt_state, what="opt_state")
+  assert int(got_state.step) == 3
+  _assert_metrics_close(got_history, want_history)
+  # The steps must have moved the params, or equality would prove nothing.
+  moved = max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(got_state.params),
+      jax.tree.leaves(_initial_state("simple_cnn", features=(8, 16), hidden=32).params)))
+  assert moved > 1e-3
+
+
+@pytest.mark.parametrize("strategy", ["pmap", "mesh"])
+def test_batch_norm_statistics_are_global(strategy):
+  batches = _batches(2, seed=1)
+  kwargs = dict(stage_features=(8, 16), convs_per_stage=1)
+  want_state, want_history = _train("single", "vgg", batches, **kwargs)
+  got_state, got_history = _train(strategy, "vgg", batches, **kwargs)
+  _assert_trees_close(got_state.batch_stats, want_state.batch_stats, what="batch_stats")
+  _assert_trees_close(got_state.params, want_state.params)
+  _assert_metrics_close(got_history, want_history)
+
+
+def test_unsynchronised_batch_norm_differs():
+  """Control for the test above: per-device statistics are detectably different."""
+  batches = _batches(2, seed=1)
+  kwargs = dict(stage_features=(8, 16), convs_per_stage=1)
+  want_state, _ = _train("single", "vgg", batches, **kwargs)
+  got_state, _ = _train("pmap", "vgg", batches, sync_bn=False, **kwargs)
+  diff = max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(got_state.batch_stats), jax.tree.leaves(want_state.batch_stats)))
+  assert diff > 100 * ATOL
+
+
+def test_mesh_matches_one_device_with_dropout_and_augmentation():
+  """Mesh draws the global batch's random numbers, sharded: the same as one device."""
+  batches = _batches(3, seed=2)
+  kwargs = dict(features=(8, 16), hidden=32, dropout=0.5)
+  want_state, want_history = _train("single", "simple_cnn", batches, crop_padding=2, flip=True,
+                                    **kwargs)
+  got_state, got_history = _train("mesh", "simple_cnn", batches, crop_padding=2, flip=True,
+                                  **kwargs)
+  _assert_trees_close(got_state.params, want_state.params)
+  _assert_metrics_close(got_history, want_history)
+
+
+class NoiseProbe(nn.Module):
+  """Stores the dropout-stream numbers each device drew (as a 'batch_stats' variable)."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, seq_lengths=None, *, train: bool = False):
+    drawn = self.variable("batch_stats", "drawn", jnp.zeros, (x.shape[0],))
+    if train:
+      drawn.value = jax.random.uniform(self.make_rng("dropout"), (x.shape[0],))
+    w = self.param("w", nn.initializers.zeros, (x.shape[-1], self.num_classes))
+    return x.mean((1, 2)) @ w
+
+
+def _probe_draws(strategy_name: str, batch) -> np.ndarray:
+  """The numbers drawn from the dropout stream in one step: [devices, rows per device]."""
+  strategy = parallel.Strategy(strategy_name)
+  model = NoiseProbe()
+  state = create_state(model, optax.sgd(0.1), jax.random.PRNGKey(3), (8, 8, 3), "image")
+  step = strategy.compile_train(steps.make_train_step(
+      num_classes=10, stats={}, schedule=optax.constant_schedule(0.1),
+      axis_name=strategy.axis_name))
+  state, _ = step(strategy.put_state(state), strategy.put_batch(batch))
+  if strategy.name == "pmap":  # per-device states: [devices, rows per device]
+    return np.asarray(state.batch_stats["drawn"])
+  return np.asarray(state.batch_stats["drawn"]).reshape(8, -1)
+
+
+@pytest.mark.parametrize("strategy", ["pmap", "mesh"])
+def test_random_streams_differ_between_devices_and_reproduce(strategy):
+  batch = _batches(1, seed=4)[0]
+  draws = _probe_draws(strategy, batch)
+  assert draws.shape == (8, GLOBAL_BATCH // 8)
+  assert len({row.tobytes() for row in draws}) == 8, f"devices share a stream:\n{draws}"
+  np.testing.assert_array_equal(draws, _probe_draws(strategy, batch))
+  if strategy == "mesh":  # the global draw is the one-device draw, sharded
+    np.testing.assert_array_equal(draws.reshape(-1), _probe_draws("single", batch).reshape(-1))
+
+
+@pytest.mark.parametrize("strategy", ["single", "pmap", "mesh"])
+def test_eval_counts_every_example_once(strategy):
+  """37 examples, eval batches of 16 over 8 devices: the padded tail counts zero times."""
+  rng = np.random.default_rng(5)
+  split = {"inputs": rng.normal(size=(37, 8, 8, 3)).astype(np.float32),
+           "labels": rng.integers(0, 10, 37).astype(np.int32)}
+  s = parallel.Strategy(strategy)
+  state = _initial_state("simple_cnn", features=(8, 16), hidden=32)
+  eval_step = s.compile_eval(steps.make_eval_step(num_classes=10, stats={},
+                                                  axis_name=s.axis_name))
+  got = loop.run_eval(eval_step, s.put_state(state), split, 16, s, None, 10,
+                      with_confusion=True)
+  logits = np.asarray(state.apply_fn({"params": state.params}, split["inputs"]))
+  want_loss = float(optax.softmax_cross_entropy_with_integer_labels(
+      logits, split["labels"]).mean())
+  assert got["count"] == 37
+  np.testing.assert_allclose(got["loss"], want_loss, rtol=1e-5)
+  assert got["accuracy"] == pytest.approx(float((logits.argmax(-1) == split["labels"]).mean()))
+  cm = np.asarray(got["confusion_matrix"])
+  assert cm.sum() == 37
+  np.testing.assert_array_equal(cm.sum(1), np.bincount(split["labels"], minlength=10))
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+def test_unknown_strategy_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"strategy='ddp'.*'auto', 'single', 'pmap', 'mesh'"):
+    parallel.Strategy("ddp")
+  config = flaxnets.get_config()
+  config.parallel.strategy = "ddp"
+  with pytest.raises(ConfigError, match="parallel.strategy='ddp'"):
+    flaxnets.train(config)
+
+
+def test_batch_that_does_not_divide_over_devices_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"batch_size=30 does not divide evenly over 8 devices"
+                                       r".*multiple of 8, e.g. 24 or 32"):
+    parallel.Strategy("mesh").check_batch(30)
+  parallel.Strategy("single").check_batch(30)  # one device takes any batch
+  config = flaxnets.get_config()
+  config.batch_size = 36
+  config.parallel.strategy = "pmap"
+  with pytest.raises(ValueError, match="batch_size=36 does not divide evenly over 8 devices"):
+    flaxnets.train(config)
+
+
+def test_auto_resolves_by_device_count():
+  assert parallel.choose("auto") == "mesh"
+  assert parallel.choose("auto", num_devices=1) == "single"
+  assert parallel.Strategy("auto", jax.devices()[:1]).name == "single"
+  assert parallel.Strategy("pmap").num_devices == 8
+  assert parallel.Strategy("single").num_devices == 1
+
+
+# ---- end to end through flaxnets.train -------------------------------------------------------
+
+
+def _digits_config(strategy: str, num_epochs: int):
+  config = flaxnets.get_config()
+  config.update_from_flattened_dict({
+      "num_epochs": num_epochs, "batch_size": 64, "eval_batch_size": 128, "progress": False,
+      "log_every_steps": 1000, "parallel.strategy": strategy,
+      "optimizer.schedule": "constant"})  # num_epochs 2 then 4 = one 4-epoch trajectory
+  config.model.features = (8, 16)
+  config.model.hidden = 32
+  return config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Two epochs of digits under each strategy, each leaving a checkpoint to resume."""
+  out = {}
+  for strategy in ("single", "pmap", "mesh"):
+    workdir = str(tmp_path_factory.mktemp(strategy))
+    out[strategy] = (workdir, flaxnets.train(_digits_config(strategy, 2), workdir))
+  return out
+
+
+@pytest.mark.parametrize("strategy", ["pmap", "mesh"])
+def test_train_end_to_end_matches_one_device(runs, strategy):
+  want, got = runs["single"][1], runs[strategy][1]
+  assert got.test_metrics["count"] == want.test_metrics["count"] == 360
+  _assert_trees_close(got.state.params, want.state.params)
+  for key in ("loss", "accuracy"):
+    assert got.test_metrics[key] == pytest.approx(want.test_metrics[key], abs=1e-5)
+    for h_got, h_want in zip(got.history, want.history):
+      assert h_got[key] == pytest.approx(h_want[key], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+  return flaxnets.train(_digits_config("single", 4))
+
+
+@pytest.mark.parametrize("first,then", [("pmap", "single"), ("single", "mesh")])
+def test_resume_under_another_strategy(runs, uninterrupted, first, then):
+  """Epochs 1-2 on `first`, 3-4 on `then` (8 devices <-> 1) = four epochs without a break."""
+  workdir, _ = runs[first]
+  resumed = flaxnets.train(_digits_config(then, 4), workdir)
+  assert int(resumed.state.step) == int(uninterrupted.state.step) == 4 * (1258 // 64)
+  _assert_trees_close(resumed.state.params, uninterrupted.state.params)
+  _assert_trees_close(resumed.state.opt_state, uninterrupted.state.opt_state, what="opt_state")
+  assert resumed.test_metrics["accuracy"] == pytest.approx(
+      uninterrupted.test_metrics["accuracy"], abs=1e-6)
