@@ -429,3 +429,54 @@ def test_jsonable_round_trip_of_non_finite_values():
   back = checkpoint_lib._from_json(json.loads(json.dumps(checkpoint_lib._jsonable(extra))))
   assert back == {"early_stopping": {"best": float("inf"), "best_epoch": None, "bad_epochs": 0},
                   "sums": {"loss": 1.5}, "flags": [True, 3]}
+
+
+# ---- stops at awkward moments (slow: two in-process trainings each) ---------------------------
+@pytest.mark.slow
+def test_stop_on_an_epochs_last_step_finishes_the_epoch_first(tmp_path, trained, monkeypatch):
+  # Make the "signal" arrive while the last step of epoch 1 (step 39) runs: the loop
+  # must validate, save step 39 (with best/) and only then exit, or the resumed run
+  # would skip epoch 1's validation record and best checkpoint.
+  guards = []
+  enter, write = hooks.PreemptionGuard.__enter__, hooks.MetricWriter.write
+
+  def capture(self):
+    guards.append(self)
+    return enter(self)
+
+  def signal_at_39(self, record):
+    write(self, record)
+    if record.get("split") == "train_step" and record["step"] == STEPS_PER_EPOCH:
+      guards[-1].signal_name = "SIGTERM"
+
+  monkeypatch.setattr(hooks.PreemptionGuard, "__enter__", capture)
+  monkeypatch.setattr(hooks.MetricWriter, "write", signal_at_39)
+  workdir = tmp_path / "run"
+  with pytest.raises(SystemExit, match=f"received SIGTERM at step {STEPS_PER_EPOCH}"):
+    flaxnets.train(small_config(), str(workdir))
+  monkeypatch.undo()
+  assert (workdir / "best" / str(STEPS_PER_EPOCH)).is_dir()
+  extra = json.loads((workdir / "checkpoints" / "39" / "extra" / "metadata").read_text())
+  assert extra["iterator"] == {"epoch": 1, "next_index": 0}
+  assert [r["split"] for r in extra["history"]] == ["train", "val"]
+  result = flaxnets.train(small_config(), str(workdir))
+  assert jax.tree.all(jax.tree.map(np.array_equal, result.state.params, trained[1].state.params))
+  strip = lambda history: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
+  assert strip(result.history) == strip(trained[1].history)
+
+
+@pytest.mark.slow
+def test_early_stopped_run_stays_stopped_when_resumed(tmp_path, capsys):
+  # Accuracy in 'min' mode: epoch 2 is "worse" than epoch 1, so patience 1 stops there.
+  config = small_config(num_epochs=4, **{"early_stopping.patience": 1,
+                                         "early_stopping.metric": "accuracy",
+                                         "early_stopping.mode": "min"})
+  first = flaxnets.train(config, str(tmp_path))
+  assert first.stopped_early
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+  capsys.readouterr()
+  again = flaxnets.train(config, str(tmp_path))
+  assert "resumed from step" in capsys.readouterr().out
+  assert again.stopped_early
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == steps
+  assert again.history == first.history

@@ -39,7 +39,6 @@ CHILD = textwrap.dedent('''
     import flaxnets
     config = flaxnets.get_config()
     config.update_from_flattened_dict(args["config"])
-    config.model.features = tuple(config.model.features)
     result = flaxnets.train(config, args.get("workdir"))
     if jax.process_index() == 0:
       np.savez(args["out"] + ".npz", **{

@@ -163,17 +163,19 @@ def default_hoist() -> bool:
   return jax.default_backend() != "cpu"
 
 
-def _check_inputs(inputs: Array, seq_lengths: Array | None, where: str) -> None:
-  """Shape/dtype checks done at trace time, with one clear error each."""
+def _check_inputs(inputs: Array, seq_lengths: Any, where: str) -> Array | None:
+  """Shape/dtype checks done at trace time, one clear error each; -> seq_lengths as an array."""
   if inputs.ndim != 3:
     raise ValueError(f"{where}: inputs must be [batch, time, features], got shape {inputs.shape}")
   if seq_lengths is None:
-    return
+    return None
+  seq_lengths = jnp.asarray(seq_lengths)
   if seq_lengths.shape != inputs.shape[:1]:
     raise ValueError(f"{where}: seq_lengths must have shape [batch]={inputs.shape[:1]}, "
                      f"got {seq_lengths.shape}")
   if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
     raise ValueError(f"{where}: seq_lengths must be integers, got dtype {seq_lengths.dtype}")
+  return seq_lengths
 
 
 class RNNLayer(nn.Module):
@@ -201,12 +203,14 @@ class RNNLayer(nn.Module):
     """inputs [B, T, F], seq_lengths [B] int or None -> (outputs [B, T, H], last_h [B, H]).
 
     Lengths outside [0, T] act as clipped to it (they are data, never checked on host).
+    Padding values never reach outputs, but must be finite: the backward pass
+    multiplies them by zero, and 0 * nan is nan.
     """
     if self.cell not in CELLS:
       raise ValueError(f"RNNLayer.cell={self.cell!r}: expected one of {sorted(CELLS)}")
     if self.hidden_size < 1:
       raise ValueError(f"RNNLayer.hidden_size={self.hidden_size!r}: expected a positive int")
-    _check_inputs(inputs, seq_lengths, "RNNLayer")
+    seq_lengths = _check_inputs(inputs, seq_lengths, "RNNLayer")
     cell = CELLS[self.cell](hidden_size=self.hidden_size, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="cell")
     hoist = default_hoist() if self.hoist_input_projection is None else self.hoist_input_projection
@@ -285,7 +289,7 @@ class StackedRNN(nn.Module):
       raise ValueError(f"StackedRNN.num_layers={self.num_layers!r}: expected >= 1")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"StackedRNN.dropout={self.dropout!r}: expected 0 <= dropout < 1")
-    _check_inputs(inputs, seq_lengths, "StackedRNN")
+    seq_lengths = _check_inputs(inputs, seq_lengths, "StackedRNN")
     kwargs = dict(cell=self.cell, hidden_size=self.hidden_size,
                   hoist_input_projection=self.hoist_input_projection, unroll=self.unroll,
                   dtype=self.dtype, param_dtype=self.param_dtype)

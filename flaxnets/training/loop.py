@@ -186,7 +186,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
       resumed_sums = extra.get("epoch_sums")
       log(f"resumed from step {int(state.step)} (epoch {train_it.epoch + 1}, "
           f"batch {extra['iterator']['next_index']}) in {workdir}")
-  writer = hooks.MetricWriter(workdir, tensorboard=False)
+  writer = hooks.MetricWriter(workdir, tensorboard=config.tensorboard)
 
   # ---- compile ---------------------------------------------------------------------
   train_step = strategy.compile_train(steps.make_train_step(
@@ -222,8 +222,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   # ---- epochs ----------------------------------------------------------------------
   val_metrics = None
   # A run resumed after it had stopped early stays stopped.
-  stopped_early = bool(config.early_stopping.patience) and \
-      early.bad_epochs >= config.early_stopping.patience
+  stopped_early = False
   train_time = 0.0
   sums = None
   with hooks.PreemptionGuard() as guard, close_on_error(ckpt):
@@ -259,12 +258,12 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
             position["next_index"] < steps_per_epoch):  # epoch ends save below anyway
           save()
         # On an epoch's last step the epoch is finished first (validation, best, save).
-        if guard.stop_requested and position["next_index"] < steps_per_epoch:
+        if guard.stop_requested:
           break
       bar.close()
       if position["next_index"] >= steps_per_epoch:
         position.update(epoch=epoch + 1, next_index=0)
-      if guard.stop_requested and position["next_index"]:
+      if guard.stop_requested:
         exit_preempted()
       if sums is None:
         continue
@@ -334,7 +333,8 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
         "train_time_s": train_time, "wall_time_s": wall, "steps": step,
         "stopped_early": stopped_early, "devices": [str(d) for d in strategy.devices],
         "device_kind": jax.devices()[0].device_kind, "strategy": strategy.name,
-        "process_count": jax.process_count(), "flaxnets_version": flaxnets.__version__})
+        "process_count": jax.process_count(), "flaxnets_version": flaxnets.__version__,
+        "label_names": list(dataset.label_names)})
   if ckpt is not None:
     ckpt.close()
   writer.close()

@@ -1,0 +1,33 @@
+"""BiLSTM on SST-2 (sentence level, Kim's split): max-pooled, random embeddings.
+
+Run:      flaxnets train --config experiments/configs/sst2_bilstm.py --config.seed=0
+Seeds:    python experiments/run.py experiments/configs/sst2_bilstm.py --seeds 0 1 2
+Runtime:  TBD
+Result:   TBD
+"""
+import flaxnets
+
+
+def get_config():
+  c = flaxnets.get_config()
+  c.dataset.name = "text_table"
+  c.dataset.path = "../shared/data/sst2"   # relative to the repository root
+  c.dataset.val_split = "dev"
+  c.dataset.test_split = ""                # SST-2 has no labelled test table here
+  c.dataset.min_freq = 1
+  c.model.name = "rnn"
+  c.model.cell = "lstm"
+  c.model.bidirectional = True
+  c.model.hidden_size = 150
+  c.model.embed_dim = 300
+  c.model.pooling = "max"
+  c.model.embed_dropout = 0.3
+  c.model.dropout = 0.5
+  c.num_epochs = 6
+  c.batch_size = 50
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.clip_norm = 5.0
+  c.checkpoint.best_metric = "accuracy"
+  return c

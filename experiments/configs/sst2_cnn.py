@@ -1,0 +1,31 @@
+"""Kim (2014) CNN on SST-2 (sentence level, Kim's split), random embeddings.
+
+Kernels 3, 4, 5 with 100 filters each, relu, max over time, dropout 0.5, dense.
+Kim's CNN-rand reaches 82.7% on SST-2 when trained on the treebank's phrases as well;
+on these 6,920 sentences alone quick baselines reach about 80% dev accuracy.
+
+Run:      flaxnets train --config experiments/configs/sst2_cnn.py --config.seed=0
+Seeds:    python experiments/run.py experiments/configs/sst2_cnn.py --seeds 0 1 2
+Runtime:  TBD
+Result:   TBD
+"""
+import flaxnets
+
+
+def get_config():
+  c = flaxnets.get_config()
+  c.dataset.name = "text_table"
+  c.dataset.path = "../shared/data/sst2"   # relative to the repository root
+  c.dataset.val_split = "dev"
+  c.dataset.test_split = ""                # SST-2 has no labelled test table here
+  c.model.name = "text_cnn"
+  c.model.embed_dim = 300
+  c.model.kernel_sizes = (3, 4, 5)
+  c.model.features = 100
+  c.model.pooling = "max"
+  c.model.dropout = 0.5
+  c.num_epochs = 6
+  c.batch_size = 50
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  return c

@@ -1,0 +1,94 @@
+"""`flaxnets plot WORKDIR`: learning curves and the test confusion matrix as PNG files.
+
+Reads WORKDIR/metrics.jsonl (per-epoch train and val rows) and WORKDIR/results.json
+(test confusion matrix, label names from the config's dataset) and writes
+WORKDIR/plots/curves.png and WORKDIR/plots/confusion_matrix.png.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+
+def _rows(workdir: pathlib.Path) -> list[dict]:
+  path = workdir / "metrics.jsonl"
+  if not path.is_file():
+    raise FileNotFoundError(f"{str(path)!r} does not exist: train with this workdir first")
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  if not any(r.get("split") == "train" for r in rows):
+    raise ValueError(f"{str(path)!r} has no per-epoch train rows to plot")
+  return rows
+
+
+def plot_curves(rows: list[dict], out: pathlib.Path) -> pathlib.Path:
+  """Loss and accuracy per epoch, train vs validation."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+  for split, style in (("train", "-o"), ("val", "-s")):
+    # A resumed run can repeat an epoch: the last record of each epoch wins.
+    by_epoch = {r["epoch"]: r for r in rows if r.get("split") == split}
+    if not by_epoch:
+      continue
+    epochs = sorted(by_epoch)
+    for ax, key in zip(axes, ("loss", "accuracy")):
+      ax.plot(epochs, [by_epoch[e][key] for e in epochs], style, label=split, markersize=3)
+  from matplotlib.ticker import MaxNLocator
+  for ax, key in zip(axes, ("loss", "accuracy")):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.set_title(key)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(out)
+  plt.close(fig)
+  return out
+
+
+def plot_confusion(cm: list[list[int]], names: list[str], out: pathlib.Path) -> pathlib.Path:
+  """Rows are true labels, columns predictions; counts written in each cell."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  cm = np.asarray(cm)
+  n = len(cm)
+  size = max(4.0, 0.5 * n + 2)
+  fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+  ax.imshow(cm, cmap="Blues")
+  ticks = range(n)
+  labels = names if len(names) == n else [str(i) for i in ticks]
+  ax.set_xticks(ticks, labels, rotation=45 if max(len(s) for s in labels) > 3 else 0, ha="right")
+  ax.set_yticks(ticks, labels)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(f"test confusion matrix ({int(cm.sum())} examples)")
+  if n <= 30:
+    threshold = cm.max() / 2
+    for i in range(n):
+      for j in range(n):
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                color="white" if cm[i, j] > threshold else "black")
+  fig.tight_layout()
+  fig.savefig(out)
+  plt.close(fig)
+  return out
+
+
+def plot_workdir(workdir: str | pathlib.Path) -> list[pathlib.Path]:
+  """Write the PNGs for one run; returns their paths."""
+  workdir = pathlib.Path(workdir)
+  out_dir = workdir / "plots"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = [plot_curves(_rows(workdir), out_dir / "curves.png")]
+  results_file = workdir / "results.json"
+  if results_file.is_file():
+    results = json.loads(results_file.read_text())
+    test = results.get("test") or {}
+    if "confusion_matrix" in test:
+      written.append(plot_confusion(test["confusion_matrix"], results.get("label_names", []),
+                                    out_dir / "confusion_matrix.png"))
+  return written

@@ -1,0 +1,86 @@
+"""Early stopping, TensorBoard event files, and `flaxnets plot` PNGs."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import flaxnets
+from flaxnets.tensorboard import EventWriter, crc32c
+from flaxnets.training.hooks import EarlyStopping
+
+
+def test_early_stopping_on_scripted_plateau():
+  stopper = EarlyStopping(patience=3, min_delta=0.01, mode="min")
+  losses = [1.0, 0.8, 0.7, 0.695, 0.699, 0.71]  # improves until epoch 3, then plateaus
+  stopped_at = next(e for e, v in enumerate(losses, 1) if stopper.update(v, e))
+  assert stopped_at == 6 and stopper.best_epoch == 3 and stopper.best == 0.7
+
+
+def test_early_stopping_max_mode_and_patience_zero_never_stops():
+  stopper = EarlyStopping(patience=0, mode="max")
+  assert not any(stopper.update(v, e) for e, v in enumerate([0.5, 0.4, 0.3], 1))
+  with pytest.raises(ValueError, match="early_stopping.mode='maximum'"):
+    EarlyStopping(patience=1, mode="maximum")
+
+
+@pytest.fixture(scope="module")
+def plateau_run(tmp_path_factory):
+  """Digits with a learning rate so small that validation loss cannot improve by min_delta."""
+  workdir = tmp_path_factory.mktemp("plateau")
+  config = flaxnets.get_config()
+  config.progress = False
+  config.num_epochs = 10
+  config.optimizer.learning_rate = 1e-9
+  config.optimizer.schedule = "constant"
+  config.early_stopping.patience = 2
+  config.early_stopping.min_delta = 0.01
+  config.early_stopping.restore_best = True
+  result = flaxnets.train(config, workdir=str(workdir))
+  return workdir, result
+
+
+def test_training_stops_at_expected_epoch(plateau_run):
+  workdir, result = plateau_run
+  assert result.stopped_early
+  # Epoch 1 sets the best; epochs 2 and 3 do not improve by 0.01 -> stop after epoch 3.
+  assert [h["epoch"] for h in result.history if h["split"] == "train"] == [1, 2, 3]
+  assert json.loads((workdir / "results.json").read_text())["stopped_early"] is True
+
+
+def test_tensorboard_events_read_back(plateau_run):
+  workdir, result = plateau_run
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  acc = EventAccumulator(str(workdir / "tensorboard"))
+  acc.Reload()
+  tags = acc.Tags()["scalars"]
+  assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy"} <= set(tags)
+  val_loss = [e.value for e in acc.Scalars("val/loss")]
+  expected = [h["loss"] for h in result.history if h["split"] == "val"]
+  np.testing.assert_allclose(val_loss, expected, rtol=1e-6)
+
+
+def test_event_writer_framing_crc():
+  assert crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
+
+
+def test_plot_writes_nonblank_pngs(plateau_run):
+  from PIL import Image
+  workdir, _ = plateau_run
+  out = subprocess.run([sys.executable, "-m", "flaxnets.cli", "plot", str(workdir)],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  paths = out.stdout.split()
+  assert [p.rsplit("/", 1)[1] for p in paths] == ["curves.png", "confusion_matrix.png"]
+  for p in paths:
+    img = np.asarray(Image.open(p).convert("L"), np.float32)
+    assert img.shape[0] >= 300 and img.shape[1] >= 300
+    assert img.std() > 10  # not blank: lines, text and cells differ from the background
+    assert (img < 128).mean() > 0.005
+
+
+def test_plot_without_metrics_is_a_clear_error(tmp_path):
+  from flaxnets import plots
+  with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+    plots.plot_workdir(tmp_path)
