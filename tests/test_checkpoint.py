@@ -395,6 +395,17 @@ def test_config_change_is_refused_listing_keys_and_restart_starts_over(tmp_path,
   assert flaxnets.load(workdir, "latest").params["Conv_0"]["kernel"].shape == (3, 3, 1, 4)
 
 
+def test_keys_missing_from_an_older_checkpoint_count_as_defaults(trained):
+  now = trained[1].config.to_dict()
+  older = json.loads(json.dumps(now))
+  del older["dataset"]["val_fraction"]   # a key that flaxnets added later
+  older["model"]["kernel_size"] = 3       # SimpleCNN's default, now written out
+  assert checkpoint_lib.config_differences(older, now) == []
+  older["model"]["kernel_size"] = 5
+  assert checkpoint_lib.config_differences(older, now) == [
+      "model.kernel_size: checkpoint 5 vs now 3"]
+
+
 def test_changed_data_is_refused(tmp_path, trained):
   # An 'arrays' dataset has no config key that changes with the data; its shape does.
   result = trained[1]

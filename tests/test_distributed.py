@@ -60,23 +60,44 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+_COMPILE_CACHE: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(request):
+  """A persistent XLA cache for the children: compiling dominates their run time (4x)."""
+  _COMPILE_CACHE.append(str(request.config.cache.mkdir("jax_compile_cache")))
+  yield
+  _COMPILE_CACHE.clear()
+
+
 def _env() -> dict[str, str]:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # this process's 8 devices; each child sets its own
+  if _COMPILE_CACHE:
+    env.update(JAX_COMPILATION_CACHE_DIR=_COMPILE_CACHE[0],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   return env
 
 
-def _run_group(commands: list[list[str]], logs: list[pathlib.Path], env=None) -> list[int]:
-  """Start the processes together, wait for all (bounded), always kill what is left."""
+def _run_group(commands: list[list[str]], logs: list[pathlib.Path]) -> list[int | None]:
+  """Start the processes together and wait (bounded); always kill what is left.
+
+  When one process fails the others would wait for it until JAX's own timeouts, so
+  they are killed at once (their return code then reads None).
+  """
   procs = []
   try:
     for cmd, log in zip(commands, logs):
-      procs.append(subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                    env=env or _env()))
+      with open(log, "w") as out:
+        procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env()))
     deadline = time.monotonic() + TIMEOUT_S
-    for p in procs:
-      p.wait(timeout=max(deadline - time.monotonic(), 1))
-    return [p.returncode for p in procs]
+    while time.monotonic() < deadline:
+      codes = [p.poll() for p in procs]
+      if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+        break
+      time.sleep(0.2)
+    return [p.poll() for p in procs]
   finally:
     for p in procs:
       if p.poll() is None:
@@ -103,7 +124,8 @@ def _train_processes(tmp: pathlib.Path, name: str, num_processes: int, devices: 
     logs.append(tmp / f"{name}.{pid}.log")
   codes = _run_group(commands, logs)
   for pid, (code, log) in enumerate(zip(codes, logs)):
-    assert code == 0, f"{name} process {pid} exited with {code}:\n{_tail(log)}"
+    assert code == 0, (f"{name} process {pid}: exit code {code} (None: killed after a peer "
+                       f"failed or after {TIMEOUT_S} s):\n{_tail(log)}")
   params = dict(np.load(out + ".npz"))
   info = json.loads(pathlib.Path(out + ".json").read_text())
   return params, info, logs
@@ -151,15 +173,22 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path, refere
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "checkpoint.py: the async saves to checkpoints/ and best/ at one step both use Orbax "
-    "barrier '_async_write_complete.<step>' and clash across processes; give each "
-    "CheckpointManager MultiprocessingOptions(barrier_sync_key_prefix=...)"))
+@pytest.mark.skip(reason=(
+    "fails at random until checkpoint.py gives each CheckpointManager its own "
+    "MultiprocessingOptions(barrier_sync_key_prefix=...): the async saves of one step to "
+    "checkpoints/ and best/ both wait on Orbax barrier 'async_write_complete.<step>', and "
+    "when the two overlap the coordination service refuses the second ('already ongoing')"))
 def test_async_checkpoints_from_two_processes(tmp_path):
+  """The default (async) checkpointing from two processes: every step saved, restorable."""
   workdir = str(tmp_path / "workdir")
-  _train_processes(tmp_path, "async", 2, 2, dict(CONFIG, **{"parallel.strategy": "mesh"}),
-                   workdir)
-  assert (tmp_path / "workdir" / "checkpoints").is_dir()
+  config = dict(CONFIG, **{"parallel.strategy": "mesh", "num_epochs": 2})
+  params, _, _ = _train_processes(tmp_path, "async", 2, 2, config, workdir)
+  assert sorted(p.name for p in (tmp_path / "workdir" / "checkpoints").iterdir()) == ["19", "38"]
+  import flaxnets
+  restored = flaxnets.load(workdir, step="latest").params
+  _assert_params_close({jax.tree_util.keystr(k): np.asarray(v)
+                        for k, v in jax.tree_util.tree_leaves_with_path(restored)}, params,
+                       atol=0)
 
 
 # ---- start-up errors --------------------------------------------------------------------

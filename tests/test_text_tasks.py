@@ -55,6 +55,7 @@ def _config(tmp_path: pathlib.Path, model: str):
   c.batch_size = 16
   c.optimizer.learning_rate = 1e-2
   c.progress = False
+  c.parallel.strategy = "single"  # 8 forced CPU devices only slow a tiny job down
   return c
 
 
@@ -92,6 +93,7 @@ def test_char_lm_on_a_text_file(tmp_path):
   c.batch_size = 16
   c.optimizer.learning_rate = 1e-2
   c.progress = False
+  c.parallel.strategy = "single"
   result = flaxnets.train(c)
   ds = result.dataset
   assert ds.task == "lm" and ds.vocab.level == "char"

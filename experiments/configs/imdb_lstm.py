@@ -2,7 +2,7 @@
 
 Raw review text: '<br />' removed, punctuation split off words, lower-cased; the
 30,000 most frequent training tokens seen at least twice, reviews cut to their first
-400 tokens (about 85% of reviews fit). Token buckets (16..256, 400) keep short
+400 tokens (83% of training reviews fit whole; the median is 197). Token buckets (16..256, 400) keep short
 reviews cheap. Validation is a seeded, stratified 10% of train. Trained from scratch,
 LSTMs reach about 86-88% test accuracy on IMDB.
 

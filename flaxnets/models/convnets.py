@@ -5,9 +5,10 @@ call signature, `model(x, seq_lengths=None, *, train=False)`:
 
   simple_cnn  SimpleCNN   conv-pool x2 -> dense; works on 8x8 digits.
   vgg         VGG         [conv3x3-BN-relu]*n + maxpool stages, global avg pool.
-  resnet      ResNet      CIFAR-style ResNet with basic blocks (any depth);
-  resnet20    ResNet20      3 stages (16, 32, 64) x 3 blocks, 0.27M params;
-  resnet18    ResNet18      4 stages (64..512) x 2 blocks, 3x3 stem, 11.2M params.
+  resnet20    ResNet20    CIFAR ResNet (basic blocks): 3 stages (16, 32, 64) x 3,
+                          0.27M params;
+  resnet18    ResNet18    CIFAR variant: 3x3 stem, no maxpool, (64..512) x 2,
+                          11.2M params. Both are thin ResNet subclasses.
   fast_cnn    FastCNN     the airbench94 CIFAR-10 speedrun net.
   conv1d      ConvNet1D   conv-BN-relu-pool stack over series [B, T, F].
   text_cnn    TextCNN     Kim (2014) parallel-kernel CNN over token embeddings.
@@ -25,7 +26,7 @@ Conventions shared by all of them:
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -42,16 +43,16 @@ def _check_rank(x: Array, ranks: Sequence[int], model: str, expected: str) -> No
 
 
 def _batch_norm(module: nn.Module, momentum: float = 0.9, **kwargs: Any):
-  """BatchNorm bound to the module's train flag, dtypes and pmap axis name."""
+  """A BatchNorm constructor with the module's dtypes and pmap axis name."""
   return functools.partial(
       nn.BatchNorm, momentum=momentum, axis_name=module.bn_axis_name,
       dtype=module.dtype, param_dtype=module.param_dtype, **kwargs)
 
 
-def _head(module: nn.Module, x: Array, train: bool, use_bias: bool = True) -> Array:
-  """dropout -> dense(num_classes) -> float32 logits [B, num_classes]."""
+def _head(module: nn.Module, x: Array, train: bool) -> Array:
+  """[B, D] -> dropout -> dense(num_classes) -> float32 logits [B, num_classes]."""
   x = nn.Dropout(module.dropout, deterministic=not train)(x) if module.dropout else x
-  x = nn.Dense(module.num_classes, use_bias=use_bias, dtype=module.dtype,
+  x = nn.Dense(module.num_classes, dtype=module.dtype,
                param_dtype=module.param_dtype, name="head")(x)
   return x.astype(jnp.float32)
 
@@ -66,6 +67,7 @@ class SimpleCNN(nn.Module):
   SAME padding in conv and pool keeps every spatial size >= 1 (8 -> 4 -> 2 on
   digits). The flatten makes the hidden layer's size depend on the image size.
   """
+  input_kinds: ClassVar[tuple[str, ...]] = ("image",)
   num_classes: int | None = 10
   features: Sequence[int] = (32, 64)
   hidden: int = 128
@@ -98,6 +100,7 @@ class VGG(nn.Module):
   The head is global average pooling then dense (so any image size works), with
   an optional hidden dense layer when `hidden` is set.
   """
+  input_kinds: ClassVar[tuple[str, ...]] = ("image",)
   num_classes: int | None = 10
   stage_features: Sequence[int] = (64, 128, 256)
   convs_per_stage: int = 2
@@ -151,13 +154,14 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-@register("resnet")
 class ResNet(nn.Module):
   """CIFAR-style ResNet: 3x3 stem (no maxpool), basic-block stages, GAP, dense.
 
   Stage i has `num_filters * 2**i` channels and `stage_sizes[i]` blocks; every
-  stage after the first halves the resolution.
+  stage after the first halves the resolution. Registered through the named
+  depths below; their stage_sizes / num_filters fields still give any depth.
   """
+  input_kinds: ClassVar[tuple[str, ...]] = ("image",)
   num_classes: int | None = 10
   stage_sizes: Sequence[int] = (3, 3, 3)
   num_filters: int = 16
@@ -172,6 +176,7 @@ class ResNet(nn.Module):
     _check_rank(x, (4,), type(self).__name__, "images [B, H, W, C]")
     x = x.astype(self.dtype)
     norm = _batch_norm(self, use_running_average=not train)
+    # He init: the variance-preserving choice for relu nets (lecun is 2x too small).
     conv = functools.partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype,
                              kernel_init=nn.initializers.kaiming_normal())
@@ -211,6 +216,7 @@ class FastCNN(nn.Module):
   -> logits * logit_scale. Needs images of >= 16 px (32 -> 31 -> 15 -> 7 -> 3).
   BN has no scale (airbench freezes it at 1) and momentum 0.6 by default.
   """
+  input_kinds: ClassVar[tuple[str, ...]] = ("image",)
   num_classes: int | None = 10
   widths: Sequence[int] = (64, 256, 256)
   stem_features: int = 24
@@ -264,7 +270,7 @@ def _zero_padding(x: Array, mask: Array | None) -> Array:
 
 def _masked_pool(x: Array, mask: Array | None, pooling: str) -> Array:
   """Global pool over real steps: x [B, T, C], mask [B, T, 1] -> [B, C] (float32)."""
-  x = x.astype(jnp.float32)
+  x = x.astype(jnp.float32)  # a long bf16 sum would lose precision
   if pooling == "max":
     if mask is None:
       return jnp.max(x, axis=1)
@@ -288,6 +294,7 @@ class ConvNet1D(nn.Module):
   statistics skip them, so appending padding never changes the logits.
   Output lengths are `ceil(L / 2**num_pools)` (see `output_lengths`).
   """
+  input_kinds: ClassVar[tuple[str, ...]] = ("series",)
   num_classes: int | None = 10
   features: Sequence[int] = (32, 64, 128)
   kernel_size: int = 5
@@ -342,6 +349,7 @@ class TextCNN(nn.Module):
   dense. SAME (not Kim's narrow) convs keep T steps, so no sequence is too
   short. Real steps are `t < seq_lengths`, or tokens != 0 without lengths.
   """
+  input_kinds: ClassVar[tuple[str, ...]] = ("tokens",)
   num_classes: int | None = 10
   vocab_size: int | None = None
   embed_dim: int = 128

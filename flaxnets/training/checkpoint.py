@@ -15,6 +15,7 @@ step that is damaged afterwards is skipped on resume, with a message naming it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -75,9 +76,45 @@ def _as_json(obj: Any) -> Any:
   return json.loads(json.dumps(_jsonable(obj)))
 
 
+def _json_default(value: Any) -> Any:
+  """A model field's default as config JSON holds it (dtype -> 'float32'); or _SKIP."""
+  if hasattr(value, "dtype") or isinstance(value, type):
+    try:
+      return jax.numpy.dtype(value).name
+    except TypeError:
+      return _SKIP
+  try:
+    return _as_json(value)
+  except TypeError:
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def _with_defaults(config: dict) -> dict[str, Any]:
+  """A config dict, flattened, with the keys it lacks filled in from today's defaults.
+
+  A checkpoint written before a config key (or a model field) existed lacks it; the
+  key then behaved as its default, so a missing key is no reason to refuse a resume.
+  """
+  from flaxnets import config as config_lib
+  from flaxnets.models import registry
+  flat = _flatten(_as_json(config))
+  defaults = _flatten(_as_json(config_lib.get_config().to_dict()))
+  name = flat.get("model.name")
+  if name in registry.MODELS:
+    for field_name, field in registry.model_fields(name).items():
+      if field.default is not dataclasses.MISSING:
+        value = _json_default(field.default)
+        if value is not _SKIP:
+          defaults[f"model.{field_name}"] = value
+  return {**defaults, **flat}
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Dotted keys under RESUME_KEYS whose values differ between two config dicts."""
-  a, b = _flatten(_as_json(saved)), _flatten(_as_json(current))
+  a, b = _with_defaults(saved), _with_defaults(current)
   diffs = []
   for key in sorted(set(a) | set(b)):
     if any(key == r or key.startswith(r + ".") for r in RESUME_KEYS) and a.get(key) != b.get(key):
@@ -199,13 +236,15 @@ class Checkpointer:
     overflowed since then shows up here first. Costs one pass over host arrays,
     less than writing them.
     """
-    tree = {k: v for k, v in state_tree(state).items() if k in ("params", "batch_stats",
-                                                                 "opt_state")}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    tree = state_tree(state)
+    leaves = [(f"{name}{jax.tree_util.keystr(path)}", leaf)
+              for name in ("params", "batch_stats", "opt_state")  # params named first
+              for path, leaf in jax.tree_util.tree_leaves_with_path(tree[name])]
+    for path, leaf in leaves:
       leaf = np.asarray(leaf)
       if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact) and not np.isfinite(leaf).all():
         raise FloatingPointError(
-            f"training diverged by step {step}: {jax.tree_util.keystr(path)} holds NaN or "
+            f"training diverged by step {step}: {path} holds NaN or "
             f"Inf, so it is not saved; the last good checkpoint "
             f"(step {self.latest.latest_step()}) in {self.latest.directory} is kept untouched")
 

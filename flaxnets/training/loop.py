@@ -222,7 +222,8 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   # ---- epochs ----------------------------------------------------------------------
   val_metrics = None
   # A run resumed after it had stopped early stays stopped.
-  stopped_early = False
+  stopped_early = bool(config.early_stopping.patience) and \
+      early.bad_epochs >= config.early_stopping.patience
   train_time = 0.0
   sums = None
   with hooks.PreemptionGuard() as guard, close_on_error(ckpt):
@@ -258,12 +259,12 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
             position["next_index"] < steps_per_epoch):  # epoch ends save below anyway
           save()
         # On an epoch's last step the epoch is finished first (validation, best, save).
-        if guard.stop_requested:
+        if guard.stop_requested and position["next_index"] < steps_per_epoch:
           break
       bar.close()
       if position["next_index"] >= steps_per_epoch:
         position.update(epoch=epoch + 1, next_index=0)
-      if guard.stop_requested:
+      if guard.stop_requested and position["next_index"]:
         exit_preempted()
       if sums is None:
         continue
