@@ -57,7 +57,7 @@ def _train(argv: list[str]) -> int:
   from flaxnets.training import loop
   try:
     loop.train(config_flag.value, fv.workdir, restart=fv.restart)
-  except (ConfigError, CheckpointError) as e:
+  except (ConfigError, CheckpointError, FloatingPointError) as e:
     print(f"flaxnets train: {e}", file=sys.stderr)
     return 2
   return 0
