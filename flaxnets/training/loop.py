@@ -64,6 +64,12 @@ class Progress:
       self.bar.close()
 
 
+@jax.jit
+def _add(a: Any, b: Any) -> Any:
+  """Running metric sums on the device: one dispatch per step, no host sync."""
+  return jax.tree.map(lambda x, y: x + y, a, b)
+
+
 def log(msg: str) -> None:
   if hooks.is_chief():
     print(msg, flush=True)
@@ -238,7 +244,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
         state, m = train_step(state, batch)
         step += 1
         position["next_index"] += 1
-        sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
+        sums = m if sums is None else _add(sums, m)
         window_examples += config.batch_size
         if step % config.log_every_steps == 0:
           host = jax.device_get(strategy.unreplicate(m))
