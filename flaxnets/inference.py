@@ -230,7 +230,7 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
   from flaxnets.training.checkpoint import damaged_error
   from flaxnets.training.state import dummy_inputs
   ocp = _ocp()
-  step_dir = _step_dir(pathlib.Path(workdir), step)
+  step_dir = _step_dir(pathlib.Path(workdir).absolute(), step)  # Orbax needs absolute paths
   meta_file = step_dir / "meta" / "metadata"
   try:
     meta = json.loads(meta_file.read_text())

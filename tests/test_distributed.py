@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+import flaxnets
 from flaxnets.training import distributed
 
 TIMEOUT_S = 300  # per group of processes; they normally finish in well under a minute
@@ -131,6 +132,11 @@ def _train_processes(tmp: pathlib.Path, name: str, num_processes: int, devices: 
   return params, info, logs
 
 
+def _flat(params) -> dict[str, np.ndarray]:
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(params)}
+
+
 def _assert_params_close(got: dict, want: dict, atol: float = 1e-5):
   assert sorted(got) == sorted(want)
   for k in want:
@@ -141,12 +147,13 @@ def _assert_params_close(got: dict, want: dict, atol: float = 1e-5):
 def reference(tmp_path_factory):
   """One process with 4 devices, strategy mesh."""
   tmp = tmp_path_factory.mktemp("one_process")
-  params, info, _ = _train_processes(tmp, "ref", 1, 4, dict(CONFIG, **{"parallel.strategy": "mesh"}))
+  config = dict(CONFIG, **{"parallel.strategy": "mesh"})
+  params, info, _ = _train_processes(tmp, "ref", 1, 4, config)
   assert info["process_count"] == 1 and info["device_count"] == 4
   return params, info
 
 
-@pytest.mark.parametrize("strategy", ["mesh", "pmap"])
+@pytest.mark.parametrize("strategy", ["mesh", pytest.param("pmap", marks=pytest.mark.slow)])
 def test_two_processes_train_like_one_process_with_four_devices(tmp_path, reference, strategy):
   workdir = str(tmp_path / "workdir")
   # Synchronous saves: see test_async_checkpoints_from_two_processes for the async case.
@@ -165,11 +172,7 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path, refere
   assert "epoch   1:" not in logs[1].read_text() and "test " not in logs[1].read_text()
   assert (tmp_path / "workdir" / "metrics.jsonl").is_file()
   # The checkpoint both processes wrote holds the final params.
-  import flaxnets
-  restored = flaxnets.load(workdir, step="latest").params
-  _assert_params_close({jax.tree_util.keystr(k): np.asarray(v)
-                        for k, v in jax.tree_util.tree_leaves_with_path(restored)}, params,
-                       atol=0)
+  _assert_params_close(_flat(flaxnets.load(workdir, step="latest").params), params, atol=0)
 
 
 @pytest.mark.slow
@@ -184,11 +187,7 @@ def test_async_checkpoints_from_two_processes(tmp_path):
   config = dict(CONFIG, **{"parallel.strategy": "mesh", "num_epochs": 2})
   params, _, _ = _train_processes(tmp_path, "async", 2, 2, config, workdir)
   assert sorted(p.name for p in (tmp_path / "workdir" / "checkpoints").iterdir()) == ["19", "38"]
-  import flaxnets
-  restored = flaxnets.load(workdir, step="latest").params
-  _assert_params_close({jax.tree_util.keystr(k): np.asarray(v)
-                        for k, v in jax.tree_util.tree_leaves_with_path(restored)}, params,
-                       atol=0)
+  _assert_params_close(_flat(flaxnets.load(workdir, step="latest").params), params, atol=0)
 
 
 # ---- start-up errors --------------------------------------------------------------------

@@ -272,3 +272,16 @@ def test_text_model_predicts_raw_strings(tmp_path):
   assert predictor.predict_labels(texts)[:3] == ["1", "0", "1"]
   ids, lengths = predictor.vocab.encode(texts, predictor.input_shape[0])
   np.testing.assert_array_equal(predictor.predict(ids), predictor.predict(texts))
+
+
+def test_load_accepts_a_relative_workdir(tmp_path, monkeypatch):
+  """README and notebooks use relative workdirs; Orbax itself only takes absolute paths."""
+  import flaxnets
+  monkeypatch.chdir(tmp_path)
+  config = flaxnets.get_config()
+  config.progress = False
+  config.num_epochs = 1
+  config.parallel.strategy = "single"
+  flaxnets.train(config, workdir="runs/x")
+  predictor = flaxnets.load("runs/x")
+  assert predictor.predict(np.zeros((2, 8, 8, 1), np.float32)).shape == (2,)

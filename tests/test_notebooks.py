@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import resource
 import sys
 import time
 
@@ -73,25 +74,33 @@ def _stdout(cell) -> str:
 
 
 def run_notebook(path: pathlib.Path, cwd: pathlib.Path, jupyter_path: str, env: dict,
-                 monkeypatch) -> tuple[dict, str, float]:
-  """Execute a notebook; returns (its NOTEBOOK_RESULT, all its stdout, seconds)."""
+                 monkeypatch) -> tuple[dict, str, float, float]:
+  """Execute a notebook; returns (its NOTEBOOK_RESULT, all its stdout, wall s, kernel CPU s)."""
   nb = nbformat.read(path, as_version=4)
   nbformat.validate(nb)
   nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print('KERNEL_PYTHON', sys.executable)"))
   monkeypatch.setenv("JUPYTER_PATH", jupyter_path)  # where the client finds the kernelspec
   client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=CELL_TIMEOUT_S,
+                                   startup_timeout=180,  # a loaded machine starts kernels slowly
                                    resources={"metadata": {"path": str(cwd)}})
   start = time.perf_counter()
+  cpu_before = _children_cpu()
   try:
     client.execute(env=env)
   finally:
     seconds = time.perf_counter() - start
     nbformat.write(nb, str(cwd / "executed.ipynb"))
+  cpu = _children_cpu() - cpu_before  # the kernel, once it has exited and been reaped
   stdout = [_stdout(c) for c in nb.cells if c.cell_type == "code"]
   assert stdout[0].split() == ["KERNEL_PYTHON", sys.executable], stdout[0]
   lines = [l for l in stdout[-1].splitlines() if l.startswith(MARKER)]
   assert len(lines) == 1, f"the last cell printed no {MARKER.strip()} line: {stdout[-1]!r}"
-  return json.loads(lines[0][len(MARKER):]), "".join(stdout), seconds
+  return json.loads(lines[0][len(MARKER):]), "".join(stdout), seconds, cpu
+
+
+def _children_cpu() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def _files_exist(result: dict, cwd: pathlib.Path, *must: str) -> None:
@@ -148,9 +157,14 @@ def check_05_cnn_vs_rnn_vs_crnn(r, out, cwd):
       {("digits", m) for m in ("simple_cnn", "rnn (gru)", "crnn")}, sorted(rows)
   for row in rows.values():
     assert row["params"] > 0 and row["seconds"] > 0, row
-  assert rows[("digits", "simple_cnn")]["test_accuracy"] > 0.9, rows
-  assert min(row["test_accuracy"] for (task, _), row in rows.items() if task == "digits") > 0.8
-  assert min(row["test_accuracy"] for (task, _), row in rows.items() if task == "mnist1d") > 0.5
+  accuracy = {key: row["test_accuracy"] for key, row in rows.items()}
+  # FAST trains a few epochs: the convnets are near their final accuracy, the MNIST-1D GRU
+  # is not (chance is 0.1).
+  assert accuracy[("digits", "simple_cnn")] > 0.9, accuracy
+  assert min(v for (task, _), v in accuracy.items() if task == "digits") > 0.8, accuracy
+  assert accuracy[("mnist1d", "conv1d")] > 0.9, accuracy
+  assert accuracy[("mnist1d", "crnn")] > 0.8, accuracy
+  assert accuracy[("mnist1d", "rnn (gru)")] > 0.3, accuracy
   _files_exist(r, cwd, ".png")
 
 
@@ -163,7 +177,8 @@ def test_every_notebook_is_checked():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook(path, tmp_path, kernel_env, monkeypatch, record_property):
-  result, out, seconds = run_notebook(path, tmp_path, *kernel_env, monkeypatch)
+  result, out, seconds, cpu = run_notebook(path, tmp_path, *kernel_env, monkeypatch)
   record_property("seconds", round(seconds, 1))
-  print(f"{path.name}: {seconds:.1f} s; {json.dumps(result)}")
+  record_property("kernel_cpu_seconds", round(cpu, 1))
+  print(f"{path.name}: {seconds:.1f} s wall, {cpu:.1f} s kernel CPU; {json.dumps(result)}")
   CHECKS[path.stem](result, out, tmp_path)

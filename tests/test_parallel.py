@@ -287,9 +287,13 @@ def uninterrupted():
   return flaxnets.train(_digits_config("single", 4))
 
 
-@pytest.mark.parametrize("first,then", [("pmap", "single"), ("single", "mesh")])
+@pytest.mark.parametrize("first,then", [("pmap", "single"), ("single", "pmap"),
+                                        ("mesh", "single")])
 def test_resume_under_another_strategy(runs, uninterrupted, first, then):
-  """Epochs 1-2 on `first`, 3-4 on `then` (8 devices <-> 1) = four epochs without a break."""
+  """Epochs 1-2 on `first`, 3-4 on `then` (8 devices <-> 1) = four epochs without a break.
+
+  'single' is jit over a one-device mesh: the mesh code path on one device.
+  """
   workdir, _ = runs[first]
   resumed = flaxnets.train(_digits_config(then, 4), workdir)
   assert int(resumed.state.step) == int(uninterrupted.state.step) == 4 * (1258 // 64)

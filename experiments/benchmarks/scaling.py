@@ -109,6 +109,7 @@ def main() -> None:
   batches = make_batches(args.steps, args.batch)
   host_devices = all_devices[0].platform == "cpu"
   cores = os.cpu_count()
+  load_before = os.getloadavg()[0]  # other processes' load makes the figures noisy
   runners = [Runner(name, all_devices[:n], args.model, batches)
              for n in counts for name in (["single"] if n == 1 else []) + ["pmap", "mesh"]]
   # Round robin over the configurations: load from other processes on a shared
@@ -135,6 +136,7 @@ def main() -> None:
     print(f"{row['strategy']:<8} {row['devices']:>7} {row['examples_per_s']:>9.0f} "
           f"{row['step_ms']:>8.1f} {row['vs_single']:>9.2f}")
   print("note:", note)
+  print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
   pairs = []
   for n in counts[1:]:
     by = {r["strategy"]: r for r in rows if r["devices"] == n}
@@ -150,7 +152,8 @@ def main() -> None:
       "platform": all_devices[0].platform, "device_kind": all_devices[0].device_kind,
       "num_devices": len(all_devices), "host_cpu_devices": host_devices, "cpu_cores": cores,
       "jax_version": jax.__version__, "python": platform.python_version(),
-      "machine": platform.machine(), "note": note, "results": rows,
+      "machine": platform.machine(), "note": note,
+      "load_average_1min": [load_before, os.getloadavg()[0]], "results": rows,
       "mesh_over_pmap": pairs}, indent=2))
   print(f"wrote {out}")
 

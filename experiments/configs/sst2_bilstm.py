@@ -14,19 +14,21 @@ def get_config():
   c.dataset.path = "../shared/data/sst2"   # relative to the repository root
   c.dataset.val_split = "dev"
   c.dataset.test_split = ""                # SST-2 has no labelled test table here
-  c.dataset.min_freq = 1
+  # Words seen once in train become <unk>: the model learns to use <unk>, which
+  # is what it meets for dev words missing from train (+0.6 points on seed 0).
+  c.dataset.min_freq = 2
   c.model.name = "rnn"
   c.model.cell = "lstm"
   c.model.bidirectional = True
-  c.model.hidden_size = 150
-  c.model.embed_dim = 300
-  c.model.pooling = "max"
-  c.model.embed_dropout = 0.3
+  c.model.hidden_size = 128
+  c.model.embed_dim = 128
+  c.model.pooling = "max"              # max over valid steps
+  c.model.embed_dropout = 0.5          # it overfits 6,920 sentences within 2 epochs
   c.model.dropout = 0.5
   c.num_epochs = 6
   c.batch_size = 50
   c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 2e-3
+  c.optimizer.learning_rate = 1e-3
   c.optimizer.weight_decay = 1e-4
   c.optimizer.clip_norm = 5.0
   c.checkpoint.best_metric = "accuracy"

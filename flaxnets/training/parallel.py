@@ -44,15 +44,19 @@ AXIS = "batch"  # pmap axis name; models read it as `bn_axis_name`
 def choose(strategy: str, num_devices: int | None = None) -> str:
   """Resolve a config.parallel.strategy value to 'single', 'pmap' or 'mesh'.
 
-  'auto' runs one device with 'single' and several with 'mesh'. Why mesh over pmap:
-  in JAX >= 0.8 jax.pmap is itself compiled as jit(shard_map) over a one-axis mesh,
-  so the two run the same collectives and measure alike (scaling.py: on 8 host CPU
-  devices they are within run-to-run noise of each other, 1-8 devices); mesh then
-  wins on what it needs less of: no device axis on the state (checkpoints and
-  results need no unreplicating), no host-side reshape of every batch, one global
-  batch that needs no per-device RNG folding (a mesh run equals a one-device run
-  with dropout and augmentation), and it is the form JAX develops further (pmap is
-  documented as legacy). It is also the only one that extends to model sharding.
+  'auto' runs one device with 'single' and several with 'mesh'. Why mesh, not pmap:
+  they measure alike, so mesh wins on everything else. In jax 0.10 jax.pmap is
+  itself implemented as jit(shard_map) over a one-axis mesh, so both run the same
+  collectives. experiments/benchmarks/scaling.py (simple_cnn, 32x32x3, global batch
+  128, 8 host CPU devices on 2 cores, jax 0.10.2; experiments/results/scaling.json)
+  gave mesh / pmap throughput ratios of 0.94, 1.09 and 0.93 on 2, 4 and 8 devices,
+  while the same configuration's passes varied by 15-50% between repeats: no
+  measurable difference. Mesh then needs less: no device axis on the state (no
+  unreplicating for checkpoints and results), no reshape of every host batch, no
+  per-device RNG folding (so a mesh run equals a one-device run even with dropout
+  and augmentation), and it is the form JAX develops (pmap is documented as legacy)
+  and the one that extends to sharding models. Re-measure on accelerators with
+  scaling.py before changing this.
 
   Args:
     strategy: one of STRATEGIES.
@@ -74,7 +78,10 @@ def _by_process(devices: Sequence[Any]) -> list[Any]:
 
 
 def _first_copy(x: Any) -> np.ndarray:
-  """Host value of device 0's copy of a pmap-replicated array [devices, ...] -> [...]."""
+  """Host value of one device's copy of a pmap-replicated array [devices, ...] -> [...].
+
+  Replicated state and psum-reduced metrics hold the same value on every device.
+  """
   if isinstance(x, jax.Array):
     # One shard's buffer: slicing the global array would compile a gather per leaf.
     return np.asarray(x.addressable_shards[0].data)[0]
