@@ -176,11 +176,6 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path, refere
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason=(
-    "fails at random until checkpoint.py gives each CheckpointManager its own "
-    "MultiprocessingOptions(barrier_sync_key_prefix=...): the async saves of one step to "
-    "checkpoints/ and best/ both wait on Orbax barrier 'async_write_complete.<step>', and "
-    "when the two overlap the coordination service refuses the second ('already ongoing')"))
 def test_async_checkpoints_from_two_processes(tmp_path):
   """The default (async) checkpointing from two processes: every step saved, restorable."""
   workdir = str(tmp_path / "workdir")

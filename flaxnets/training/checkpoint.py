@@ -155,20 +155,31 @@ class Checkpointer:
                stats: dict[str, np.ndarray], restart: bool = False):
     ocp = _ocp()
     self.workdir = pathlib.Path(workdir).absolute()
-    if restart and is_chief():  # --restart: start over explicitly
-      for sub in ("checkpoints", "best"):
-        shutil.rmtree(self.workdir / sub, ignore_errors=True)
+    if restart:  # --restart: start over explicitly
+      if is_chief():
+        for sub in ("checkpoints", "best"):
+          shutil.rmtree(self.workdir / sub, ignore_errors=True)
+      if jax.process_count() > 1:  # no process may look for checkpoints before they are gone
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("flaxnets_restart")
     self.ccfg = config.checkpoint
     self.meta = metadata(config, dataset, stats)
     # A run killed mid-save leaves a temporary folder behind; it is never a step.
     opts = dict(enable_async_checkpointing=self.ccfg.async_save, create=True,
                 cleanup_tmp_directories=True)
+    # Each manager gets its own barrier names: otherwise the async saves of one step to
+    # checkpoints/ and best/ both wait on 'async_write_complete.<step>' across processes.
+    def mp(prefix):
+      return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
+
     self.latest = ocp.CheckpointManager(
         self.workdir / "checkpoints", item_names=ITEMS,
-        options=ocp.CheckpointManagerOptions(max_to_keep=self.ccfg.max_to_keep, **opts))
+        options=ocp.CheckpointManagerOptions(max_to_keep=self.ccfg.max_to_keep,
+                                             multiprocessing_options=mp("latest"), **opts))
     self.best = ocp.CheckpointManager(
         self.workdir / "best", item_names=ITEMS,
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, multiprocessing_options=mp("best"),
+                                             **opts))
     self.best_value: float | None = None
     self._closed = False
     self._check_compatible()

@@ -48,15 +48,15 @@ def choose(strategy: str, num_devices: int | None = None) -> str:
   they measure alike, so mesh wins on everything else. In jax 0.10 jax.pmap is
   itself implemented as jit(shard_map) over a one-axis mesh, so both run the same
   collectives. experiments/benchmarks/scaling.py (simple_cnn, 32x32x3, global batch
-  128, 8 host CPU devices on 2 cores, jax 0.10.2; experiments/results/scaling.json)
-  gave mesh / pmap throughput ratios of 0.94, 1.09 and 0.93 on 2, 4 and 8 devices,
-  while the same configuration's passes varied by 15-50% between repeats: no
-  measurable difference. Mesh then needs less: no device axis on the state (no
-  unreplicating for checkpoints and results), no reshape of every host batch, no
-  per-device RNG folding (so a mesh run equals a one-device run even with dropout
-  and augmentation), and it is the form JAX develops (pmap is documented as legacy)
-  and the one that extends to sharding models. Re-measure on accelerators with
-  scaling.py before changing this.
+  128, 8 host CPU devices on 2 shared cores, jax 0.10.2) gave mesh / pmap throughput
+  ratios of 1.10, 1.06, 1.03 on 2, 4, 8 devices (experiments/results/scaling.json)
+  and 0.94, 1.09, 0.93 in an earlier run, while one configuration's passes varied by
+  up to 2x between repeats: no measurable difference. Mesh then needs less: no
+  device axis on the state (no unreplicating for checkpoints and results), no
+  reshape of every host batch, no per-device RNG folding (so a mesh run equals a
+  one-device run even with dropout and augmentation), and it is the form JAX
+  develops (pmap is documented as legacy) and the one that extends to sharding
+  models. Re-measure on accelerators with scaling.py before changing this.
 
   Args:
     strategy: one of STRATEGIES.
