@@ -67,7 +67,9 @@ _COMPILE_CACHE: list[str] = []
 @pytest.fixture(scope="module", autouse=True)
 def compile_cache(request):
   """A persistent XLA cache for the children: compiling dominates their run time (4x)."""
-  _COMPILE_CACHE.append(str(request.config.cache.mkdir("jax_compile_cache")))
+  cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+  _COMPILE_CACHE.append(str(cache.mkdir("jax_compile_cache")) if cache is not None
+                        else os.environ["JAX_COMPILATION_CACHE_DIR"])
   yield
   _COMPILE_CACHE.clear()
 

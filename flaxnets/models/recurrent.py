@@ -12,10 +12,21 @@ The cells compute the same maths as flax's `nn.LSTMCell`, `nn.GRUCell` and
 `seq_lengths`: steps past an example's length never update its carry and their
 outputs are exactly zero, so padding cannot leak into pooling, losses or metrics,
 and adding more padding changes nothing. `Bidirectional` and `StackedRNN` build on it.
+
+Gradients (`fused_backward=True`, the default) come from a hand-written backward
+pass over the time loop, as cuDNN computes them: the loop carries only the hidden
+state's gradient (one [B, G*H] x [G*H, H] matmul per step) and stacks the
+gate-gradients; the weight gradients of all steps are then one [T*B, .] x [T*B, G*H]
+matmul each, after the loop. JAX autodiff through `nn.scan` (`fused_backward=False`)
+instead adds every step's weight gradient into an accumulator inside the loop,
+and stores more per-step residuals. Both give the same numbers (tests/test_recurrent.py
+checks the fused path against a plain Python loop differentiated by JAX);
+experiments/benchmarks/rnn_speed.py measures them.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -48,6 +59,14 @@ class _SplitCell(nn.Module):
 
   Gate pre-activations are computed in `dtype`; the carry and the gate maths run
   in at least float32 so bf16 compute does not accumulate rounding over time.
+
+  The gate maths are static functions of arrays, shared by `step` (one step, used
+  by the scan and by callers of the cell) and by the fused recurrence:
+  `gates(small, carry, xproj, hproj) -> (new_carry, h, residuals)` and its
+  hand-written gradient `gates_grad(small, residuals, d_new_carry, d_h) ->
+  (d_carry, d_xproj, d_hproj, d_small)`, where d_carry leaves out the path through
+  hproj (the caller adds d_hproj @ W_h^T) and d_small is summed over the batch.
+  `small` holds the cell's extra parameters (GRU: bhn), or None.
   """
   hidden_size: int
   dtype: Dtype = jnp.float32
@@ -56,7 +75,8 @@ class _SplitCell(nn.Module):
   recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
   bias_init: Initializer = nn.initializers.zeros_init()
 
-  num_gates = 1  # class constant, not a field
+  num_gates = 1  # class constants, not fields
+  additive = True  # pre-activations are xproj + hproj, so d_xproj == d_hproj
 
   def setup(self):
     features = self.num_gates * self.hidden_size
@@ -74,9 +94,26 @@ class _SplitCell(nn.Module):
     """[..., F] -> [..., num_gates * H] gate pre-activations from the input."""
     return self.wi(x)
 
+  def weights(self, features: int) -> Any:
+    """The cell's params {'wi': {'kernel', 'bias'}, 'wh': {'kernel'}, ...} as arrays.
+
+    On init they are created first (for inputs of `features` features).
+    """
+    if self.is_initializing():
+      self.wi(jnp.zeros((1, features), self.dtype))
+      self.wh(jnp.zeros((1, self.hidden_size), self.dtype))
+    return self.variables["params"]
+
+  def small_params(self) -> Array | None:
+    """The extra parameters `gates` reads (in carry precision), or None."""
+    return None
+
   def step(self, carry: Carry, xproj: Array) -> tuple[Carry, Array]:
     """(carry, [..., num_gates * H]) -> (new_carry, h [..., H] in `dtype`)."""
-    raise NotImplementedError
+    cd = self.carry_dtype
+    hproj = self.wh(self.carry_to_h(carry))
+    new_carry, h, _ = self.gates(self.small_params(), carry, xproj.astype(cd), hproj.astype(cd))
+    return new_carry, h.astype(self.dtype)
 
   def __call__(self, carry: Carry, x: Array) -> tuple[Carry, Array]:
     """One whole step, like a flax cell: (carry, x [..., F]) -> (new_carry, h [..., H])."""
@@ -91,21 +128,27 @@ class _SplitCell(nn.Module):
     """The hidden state h [..., H] held in a carry."""
     return carry
 
-  def _preact(self, xproj: Array, h: Array) -> Array:
-    """x-projection + recurrent projection, summed in carry precision."""
-    return xproj.astype(self.carry_dtype) + self.wh(h).astype(self.carry_dtype)
+  @staticmethod
+  def add_to_h(carry: Carry, dh: Array) -> Carry:
+    """A carry-shaped gradient with dh added to its h part."""
+    return carry + dh
+
+  @staticmethod
+  def gates(small, carry, xproj, hproj):
+    raise NotImplementedError
+
+  @staticmethod
+  def gates_grad(small, residuals, d_carry, d_h):
+    raise NotImplementedError
+
+
+def _sum_batch(x: Array) -> Array:
+  return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
 
 
 class LSTMCell(_SplitCell):
   """LSTM, gates (i, f, g, o) as in `flax.linen.LSTMCell`. Carry: (c, h), each [..., H]."""
   num_gates = 4
-
-  def step(self, carry: Carry, xproj: Array) -> tuple[Carry, Array]:
-    c, h = carry
-    i, f, g, o = jnp.split(self._preact(xproj, h), 4, axis=-1)
-    new_c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
-    new_h = nn.sigmoid(o) * jnp.tanh(new_c)
-    return (new_c, new_h), new_h.astype(self.dtype)
 
   @nn.nowrap
   def initialize_carry(self, batch_shape: tuple[int, ...]) -> Carry:
@@ -116,6 +159,34 @@ class LSTMCell(_SplitCell):
   def carry_to_h(carry: Carry) -> Array:
     return carry[1]
 
+  @staticmethod
+  def add_to_h(carry: Carry, dh: Array) -> Carry:
+    return (carry[0], carry[1] + dh)
+
+  @staticmethod
+  def gates(small, carry, xproj, hproj):
+    c, _ = carry
+    n = c.shape[-1]
+    z = xproj + hproj
+    i, f = nn.sigmoid(z[..., :n]), nn.sigmoid(z[..., n:2 * n])
+    g, o = jnp.tanh(z[..., 2 * n:3 * n]), nn.sigmoid(z[..., 3 * n:])
+    new_c = f * c + i * g
+    tanh_c = jnp.tanh(new_c)
+    new_h = o * tanh_c
+    return (new_c, new_h), new_h, (jnp.concatenate([i, f, g, o], axis=-1), c, tanh_c)
+
+  @staticmethod
+  def gates_grad(small, residuals, d_carry, d_h):
+    acts, c, tanh_c = residuals
+    n = c.shape[-1]
+    i, f, g, o = acts[..., :n], acts[..., n:2 * n], acts[..., 2 * n:3 * n], acts[..., 3 * n:]
+    dc_next, dh_next = d_carry
+    dh = dh_next + d_h
+    dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
+    dz = jnp.concatenate([dc * g * i * (1.0 - i), dc * c * f * (1.0 - f),
+                          dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)], axis=-1)
+    return (dc * f, jnp.zeros_like(dh)), dz, dz, None
+
 
 class GRUCell(_SplitCell):
   """GRU, gates (r, z, n) as in `flax.linen.GRUCell` / PyTorch. Carry: h [..., H].
@@ -124,29 +195,51 @@ class GRUCell(_SplitCell):
   is gated by r, so it needs its own bias `bhn` (it cannot fold into b_in).
   """
   num_gates = 3
+  additive = False
 
   def setup(self):
     super().setup()
     self.bhn = self.param("bhn", self.bias_init, (self.hidden_size,), self.param_dtype)
 
-  def step(self, carry: Carry, xproj: Array) -> tuple[Carry, Array]:
+  def small_params(self) -> Array:
+    return self.bhn.astype(self.carry_dtype)
+
+  @staticmethod
+  def gates(small, carry, xproj, hproj):
     h = carry
-    xr, xz, xn = jnp.split(xproj.astype(self.carry_dtype), 3, axis=-1)
-    hr, hz, hn = jnp.split(self.wh(h).astype(self.carry_dtype), 3, axis=-1)
-    r = nn.sigmoid(xr + hr)
-    z = nn.sigmoid(xz + hz)
-    n = jnp.tanh(xn + r * (hn + self.bhn.astype(self.carry_dtype)))
+    n_ = h.shape[-1]
+    r = nn.sigmoid(xproj[..., :n_] + hproj[..., :n_])
+    z = nn.sigmoid(xproj[..., n_:2 * n_] + hproj[..., n_:2 * n_])
+    hn = hproj[..., 2 * n_:] + small
+    n = jnp.tanh(xproj[..., 2 * n_:] + r * hn)
     new_h = (1.0 - z) * n + z * h
-    return new_h, new_h.astype(self.dtype)
+    return new_h, new_h, (r, z, n, hn, h)
+
+  @staticmethod
+  def gates_grad(small, residuals, d_carry, d_h):
+    r, z, n, hn, h = residuals
+    dh = d_carry + d_h
+    dn = dh * (1.0 - z) * (1.0 - n * n)  # w.r.t. n's pre-activation
+    dz = dh * (h - n) * z * (1.0 - z)
+    dr = dn * hn * r * (1.0 - r)
+    dhn = dn * r
+    return (dh * z, jnp.concatenate([dr, dz, dn], axis=-1),
+            jnp.concatenate([dr, dz, dhn], axis=-1), _sum_batch(dhn))
 
 
 class SimpleCell(_SplitCell):
   """Elman RNN, h' = tanh(W_i x + b + W_h h), as `flax.linen.SimpleCell`. Carry: h [..., H]."""
   num_gates = 1
 
-  def step(self, carry: Carry, xproj: Array) -> tuple[Carry, Array]:
-    new_h = jnp.tanh(self._preact(xproj, carry))
-    return new_h, new_h.astype(self.dtype)
+  @staticmethod
+  def gates(small, carry, xproj, hproj):
+    new_h = jnp.tanh(xproj + hproj)
+    return new_h, new_h, new_h
+
+  @staticmethod
+  def gates_grad(small, residuals, d_carry, d_h):
+    dz = (d_carry + d_h) * (1.0 - residuals * residuals)
+    return jnp.zeros_like(dz), dz, dz, None
 
 
 CELLS: dict[str, type[_SplitCell]] = {"lstm": LSTMCell, "gru": GRUCell, "simple": SimpleCell}
@@ -178,6 +271,108 @@ def _check_inputs(inputs: Array, seq_lengths: Any, where: str) -> Array | None:
   return seq_lengths
 
 
+class _Spec(NamedTuple):
+  """The static settings of a fused recurrence."""
+  cell: type  # a _SplitCell subclass: its static gate maths and carry layout
+  dtype: Any  # matmul dtype (the layer's dtype)
+  carry_dtype: Any  # gate maths and carry
+  reverse: bool
+  unroll: int
+  project: bool  # xs are raw inputs projected inside the loop (True) or projections (False)
+
+
+def _dot_t(a: Array, b: Array, out_dtype: Dtype) -> Array:
+  """a^T b over the flattened leading axes: a [..., M], b [..., N] -> [M, N]."""
+  a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+  return jax.lax.dot_general(a2, b2, (((0,), (0,)), ((), ())), preferred_element_type=out_dtype)
+
+
+def _forward(spec: _Spec, xs, mask, wi, bi, wh, small, carry0, save: bool):
+  """Scan the cell over xs [T, B, .] -> (final carry, (outputs [T, B, H], residuals | None))."""
+  cell, dt, cd = spec.cell, spec.dtype, spec.carry_dtype
+  wh = wh.astype(dt)
+  if spec.project:
+    wi, bi = wi.astype(dt), bi.astype(dt)
+
+  def body(carry, inp):
+    x, m = inp
+    # Same ops as nn.Dense(dtype=dt): operands cast to dt, product and bias in dt.
+    xproj = jnp.dot(x.astype(dt), wi) + bi if spec.project else x
+    hproj = jnp.dot(cell.carry_to_h(carry).astype(dt), wh)
+    new_carry, h, res = cell.gates(small, carry, xproj.astype(cd), hproj.astype(cd))
+    out = h.astype(dt)
+    if m is not None:  # padded step: carry unchanged, output exactly zero
+      new_carry = jax.tree.map(lambda new, old: jnp.where(m, new, old), new_carry, carry)
+      out = jnp.where(m, out, jnp.zeros_like(out))
+    return new_carry, (out, res if save else None)
+
+  return jax.lax.scan(body, carry0, (xs, mask), reverse=spec.reverse, unroll=spec.unroll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrence(spec: _Spec, xs, mask, wi, bi, wh, small, carry0):
+  """(outputs [T, B, H] in dtype, final carry) of the cell scanned over xs [T, B, .].
+
+  xs are the inputs (spec.project, projected with wi, bi in the loop) or their
+  projections [T, B, G*H]; mask [T, B, 1] bool or None; small: the cell's extra
+  params (in carry precision) or None; carry0: the initial carry (zeros).
+  """
+  carry, (outputs, _) = _forward(spec, xs, mask, wi, bi, wh, small, carry0, save=False)
+  return outputs, carry
+
+
+def _recurrence_fwd(spec, xs, mask, wi, bi, wh, small, carry0):
+  carry, (outputs, res) = _forward(spec, xs, mask, wi, bi, wh, small, carry0, save=True)
+  return (outputs, carry), (xs, mask, wi, bi, wh, small, carry0, outputs, res)
+
+
+def _recurrence_bwd(spec, saved, cotangents):
+  xs, mask, wi, bi, wh, small, carry0, outputs, res = saved
+  d_outputs, d_carry = cotangents
+  cell, dt, cd = spec.cell, spec.dtype, spec.carry_dtype
+  wh_t = wh.astype(dt).T
+
+  def body(d_carry, inp):
+    r, d_out, m = inp
+    d_out = d_out.astype(cd)
+    if m is not None:  # a padded step passed its carry through and output zero
+      through = jax.tree.map(lambda d: jnp.where(m, jnp.zeros_like(d), d), d_carry)
+      d_carry = jax.tree.map(lambda d: jnp.where(m, d, jnp.zeros_like(d)), d_carry)
+      d_out = jnp.where(m, d_out, jnp.zeros_like(d_out))
+    d_prev, d_xproj, d_hproj, d_small = cell.gates_grad(small, r, d_carry, d_out)
+    d_prev = cell.add_to_h(d_prev, jnp.dot(d_hproj.astype(dt), wh_t, preferred_element_type=cd))
+    if m is not None:
+      d_prev = jax.tree.map(jnp.add, d_prev, through)
+    return d_prev, (d_xproj.astype(dt), None if cell.additive else d_hproj.astype(dt), d_small)
+
+  d_carry0, (d_xprojs, d_hprojs, d_smalls) = jax.lax.scan(
+      body, d_carry, (res, d_outputs, mask), reverse=not spec.reverse, unroll=spec.unroll)
+  if cell.additive:
+    d_hprojs = d_xprojs
+  # The h each step read, in dtype: the previous step's output, or the initial carry.
+  h0 = cell.carry_to_h(carry0).astype(dt)[None]
+  if spec.reverse:
+    h_prev = jnp.concatenate([outputs[1:], h0], axis=0)
+    if mask is not None:  # the last valid step read the initial carry, not padding
+      later = jnp.concatenate([mask[1:], jnp.zeros_like(mask[:1])], axis=0)
+      h_prev = jnp.where(later, h_prev, h0)
+  else:  # valid steps are a prefix: step t > 0 read output t - 1
+    h_prev = jnp.concatenate([h0, outputs[:-1]], axis=0)
+  d_wh = _dot_t(h_prev, d_hprojs, cd).astype(wh.dtype)
+  d_small = None if small is None else jnp.sum(d_smalls, axis=0).astype(small.dtype)
+  if spec.project:
+    d_wi = _dot_t(xs.astype(dt), d_xprojs, cd).astype(wi.dtype)
+    d_bi = jnp.sum(d_xprojs.astype(cd), axis=(0, 1)).astype(bi.dtype)
+    d_xs = jnp.dot(d_xprojs, wi.astype(dt).T).astype(xs.dtype)
+  else:
+    d_wi = d_bi = None
+    d_xs = d_xprojs.astype(xs.dtype)
+  return d_xs, None, d_wi, d_bi, d_wh, d_small, d_carry0
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
 class RNNLayer(nn.Module):
   """One recurrent layer scanned over time.
 
@@ -188,13 +383,21 @@ class RNNLayer(nn.Module):
       step (not at the padded end).
     hoist_input_projection: project all time steps before the scan (True), or
       inside each step (False); None picks `default_hoist()`. Same params, same maths.
-    unroll: scan steps unrolled per loop iteration.
+    unroll: scan steps unrolled per loop iteration. 1 is fastest on CPU: with the
+      fused backward, LSTM B=32, T=64, F=128, H=256 (fwd + bwd + SGD) measured
+      unroll 2 about 4% and unroll 4 about 20% slower than 1
+      (experiments/benchmarks/rnn_speed.py, experiments/results/rnn_speed_cpu.json).
+    fused_backward: gradients from the hand-written backward pass over the time loop
+      (see the module docstring), or from JAX autodiff through `nn.scan` (False).
+      Same numbers; the fused one is faster (rnn_speed.py), the autodiff one also
+      supports forward-mode differentiation (jax.jvp), which custom VJPs do not.
   """
   cell: str
   hidden_size: int
   reverse: bool = False
   hoist_input_projection: bool | None = None
   unroll: int = 1
+  fused_backward: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -210,6 +413,8 @@ class RNNLayer(nn.Module):
       raise ValueError(f"RNNLayer.cell={self.cell!r}: expected one of {sorted(CELLS)}")
     if self.hidden_size < 1:
       raise ValueError(f"RNNLayer.hidden_size={self.hidden_size!r}: expected a positive int")
+    if not isinstance(self.unroll, int) or isinstance(self.unroll, bool) or self.unroll < 1:
+      raise ValueError(f"RNNLayer.unroll={self.unroll!r}: expected an int >= 1")
     seq_lengths = _check_inputs(inputs, seq_lengths, "RNNLayer")
     cell = CELLS[self.cell](hidden_size=self.hidden_size, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="cell")
@@ -219,26 +424,34 @@ class RNNLayer(nn.Module):
     xs = jnp.swapaxes(inputs, 0, 1)  # [T, B, F]: scan over the leading axis
     if hoist:
       xs = cell.input_proj(xs)  # [T, B, G*H], one matmul for all steps
-    masked = seq_lengths is not None
-    if masked:
-      # [T, B, 1]. In reverse the scan visits t = T-1 .. 0; padded steps come first
-      # and leave the zero carry untouched, so each sequence starts at length-1.
-      mask = (jnp.arange(time)[:, None] < seq_lengths[None, :])[..., None]
-      xs = (xs, mask)
+    # [T, B, 1]. In reverse the scan visits t = T-1 .. 0; padded steps come first
+    # and leave the zero carry untouched, so each sequence starts at length-1.
+    mask = None if seq_lengths is None else \
+        (jnp.arange(time)[:, None] < seq_lengths[None, :])[..., None]
 
-    def body(cell: _SplitCell, carry: Carry, x: Any) -> tuple[Carry, Array]:
-      if masked:
-        x, m = x
-      xproj = x if hoist else cell.input_proj(x)
-      new_carry, h = cell.step(carry, xproj)
-      if masked:
-        new_carry = jax.tree.map(lambda new, old: jnp.where(m, new, old), new_carry, carry)
-        h = jnp.where(m, h, jnp.zeros_like(h))  # exactly zero at padded steps
-      return new_carry, h
+    if self.fused_backward:
+      params = cell.weights(inputs.shape[-1])
+      small = cell.small_params()
+      spec = _Spec(type(cell), cell.dtype, cell.carry_dtype, self.reverse, self.unroll,
+                   project=not hoist)
+      wi, bi = (None, None) if hoist else (params["wi"]["kernel"], params["wi"]["bias"])
+      outputs, carry = _recurrence(spec, xs, mask, wi, bi, params["wh"]["kernel"], small,
+                                   cell.initialize_carry((batch,)))
+    else:
+      def body(cell: _SplitCell, carry: Carry, x: Any) -> tuple[Carry, Array]:
+        if mask is not None:
+          x, m = x
+        xproj = x if hoist else cell.input_proj(x)
+        new_carry, h = cell.step(carry, xproj)
+        if mask is not None:
+          new_carry = jax.tree.map(lambda new, old: jnp.where(m, new, old), new_carry, carry)
+          h = jnp.where(m, h, jnp.zeros_like(h))  # exactly zero at padded steps
+        return new_carry, h
 
-    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=0, out_axes=0, unroll=self.unroll, reverse=self.reverse)
-    carry, outputs = scan(cell, cell.initialize_carry((batch,)), xs)  # outputs [T, B, H]
+      scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
+                     in_axes=0, out_axes=0, unroll=self.unroll, reverse=self.reverse)
+      carry, outputs = scan(cell, cell.initialize_carry((batch,)),
+                            xs if mask is None else (xs, mask))  # outputs [T, B, H]
     last_h = cell.carry_to_h(carry).astype(self.dtype)
     return jnp.swapaxes(outputs, 0, 1), last_h
 
@@ -249,6 +462,7 @@ class Bidirectional(nn.Module):
   hidden_size: int
   hoist_input_projection: bool | None = None
   unroll: int = 1
+  fused_backward: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -257,7 +471,8 @@ class Bidirectional(nn.Module):
     """inputs [B, T, F], seq_lengths [B] | None -> (outputs [B, T, 2H], last_h [B, 2H])."""
     kwargs = dict(cell=self.cell, hidden_size=self.hidden_size,
                   hoist_input_projection=self.hoist_input_projection, unroll=self.unroll,
-                  dtype=self.dtype, param_dtype=self.param_dtype)
+                  fused_backward=self.fused_backward, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
     out_f, h_f = RNNLayer(reverse=False, name="forward", **kwargs)(inputs, seq_lengths)
     out_b, h_b = RNNLayer(reverse=True, name="backward", **kwargs)(inputs, seq_lengths)
     return jnp.concatenate([out_f, out_b], axis=-1), jnp.concatenate([h_f, h_b], axis=-1)
@@ -275,6 +490,7 @@ class StackedRNN(nn.Module):
   dropout: float = 0.0
   hoist_input_projection: bool | None = None
   unroll: int = 1
+  fused_backward: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -292,7 +508,8 @@ class StackedRNN(nn.Module):
     seq_lengths = _check_inputs(inputs, seq_lengths, "StackedRNN")
     kwargs = dict(cell=self.cell, hidden_size=self.hidden_size,
                   hoist_input_projection=self.hoist_input_projection, unroll=self.unroll,
-                  dtype=self.dtype, param_dtype=self.param_dtype)
+                  fused_backward=self.fused_backward, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
     x, last_h = inputs, None
     for i in range(self.num_layers):
       if i > 0 and self.dropout > 0.0:
