@@ -250,8 +250,12 @@ def default_hoist() -> bool:
 
   On accelerators one [T*B, F] x [F, G*H] matmul keeps the device busy where T small
   per-step matmuls do not. On CPU, measured fwd+bwd (B=32, T=64, F=128, H=256),
-  projecting inside the step was ~25-30% faster for LSTM and GRU (and equal for
-  the simple cell), so CPU keeps the projection in the loop.
+  projecting inside the step was ~25-30% faster for LSTM and GRU with the autodiff
+  backward (and equal for the simple cell), and ~35-50% faster with the fused one
+  (experiments/results/rnn_speed_cpu.json). Part of that is memory: the hoisted
+  projections are one more [T, B, G*H] array, which there took the step's scratch
+  memory past glibc's 32 MiB mmap threshold, so every step paid ~10,000 page faults.
+  CPU keeps the projection in the loop.
   """
   return jax.default_backend() != "cpu"
 
@@ -323,7 +327,9 @@ def _recurrence(spec: _Spec, xs, mask, wi, bi, wh, small, carry0):
 
 def _recurrence_fwd(spec, xs, mask, wi, bi, wh, small, carry0):
   carry, (outputs, res) = _forward(spec, xs, mask, wi, bi, wh, small, carry0, save=True)
-  return (outputs, carry), (xs, mask, wi, bi, wh, small, carry0, outputs, res)
+  # Projections given from outside are not needed again: their gradient is d_xproj.
+  kept_xs = xs if spec.project else None
+  return (outputs, carry), (kept_xs, mask, wi, bi, wh, small, carry0, outputs, res)
 
 
 def _recurrence_bwd(spec, saved, cotangents):
@@ -366,7 +372,7 @@ def _recurrence_bwd(spec, saved, cotangents):
     d_xs = jnp.dot(d_xprojs, wi.astype(dt).T).astype(xs.dtype)
   else:
     d_wi = d_bi = None
-    d_xs = d_xprojs.astype(xs.dtype)
+    d_xs = d_xprojs  # already in dtype, the projections' dtype
   return d_xs, None, d_wi, d_bi, d_wh, d_small, d_carry0
 
 
@@ -383,10 +389,12 @@ class RNNLayer(nn.Module):
       step (not at the padded end).
     hoist_input_projection: project all time steps before the scan (True), or
       inside each step (False); None picks `default_hoist()`. Same params, same maths.
-    unroll: scan steps unrolled per loop iteration. 1 is fastest on CPU: with the
-      fused backward, LSTM B=32, T=64, F=128, H=256 (fwd + bwd + SGD) measured
-      unroll 2 about 4% and unroll 4 about 20% slower than 1
-      (experiments/benchmarks/rnn_speed.py, experiments/results/rnn_speed_cpu.json).
+    unroll: scan steps unrolled per loop iteration. 1 is fastest on CPU: B=32, T=64,
+      F=128, H=256, fwd + bwd + SGD, one thread, fused backward, unroll 2 / 4 / 8 / 16
+      took 1.05 / 1.19 / 1.63 / 3.2x the time of unroll 1 for LSTM and 1.02 / 1.09 /
+      1.35 / 2.3x for GRU (experiments/benchmarks/rnn_speed.py, results in
+      experiments/results/rnn_speed_cpu.json). Not yet measured on GPU (the same
+      script sweeps it there).
     fused_backward: gradients from the hand-written backward pass over the time loop
       (see the module docstring), or from JAX autodiff through `nn.scan` (False).
       Same numbers; the fused one is faster (rnn_speed.py), the autodiff one also
