@@ -221,6 +221,96 @@ def benchmark_section(b: dict) -> str:
   return "\n".join(out)
 
 
+# ---- performance (issue 7's targets) ------------------------------------------------------
+
+
+def _by_file(benchmarks: list[dict]) -> dict[str, dict]:
+  return {b["_file"]: b for b in benchmarks}
+
+
+def _rnn_rows(run: dict, default_label: str) -> list[list[str]]:
+  rows = []
+  for c in run.get("configs", []):
+    v = c["variants"]
+    mine = next((k for k in v if default_label in k), None)
+    if mine is None or "torch" not in v:
+      continue
+    short = {"float32": "fp32", "bfloat16": "bf16"}.get(c["dtype"], c["dtype"])
+    stock = next((k for k in v if k.startswith("stock flax")), None)
+    rows.append([f"{c['cell'].upper()} B{c['batch']} T{c['time']} F{c['features']} H{c['hidden']} {short}",
+                 f"{v[mine]['median_ms']:.2f}", f"{v[stock]['median_ms']:.2f}" if stock else MISSING,
+                 f"{v['torch']['median_ms']:.2f}",
+                 f"**{v[mine]['torch_over_this_paired_median']:.2f}x** "
+                 f"(min/min {v[mine]['torch_over_this_min']:.2f}x)"])
+  return rows
+
+
+def performance_section(benchmarks: list[dict]) -> str:
+  """Issue 7's targets against the benchmark records that measure them, device by device."""
+  f = _by_file(benchmarks)
+  out = ["## Performance", "",
+         "Issue 7's targets. Each ratio compares two things measured in the same run on the "
+         "same device; `torch/flaxnets` > 1 means flaxnets is faster. Medians; for the "
+         "recurrent layers the ratio is the median over rounds of back-to-back pairs.", ""]
+  gpu = f.get("rnn_speed_gpu.json")
+  if gpu:
+    out += [f"### 1. Recurrent layers vs cuDNN ({gpu['device_kind']}; target >= 1.25x)", "",
+            "One train step (forward, backward, SGD) of one layer; flaxnets at its GPU default "
+            "(unroll 8), stock Flax `nn.RNN` at unroll 8, torch `nn.LSTM`/`nn.GRU` (cuDNN). "
+            f"Commands: {', '.join(code(c) for c in gpu.get('commands', []))} (merged into "
+            f"`{gpu['_file']}`).", "", f"Notes: {gpu.get('notes', MISSING)}", ""]
+    rows = [r for run in gpu["runs"] for r in _rnn_rows(run, "(default)")]
+    out.append(table(["shape", "flaxnets ms", "stock flax ms", "torch cuDNN ms", "torch/flaxnets"],
+                     rows, ["---", "---:", "---:", "---:", "---:"]))
+    out.append("")
+  cpu = f.get("rnn_speed_cpu.json")
+  if cpu:
+    one = [r for r in cpu.get("runs", []) if r.get("threads") == "1"]
+    if one:
+      out += ["### 2. Recurrent layers vs PyTorch on this CPU (one thread each; target >= 1.0x)", "",
+              f"Command: {code(cpu.get('command'))}; source `{cpu['_file']}`.", ""]
+      out.append(table(["shape", "flaxnets ms", "stock flax ms", "torch CPU ms", "torch/flaxnets"],
+                       _rnn_rows(one[0], "(default)"), ["---", "---:", "---:", "---:", "---:"]))
+      out.append("")
+  cnn = f.get("cnn_speed_gpu.json")
+  if cnn:
+    out += [f"### 3. ResNet-18 training through flaxnets.train ({cnn['device_kind']}; targets: "
+            "loop >= 95% of the bare step, >= 1.5x torch's best in bf16)", "",
+            f"Batch {cnn['batch']}, random CIFAR-shaped uint8 data through the library's own "
+            "pipeline (Grain iterator, host batches, prefetch, on-device crop and flip, metrics). "
+            f"Command: {code(cnn.get('command'))}; source `{cnn['_file']}`.", ""]
+    rows = []
+    for dtype, block in cnn["rows"].items():
+      r, sm = block["rows"], block["summary"]
+      torch_best = max((k for k in r if k.startswith("torch")), key=lambda k: r[k]["examples_per_s"],
+                       default=None)
+      rows.append([dtype, f"{r['flaxnets step']['ms_per_step']:.2f}",
+                   f"{r['flaxnets.train']['ms_per_step']:.2f}", f"{r['plain flax']['ms_per_step']:.2f}",
+                   f"{r[torch_best]['ms_per_step']:.2f} ({torch_best})" if torch_best else MISSING,
+                   f"**{sm['loop_over_bare_step']:.3f}**",
+                   f"**{sm['loop_over_best_torch']:.2f}x**" if "loop_over_best_torch" in sm else MISSING])
+    out.append(table(["dtype", "bare step ms", "flaxnets.train ms", "plain flax ms",
+                      "best torch ms", "loop / bare", "loop vs best torch"], rows,
+                     ["---", "---:", "---:", "---:", "---", "---:", "---:"]))
+    out.append("")
+  sr = f.get("cifar10_speedrun_gpu.json")
+  if sr:
+    s = sr["summary"]
+    out += [f"### 4. CIFAR-10 speedrun ({sr['device_kind']}; target >= 90.7% mean test accuracy in "
+            "<= 1.2 s of training, compilation <= 30 s)", "",
+            f"{sr['epochs']} epochs of batch {sr['batch_size']}, {sr['dtype']}, data on the device, "
+            f"{len(sr['runs'])} runs. Command: {code(sr.get('command'))}; source `{sr['_file']}`.", ""]
+    out.append(table(["runs", "test acc, flip TTA (mean ± std)", "no TTA", "train s (median)",
+                      "compile s", "JPEG decode s"],
+                     [[str(len(sr["runs"])),
+                       f"**{100 * s['test_accuracy_tta']['mean']:.2f}%** ± {100 * s['test_accuracy_tta']['std']:.2f}",
+                       f"{100 * s['test_accuracy']['mean']:.2f}%", f"**{s['median_train_s']:.2f}**",
+                       f"{sr['compile_s']:.1f}", f"{sr['data_load_s']:.1f}"]],
+                     ["---:", "---:", "---:", "---:", "---:", "---:"]))
+    out.append("")
+  return "\n".join(out) if len(out) > 5 else ""
+
+
 def results_md(tasks: list[dict], benchmarks: list[dict]) -> str:
   parts = [HEADER, "## Tasks", ""]
   parts.append(summary_table(tasks) if tasks else "No task results yet (run experiments/run.py).")
@@ -230,6 +320,9 @@ def results_md(tasks: list[dict], benchmarks: list[dict]) -> str:
   if tasks:
     parts += ["", "## Per-seed runs", ""]
     parts += ["\n\n".join(task_details(t) for t in tasks)]
+  perf = performance_section(benchmarks)
+  if perf:
+    parts += ["", perf.rstrip()]
   parts += ["", "## Benchmarks", ""]
   parts.append("\n\n".join(benchmark_section(b) for b in benchmarks) if benchmarks
                else "No benchmark results yet.")

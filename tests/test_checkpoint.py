@@ -491,3 +491,18 @@ def test_early_stopped_run_stays_stopped_when_resumed(tmp_path, capsys):
   assert again.stopped_early
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == steps
   assert again.history == first.history
+
+
+def test_stop_without_workdir_says_nothing_was_saved(monkeypatch):
+  # With no workdir there is no checkpoint: the exit message must not claim one.
+  enter = hooks.PreemptionGuard.__enter__
+
+  def signalled_at_once(self):
+    out = enter(self)
+    self.signal_name = "SIGTERM"
+    return out
+
+  monkeypatch.setattr(hooks.PreemptionGuard, "__enter__", signalled_at_once)
+  with pytest.raises(SystemExit, match=r"received SIGTERM at step 1; stopped without a "
+                                       r"checkpoint \(no workdir was given"):
+    flaxnets.train(small_config())

@@ -216,3 +216,18 @@ def test_train_evaluates_every_example_on_8_devices(strategy):
   cm = np.asarray(result.test_metrics["confusion_matrix"])
   assert cm.sum() == n
   assert result.test_metrics["accuracy"] == pytest.approx(np.trace(cm) / n)
+
+
+def test_validation_carve_of_a_tiny_set_is_never_empty():
+  from flaxnets.data import sources
+  # 12 examples over 4 classes: 10% of each class rounds to 0, so stratifying holds out
+  # nothing; the carve must still hold out round(0.1 * 12) = 1 example.
+  split = {"inputs": np.arange(12, dtype=np.float32)[:, None],
+           "labels": np.repeat(np.arange(4), 3).astype(np.int32)}
+  train, val = sources.carve_validation(split, 0.1)
+  assert len(val["labels"]) == 1 and len(train["labels"]) == 11
+  assert sorted(np.concatenate([train["inputs"], val["inputs"]])[:, 0]) == list(range(12))
+  again_train, again_val = sources.carve_validation(split, 0.1)  # seeded
+  np.testing.assert_array_equal(again_val["inputs"], val["inputs"])
+  with pytest.raises(ValueError, match=r"val_fraction=0.5: the training split has 1 example"):
+    sources.carve_validation({k: v[:1] for k, v in split.items()}, 0.5)

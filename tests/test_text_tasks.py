@@ -141,14 +141,18 @@ def test_sst2_and_trec_tables_load(shared_data, in_repo_root):
     share_val = np.mean(trec.val["labels"] == c)
     share_train = np.mean(trec.train["labels"] == c)
     assert abs(share_val - share_train) < 0.01
-  again = sources.load_dataset(_task_config("trec_lstm").dataset)  # seeded: same carve
-  np.testing.assert_array_equal(again.val["inputs"][:, :8], trec.val["inputs"][:, :8])
+  # The carve is seeded apart from the training seed: the other TREC config (another
+  # vocabulary, so other ids) holds out the same questions.
+  again = sources.load_dataset(_task_config("trec_lstm").dataset)
+  np.testing.assert_array_equal(again.val["labels"], trec.val["labels"])
+  np.testing.assert_array_equal(again.val["seq_lengths"], trec.val["seq_lengths"])
 
 
 @pytest.mark.slow
 def test_sst2_one_epoch_learns(shared_data, in_repo_root):
   c = _task_config("sst2_cnn")
   c.num_epochs = 1
+  c.parallel.strategy = "single"  # batch 50 does not split over the 8 test devices
   result = flaxnets.train(c)
   assert result.val_metrics["count"] == 872
   assert result.val_metrics["accuracy"] > 0.70, result.val_metrics

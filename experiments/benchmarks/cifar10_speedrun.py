@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
 import importlib.util
 import json
 import os
@@ -254,7 +253,42 @@ def main(argv=None) -> int:
   del warm
 
   # ---- timed runs --------------------------------------------------------------------------
+  path = pathlib.Path(args.out) if args.out else \
+      RESULTS / f"cifar10_speedrun_{backend}{'_tiny' if args.tiny else ''}.json"
   results = []
+
+  def record(final: bool) -> dict:
+    """The JSON record of the runs so far (written after each run: a time limit keeps them)."""
+    def mean_std(key):
+      vals = [r[key] for r in results]
+      return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+    summary = {k: dict(zip(("mean", "std"), mean_std(k)))
+               for k in ("train_s", "test_accuracy_tta", "test_accuracy")}
+    summary["median_train_s"] = statistics.median(r["train_s"] for r in results)
+    out = {"benchmark": "cifar10_speedrun", "backend": backend, "device_kind": device.device_kind,
+           "jax": jax.__version__, "config_file": str(CONFIG.relative_to(REPO)),
+           "overrides": args.set, "tiny": args.tiny, "dtype": dtype_name, "whitening_init": whiten,
+           "loop": "lax.scan per epoch" if args.scan_epochs else "one jitted dispatch per step",
+           "train_images": int(len(y_train)), "test_images": int(len(y_test)), "batch_size": batch,
+           "epochs": epochs, "steps_per_epoch": steps_per_epoch, "data_dir": str(data_dir),
+           "data_load_s": load_s, "compile_s": compile_s, "runs": results, "summary": summary,
+           "config": config.to_dict(), "host": platform.processor() or platform.machine(),
+           "cpu_count": os.cpu_count(), "loadavg": [round(v, 1) for v in os.getloadavg()],
+           "date": time.strftime("%Y-%m-%d %H:%M"),
+           "command": "python experiments/benchmarks/cifar10_speedrun.py " + " ".join(
+               sys.argv[1:] if argv is None else argv),
+           "notes": ("CPU smoke test on a shared, loaded 2-core machine: checks the script end to "
+                     "end; times and accuracies say nothing about the GPU targets."
+                     if backend == "cpu" else
+                     "Train time excludes data loading, compilation, the warm-up epoch and "
+                     "evaluation; airbench94 on the same JPEG copy, H200: 90.7% in 1.56 s.")}
+    if not final:
+      out["partial"] = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    return out
+
   for run in range(runs):
     state = init(run + 1)
     jax.block_until_ready(state)
@@ -275,41 +309,15 @@ def main(argv=None) -> int:
                     "final_train_accuracy": last_acc})
     print(f"run {run}: {train_s:7.2f} s  test acc {acc_tta:.4f} (TTA)  {acc:.4f} (no TTA)  "
           f"last-epoch train loss {last_loss:.3f}", flush=True)
+    record(final=False)
 
-  def mean_std(key):
-    vals = [r[key] for r in results]
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-  summary = {k: dict(zip(("mean", "std"), mean_std(k)))
-             for k in ("train_s", "test_accuracy_tta", "test_accuracy")}
-  summary["median_train_s"] = statistics.median(r["train_s"] for r in results)
-  out = {"benchmark": "cifar10_speedrun", "backend": backend, "device_kind": device.device_kind,
-         "jax": jax.__version__, "config_file": str(CONFIG.relative_to(REPO)), "overrides": args.set,
-         "tiny": args.tiny, "dtype": dtype_name, "whitening_init": whiten,
-         "loop": "lax.scan per epoch" if args.scan_epochs else "one jitted dispatch per step",
-         "train_images": int(len(y_train)), "test_images": int(len(y_test)), "batch_size": batch,
-         "epochs": epochs, "steps_per_epoch": steps_per_epoch, "data_dir": str(data_dir),
-         "data_load_s": load_s, "compile_s": compile_s, "runs": results, "summary": summary,
-         "config": config.to_dict(), "host": platform.processor() or platform.machine(),
-         "cpu_count": os.cpu_count(), "loadavg": [round(v, 1) for v in os.getloadavg()],
-         "date": time.strftime("%Y-%m-%d %H:%M"),
-         "command": "python experiments/benchmarks/cifar10_speedrun.py " + " ".join(
-             sys.argv[1:] if argv is None else argv),
-         "notes": ("CPU smoke test on a shared, loaded 2-core machine: checks the script end to "
-                   "end; times and accuracies say nothing about the GPU targets."
-                   if backend == "cpu" else
-                   "Train time excludes data loading, compilation, the warm-up epoch and "
-                   "evaluation; airbench94 on the same JPEG copy, H200: 90.7% in 1.56 s.")}
   print(f"\n{'runs':>4} {'train s (mean)':>15} {'median s':>9} {'test acc TTA':>13} "
         f"{'no TTA':>8} {'compile s':>10} {'data s':>7}")
-  s = summary
+  out = record(final=True)
+  s = out["summary"]
   print(f"{runs:>4} {s['train_s']['mean']:>9.2f} ±{s['train_s']['std']:<4.2f} "
         f"{s['median_train_s']:>9.2f} {s['test_accuracy_tta']['mean']:>8.4f} ±{s['test_accuracy_tta']['std']:.3f}"
         f" {s['test_accuracy']['mean']:>8.4f} {compile_s:>10.1f} {load_s:>7.1f}")
-  path = pathlib.Path(args.out) if args.out else \
-      RESULTS / f"cifar10_speedrun_{backend}{'_tiny' if args.tiny else ''}.json"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(out, indent=2))
   print(f"wrote {path}")
   return 0
 

@@ -3,7 +3,8 @@
 Reads the training split of ../shared/data/cifar10_jpg through the `image_folder`
 source (decoded once, into memory), then times
   (a) the host iterator alone: flaxnets.data.pipeline.TrainIterator batches
-      (Grain-shuffled indices, one numpy gather per array);
+      (one seeded numpy permutation per epoch, sliced into batches by a Grain
+      MapDataset; one numpy gather per array);
   (b) (a) + jax.device_put of every batch;
   (c) (b) + on-device preprocessing and augmentation, jitted: per-channel
       standardisation and flaxnets.training.steps.augment_images (random crop after

@@ -50,7 +50,8 @@ PRESETS = {
     "cpu": [("lstm", 32, 64, 128, 256, ("float32",)), ("gru", 32, 64, 128, 256, ("float32",))],
     "gpu": [("lstm", 128, 256, 128, 512, ("float32", "bfloat16")),
             ("gru", 128, 256, 128, 512, ("float32", "bfloat16")),
-            ("lstm", 64, 64, 300, 256, ("float32", "bfloat16"))],
+            ("lstm", 64, 64, 300, 256, ("float32", "bfloat16")),
+            ("gru", 64, 64, 300, 256, ("float32", "bfloat16"))],
     "tiny": [("lstm", 4, 8, 8, 16, ("float32",)), ("gru", 4, 8, 8, 16, ("float32",))],
 }
 # Issue 7's reference figures (ms per train step), for the table only.
@@ -80,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--no-stock-flax", action="store_true")
+  p.add_argument("--no-autodiff", action="store_true", help="skip the fused_backward=False variant")
+  p.add_argument("--no-hoist-alt", action="store_true",
+                 help="skip the variant with the other input-projection choice")
   p.add_argument("--lr", type=float, default=0.01)
   p.add_argument("--out", default=None)
   return p.parse_args(argv)
@@ -106,18 +110,23 @@ def torch_worker(conn, threads: int | None, device: str, clock: str) -> None:
     if msg[0] == "build":
       _, key, cell, b, t, f, h, dtype, lr = msg
       torch.manual_seed(0)
-      mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(f, h, batch_first=True).to(device)
+      # bf16: module and inputs in bfloat16, so cuDNN runs its bf16 kernels (autocast
+      # does not cover the fused nn.LSTM / nn.GRU modules).
+      tdtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+      mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(f, h, batch_first=True)
+      mod = mod.to(device=device, dtype=tdtype)
+      # .to() leaves cuDNN's weights in separate buffers; without this, torch warns that
+      # it compacts them at every call (the GPU run of 2026-11-27 had that in bf16).
+      mod.flatten_parameters()
       opt = torch.optim.SGD(mod.parameters(), lr=lr)
-      x = torch.randn(b, t, f, device=device)
+      x = torch.randn(b, t, f, device=device, dtype=tdtype)
       y = torch.randn(b, t, h, device=device)
-      amp = dtype == "bfloat16"
       sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-      def step(mod=mod, opt=opt, x=x, y=y, amp=amp):
+      def step(mod=mod, opt=opt, x=x, y=y):
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
-          out, _ = mod(x)
-          loss = ((out.float() - y) ** 2).mean()
+        out, _ = mod(x)
+        loss = ((out.float() - y) ** 2).mean()
         loss.backward()
         opt.step()
 
@@ -214,19 +223,23 @@ def jax_runner(model, x, y, lr: float, clock: str):
   return run, compile_s
 
 
-def variants_for(cell: str, dtype, unrolls, on_cpu: bool, stock: bool) -> dict:
+def variants_for(cell: str, dtype, unrolls, on_cpu: bool, stock: bool, autodiff: bool,
+                 hoist_alt: bool = True) -> dict:
   """name -> flax module, all with the same maths (stock flax: its own cells)."""
   import flax.linen as nn
   from flaxnets.models import recurrent
   out = {}
   default_hoist = recurrent.default_hoist()
+  default_unroll = recurrent.default_unroll()
   for u in unrolls:
-    out[f"flaxnets u{u}" + (" (default)" if u == 1 else "")] = \
+    out[f"flaxnets u{u}" + (" (default)" if u == default_unroll else "")] = \
         lambda hs, u=u: recurrent.RNNLayer(cell, hs, unroll=u, dtype=dtype)
-  out[f"flaxnets hoist={not default_hoist} u1"] = \
-      lambda hs: recurrent.RNNLayer(cell, hs, hoist_input_projection=not default_hoist, dtype=dtype)
-  out["flaxnets autodiff u1 (previous)"] = \
-      lambda hs: recurrent.RNNLayer(cell, hs, fused_backward=False, dtype=dtype)
+  if hoist_alt:
+    out[f"flaxnets hoist={not default_hoist} u1"] = \
+        lambda hs: recurrent.RNNLayer(cell, hs, hoist_input_projection=not default_hoist, dtype=dtype)
+  if autodiff:
+    out["flaxnets autodiff u1 (previous)"] = \
+        lambda hs: recurrent.RNNLayer(cell, hs, fused_backward=False, dtype=dtype)
   if stock:
     stock_unroll = 1 if on_cpu else 8
     cell_cls = nn.OptimizedLSTMCell if cell == "lstm" else nn.GRUCell
@@ -246,7 +259,8 @@ def run_config(args, backend: str, cell: str, b: int, t: int, f: int, hsz: int, 
   y = jnp.asarray(rng.standard_normal((b, t, hsz), np.float32))
   on_cpu = backend == "cpu"
   runners, compile_s = {}, {}
-  for name, make in variants_for(cell, dtype, args.unrolls, on_cpu, not args.no_stock_flax).items():
+  for name, make in variants_for(cell, dtype, args.unrolls, on_cpu, not args.no_stock_flax,
+                                  not args.no_autodiff, not args.no_hoist_alt).items():
     runners[name], compile_s[name] = jax_runner(make(hsz), x, y, args.lr, args.clock)
     print(f"  compiled {name}: {compile_s[name]:.1f} s", flush=True)
   key = f"{cell}-{b}-{t}-{f}-{hsz}-{dtype_name}"
@@ -296,8 +310,12 @@ def print_table(result: dict) -> None:
       print(f"{'':<28} {name:<34} {ms:>10.2f}")
 
 
-def run_one(args) -> dict:
-  """All configs in this process, at args.threads (not 'both')."""
+def run_one(args, partial_out: pathlib.Path | None = None) -> dict:
+  """All configs in this process, at args.threads (not 'both').
+
+  After each config its rows are printed and, with partial_out, everything so far is
+  written there: a run stopped by a time limit keeps what it measured.
+  """
   if args.threads == "1":
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_multi_thread_eigen=false").strip()
@@ -327,6 +345,10 @@ def run_one(args) -> dict:
         if ref:
           cfg["reference_ms"] = ref
         result["configs"].append(cfg)
+        print_table({**result, "configs": [cfg]})
+        if partial_out is not None:
+          partial_out.parent.mkdir(parents=True, exist_ok=True)
+          partial_out.write_text(json.dumps({**result, "partial": True}, indent=2))
   finally:
     if torch_runner is not None:
       torch_runner.close()
@@ -360,7 +382,7 @@ def main(argv=None) -> int:
     merged = {"benchmark": "rnn_speed", "runs": results}
     backend = results[0]["backend"]
   else:
-    result = run_one(args)
+    result = run_one(args, pathlib.Path(args.out) if args.out else None)
     print_table(result)
     merged, backend = result, result["backend"]
   merged["command"] = "python experiments/benchmarks/rnn_speed.py " + " ".join(argv)
@@ -368,10 +390,11 @@ def main(argv=None) -> int:
       "Shared machine: a loaded 2-core CPU (other developers' jobs; load average recorded "
       "per run). Absolute times there are inflated and noisy; compare variants by the "
       "paired torch/this ratios (medians over rounds of back-to-back runs). torch runs in "
-      "its own process. bf16 torch = torch.autocast(bfloat16) with float32 weights; "
-      "bf16 flaxnets = RNNLayer(dtype=bfloat16), float32 params and carries."
+      "its own process."
       if backend == "cpu" else
-      "Accelerator run; torch uses cuDNN (bf16 via torch.autocast).")
+      "Accelerator run; torch uses cuDNN. bf16: torch module and inputs in bfloat16 "
+      "(cuDNN bf16 kernels); flaxnets RNNLayer(dtype=bfloat16) keeps float32 params "
+      "and carries.")
   out = pathlib.Path(args.out) if args.out else \
       RESULTS / f"rnn_speed_{backend}{'_tiny' if args.tiny else ''}.json"
   out.parent.mkdir(parents=True, exist_ok=True)

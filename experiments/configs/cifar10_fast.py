@@ -24,8 +24,11 @@ Run (full library loop, host pipeline):
     flaxnets train --config experiments/configs/cifar10_fast.py
 Speedrun timing (data on the device, compilation excluded, 5+ runs):
     python experiments/benchmarks/cifar10_speedrun.py --runs 5
-Runtime: TBD on GPU (needs a GPU session; see experiments/benchmarks/README.md).
-Result:  TBD (airbench94 itself, on this JPEG copy of CIFAR-10, H200: 90.7% in 1.56 s).
+Runtime: one H100, 2026-11-27, through cifar10_speedrun.py: median 1.84 s of training
+         per run (5 runs), 24.7 s of compilation, 15.3 s to decode the JPEGs.
+Result:  88.90% +- 0.29 mean test accuracy with flip TTA, 88.13% without
+         (experiments/results/cifar10_speedrun_gpu.json). airbench94 itself, on this
+         JPEG copy of CIFAR-10, H200: 90.7% in 1.56 s.
 """
 import flaxnets
 

@@ -2,17 +2,21 @@
 
 Raw review text: '<br />' removed, punctuation split off words, lower-cased; the
 30,000 most frequent training tokens seen at least twice, reviews cut to their first
-400 tokens (83% of training reviews fit whole; the median is 197). Token buckets (16..256, 400) keep short
-reviews cheap. Validation is a seeded, stratified 10% of train. Trained from scratch,
-LSTMs reach about 86-88% test accuracy on IMDB.
+400 tokens (83% of training reviews fit whole; the median is 197). Validation is a
+seeded, stratified 10% of train. Trained from scratch, LSTMs reach about 86-88% test
+accuracy on IMDB.
 
 TFDS variant (needs a prepared copy of 'imdb_reviews'; no TensorFlow to read it):
     --set dataset.name='tfds:imdb_reviews' dataset.path=''
 
 Run:      flaxnets train --config experiments/configs/imdb_lstm.py   (from the repo root)
 Seeds:    python experiments/run.py experiments/configs/imdb_lstm.py --seeds 0 1 2
-Runtime:  TBD
-Result:   TBD
+Runtime:  1,325 s for seed 0 (5 epochs of 351 steps, about 4-5 min each, validation,
+          and the 25,000-review test pass; loading, vocabulary and compilation included)
+          on the 2-core CPU (1 device) while other jobs shared it, 2026-11-27.
+Result:   seed 0: 87.10% test accuracy (final epoch), validation 84.3 / 88.5 / 87.5 /
+          88.4 / 88.2% after epochs 1-5 (experiments/results/imdb_lstm.json, run with
+          `--workdir` to keep the checkpoints). One seed only: three take about 70 min here.
 """
 import flaxnets
 

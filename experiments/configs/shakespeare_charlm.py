@@ -7,8 +7,11 @@ next-character accuracy. Sample from a trained model with flaxnets.models.classi
 
 Run:      flaxnets train --config experiments/configs/shakespeare_charlm.py   (from the repo root)
 Seeds:    python experiments/run.py experiments/configs/shakespeare_charlm.py --seeds 0
-Runtime:  TBD
-Result:   TBD
+Runtime:  about 270-295 s per epoch (245 steps of 64 windows) on a shared, loaded 2-core
+          CPU (1 device), 2026-11-27; 10 epochs: about 50 min.
+Result:   stopped after 3 of 10 epochs: validation loss 1.94 / 1.72 / 1.63 nats per
+          character after epochs 1 / 2 / 3, next-character accuracy 51.4% (see
+          experiments/results/NOTES.md and shakespeare_charlm_sample.txt).
 """
 import flaxnets
 

@@ -1,13 +1,19 @@
 """Kim (2014) CNN on TREC-6 question classification, random embeddings.
 
 TREC ships only a training table here (5,452 questions): validation is a seeded,
-stratified 10% of it (545 questions; the carve uses a fixed seed, independent of the
+stratified 10% of it (546 questions; the carve uses a fixed seed, independent of the
 training seed). Kim's CNN-rand: 91.2% on the official 500-question test set.
 
 Run:      flaxnets train --config experiments/configs/trec_cnn.py --config.seed=0
 Seeds:    python experiments/run.py experiments/configs/trec_cnn.py --seeds 0 1 2
-Runtime:  TBD
-Result:   TBD
+Runtime:  34-54 s per seed (10 epochs, loading and compilation included) on a shared,
+          loaded 2-core CPU (1 device), 2026-11-27.
+Result:   best-epoch validation accuracy 89.38 % for each of seeds 0 / 1 / 2 (the runs
+          differ: best validation losses 0.351 / 0.320 / 0.343, but each peaked at 488
+          of the 546 questions), mean 89.38 % (experiments/results/trec_cnn.json).
+          Quick plain-Flax CNN baseline here: 86.8 %. Tried earlier (3 seeds each,
+          under the previous Grain shuffle): lower-cased text 88.34 %, + min_freq 2
+          87.54 %, kernels (2, 3, 4) 87.61 %; cased text (this config) 89.74 %.
 """
 import flaxnets
 
@@ -19,6 +25,9 @@ def get_config():
   c.dataset.val_split = ""                 # carve val_fraction of train
   c.dataset.val_fraction = 0.1
   c.dataset.test_split = ""
+  # Case carries signal here (names and places are capitalised: HUM, LOC answers):
+  # keeping it gave +1.4 points of validation accuracy over lower-casing.
+  c.dataset.lowercase = False
   c.model.name = "text_cnn"
   c.model.embed_dim = 300
   c.model.kernel_sizes = (3, 4, 5)

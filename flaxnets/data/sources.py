@@ -48,6 +48,16 @@ def carve_validation(train: Split, fraction: float, seed: int = SPLIT_SEED) -> t
     n_val = max(1, int(round(fraction * len(labels))))
     return _take(train, np.sort(idx[n_val:])), _take(train, np.sort(idx[:n_val]))
   val_idx, train_idx = _stratified_split(labels, (fraction, 1.0 - fraction), seed)
+  if len(val_idx) == 0:
+    # Every class too small for its share to round to one example (a tiny or very
+    # unbalanced set): hold out round(fraction * N), at least one, without stratifying.
+    n = len(labels)
+    if n < 2:
+      raise ValueError(f"dataset.val_fraction={fraction}: the training split has {n} example(s), "
+                       "too few to hold any out for validation; set val_fraction=0")
+    idx = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, int(round(fraction * n))))
+    val_idx, train_idx = np.sort(idx[:n_val]), np.sort(idx[n_val:])
   return _take(train, train_idx), _take(train, val_idx)
 
 

@@ -80,7 +80,7 @@ class SequenceClassifier(nn.Module):
   embed_dim: int = 128
   input_dense: int | None = None
   hoist_input_projection: bool | None = None
-  unroll: int = 1
+  unroll: int | None = None        # None: recurrent.default_unroll()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -163,7 +163,7 @@ class CharLM(nn.Module):
   num_layers: int = 2
   dropout: float = 0.0
   hoist_input_projection: bool | None = None
-  unroll: int = 1
+  unroll: int | None = None        # None: recurrent.default_unroll()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 

@@ -1,4 +1,4 @@
-"""Recurrent layers: LSTM / GRU / simple cells scanned over time with `nn.scan`.
+"""Recurrent layers: LSTM / GRU / simple cells scanned over time, with a fused backward.
 
 The cells compute the same maths as flax's `nn.LSTMCell`, `nn.GRUCell` and
 `nn.SimpleCell` (tanh), but split each step in two:
@@ -260,6 +260,22 @@ def default_hoist() -> bool:
   return jax.default_backend() != "cpu"
 
 
+def default_unroll() -> int:
+  """Scan steps per loop iteration when `unroll` is not given: 1 on CPU, 8 on GPU/TPU.
+
+  Measured fwd + bwd + SGD (experiments/benchmarks/rnn_speed.py). CPU, B=32, T=64,
+  F=128, H=256, one thread: unroll 2 / 4 / 8 / 16 took 1.04 / 1.19 / 1.61 / 3.1x the
+  time of unroll 1 for LSTM and 1.00 / 1.08 / 1.29 / 2.1x for GRU
+  (experiments/results/rnn_speed_cpu.json). H100, the issue's shapes (B=128, T=256,
+  F=128, H=512 and B=64, T=64, F=300, H=256), fp32 and bf16: unroll 8 took 0.65-0.83x
+  the time of unroll 1 and was the fastest of 1 / 8 / 16 in 7 of the 8 shapes, 2.4%
+  behind unroll 16 in the other (experiments/results/rnn_speed_gpu.json). Each
+  loop iteration costs the GPU a few kernel launches and a loop test; the CPU gains
+  nothing from fewer of them and pays for the larger loop body.
+  """
+  return 1 if jax.default_backend() == "cpu" else 8
+
+
 def _check_inputs(inputs: Array, seq_lengths: Any, where: str) -> Array | None:
   """Shape/dtype checks done at trace time, one clear error each; -> seq_lengths as an array."""
   if inputs.ndim != 3:
@@ -389,12 +405,8 @@ class RNNLayer(nn.Module):
       step (not at the padded end).
     hoist_input_projection: project all time steps before the scan (True), or
       inside each step (False); None picks `default_hoist()`. Same params, same maths.
-    unroll: scan steps unrolled per loop iteration. 1 is fastest on CPU: B=32, T=64,
-      F=128, H=256, fwd + bwd + SGD, one thread, fused backward, unroll 2 / 4 / 8 / 16
-      took 1.05 / 1.19 / 1.63 / 3.2x the time of unroll 1 for LSTM and 1.02 / 1.09 /
-      1.35 / 2.3x for GRU (experiments/benchmarks/rnn_speed.py, results in
-      experiments/results/rnn_speed_cpu.json). Not yet measured on GPU (the same
-      script sweeps it there).
+    unroll: scan steps unrolled per loop iteration; None picks `default_unroll()`
+      (1 on CPU, 8 on GPU/TPU, from measurements). Same maths for any value.
     fused_backward: gradients from the hand-written backward pass over the time loop
       (see the module docstring), or from JAX autodiff through `nn.scan` (False).
       Same numbers; the fused one is faster (rnn_speed.py), the autodiff one also
@@ -404,7 +416,7 @@ class RNNLayer(nn.Module):
   hidden_size: int
   reverse: bool = False
   hoist_input_projection: bool | None = None
-  unroll: int = 1
+  unroll: int | None = None
   fused_backward: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -421,8 +433,9 @@ class RNNLayer(nn.Module):
       raise ValueError(f"RNNLayer.cell={self.cell!r}: expected one of {sorted(CELLS)}")
     if self.hidden_size < 1:
       raise ValueError(f"RNNLayer.hidden_size={self.hidden_size!r}: expected a positive int")
-    if not isinstance(self.unroll, int) or isinstance(self.unroll, bool) or self.unroll < 1:
-      raise ValueError(f"RNNLayer.unroll={self.unroll!r}: expected an int >= 1")
+    unroll = default_unroll() if self.unroll is None else self.unroll
+    if not isinstance(unroll, int) or isinstance(unroll, bool) or unroll < 1:
+      raise ValueError(f"RNNLayer.unroll={self.unroll!r}: expected an int >= 1 or None")
     seq_lengths = _check_inputs(inputs, seq_lengths, "RNNLayer")
     cell = CELLS[self.cell](hidden_size=self.hidden_size, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="cell")
@@ -440,7 +453,7 @@ class RNNLayer(nn.Module):
     if self.fused_backward:
       params = cell.weights(inputs.shape[-1])
       small = cell.small_params()
-      spec = _Spec(type(cell), cell.dtype, cell.carry_dtype, self.reverse, self.unroll,
+      spec = _Spec(type(cell), cell.dtype, cell.carry_dtype, self.reverse, unroll,
                    project=not hoist)
       wi, bi = (None, None) if hoist else (params["wi"]["kernel"], params["wi"]["bias"])
       outputs, carry = _recurrence(spec, xs, mask, wi, bi, params["wh"]["kernel"], small,
@@ -457,7 +470,7 @@ class RNNLayer(nn.Module):
         return new_carry, h
 
       scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
-                     in_axes=0, out_axes=0, unroll=self.unroll, reverse=self.reverse)
+                     in_axes=0, out_axes=0, unroll=unroll, reverse=self.reverse)
       carry, outputs = scan(cell, cell.initialize_carry((batch,)),
                             xs if mask is None else (xs, mask))  # outputs [T, B, H]
     last_h = cell.carry_to_h(carry).astype(self.dtype)
@@ -469,7 +482,7 @@ class Bidirectional(nn.Module):
   cell: str
   hidden_size: int
   hoist_input_projection: bool | None = None
-  unroll: int = 1
+  unroll: int | None = None
   fused_backward: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -497,7 +510,7 @@ class StackedRNN(nn.Module):
   bidirectional: bool = False
   dropout: float = 0.0
   hoist_input_projection: bool | None = None
-  unroll: int = 1
+  unroll: int | None = None
   fused_backward: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Every GPU benchmark of issue 7 in one command, each under its own time limit, so that
+# one session on a lent GPU (minutes, all tries counted) measures everything at once.
+#
+#   bash experiments/benchmarks/gpu_session.sh            # on the GPU machine, repo root
+#   bash experiments/benchmarks/gpu_session.sh --tiny     # here, on CPU: tiny sizes, seconds
+#
+# Logs and JSON go to $OUT (the device tool's return folder) or /tmp/gpu_session, and the
+# JSON also to experiments/results/{rnn_speed,cifar10_speedrun,cnn_speed}_<gpu|cpu_tiny>.json.
+# Each script writes its JSON after every configuration, so a limit keeps what was measured.
+# Limits (seconds) can be set from outside: RNN_S, SPEEDRUN_S, CNN_S, TESTS_S; LONG_S (unset: skipped)
+# adds a 16-epoch speedrun.
+set -u
+OUTDIR=${OUT:-/tmp/gpu_session}
+mkdir -p "$OUTDIR"
+TINY=""
+SUF=gpu
+if [[ "${1:-}" == "--tiny" ]]; then TINY=--tiny; SUF=cpu_tiny; fi
+PY=${PYTHON:-python3}
+R=experiments/results
+export PYTHONUNBUFFERED=1
+# The benchmarks compile the same step more than once (a bare step before and after the
+# loop): the persistent cache makes the second one a lookup.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/flaxnets_jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+# JAX and torch share the GPU in cnn_speed.py and rnn_speed.py: leave torch half of it.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
+
+{
+  date -u
+  nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+  $PY - <<'EOF'
+import importlib, jax
+print("devices:", jax.devices())
+for m in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "chex", "grain", "torch", "numpy"):
+  try:
+    print(f"{m} {importlib.import_module(m).__version__}")
+  except Exception as e:  # noqa: BLE001 - a version report, nothing depends on it
+    print(f"{m}: {type(e).__name__}: {e}")
+EOF
+} > "$OUTDIR/env.log" 2>&1
+cat "$OUTDIR/env.log"
+
+step() {  # name limit command...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "=== $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name: rc=$rc after $((SECONDS - t0)) s"
+  tail -n 25 "$OUTDIR/$name.log"
+}
+
+# Target 1: LSTM/GRU layers vs cuDNN, the issue's four shapes, fp32 and bf16, unroll sweep.
+step rnn "${RNN_S:-170}" $PY experiments/benchmarks/rnn_speed.py $TINY --unrolls 1 8 16 \
+  --rounds 6 --no-autodiff --no-hoist-alt --out "$R/rnn_speed_$SUF.json"
+# Target 4: the CIFAR-10 speedrun recipe, 5 timed runs.
+RUNS="--runs 5"; [[ -n "$TINY" ]] && RUNS="--runs 2"
+step speedrun "${SPEEDRUN_S:-120}" $PY experiments/benchmarks/cifar10_speedrun.py $TINY $RUNS \
+  --out "$R/cifar10_speedrun_$SUF.json"
+# Target 3: ResNet-18 through flaxnets.train vs the bare step vs torch (bf16 first).
+if [[ -n "$TINY" ]]; then
+  step cnn "${CNN_S:-180}" $PY experiments/benchmarks/cnn_speed.py --tiny --out "$R/cnn_speed_$SUF.json"
+else
+  step cnn "${CNN_S:-180}" $PY experiments/benchmarks/cnn_speed.py --dtypes bfloat16 float32 \
+    --torch-compile-dtypes bfloat16 --steps 30 --repeats 3 --loop-epochs 3 --loop-steps 60 \
+    --out "$R/cnn_speed_$SUF.json"
+fi
+# The recurrent layer equals its references on this backend too (float32 matmuls at full
+# precision: the tests' 1e-5 tolerances are not meant for TF32).
+JAX_DEFAULT_MATMUL_PRECISION=highest step rnn_tests "${TESTS_S:-50}" $PY -m pytest -x -q -p no:cacheprovider \
+  tests/test_recurrent.py
+# If time is left: the same recipe with 16 epochs (accuracy against training time).
+if [[ -z "$TINY" && -n "${LONG_S:-}" ]]; then
+  step speedrun16 "$LONG_S" $PY experiments/benchmarks/cifar10_speedrun.py --runs 3 \
+    --set num_epochs=16 --out "$R/cifar10_speedrun_${SUF}_16ep.json"
+  cp "$R/cifar10_speedrun_${SUF}_16ep.json" "$OUTDIR/" 2>/dev/null
+fi
+cp "$R/rnn_speed_$SUF.json" "$R/cifar10_speedrun_$SUF.json" "$R/cnn_speed_$SUF.json" "$OUTDIR/" 2>/dev/null
+ls -la "$OUTDIR"
