@@ -30,8 +30,6 @@ Writes experiments/results/cifar10_speedrun_<backend>[_tiny].json (or --out).
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import json
 import os
 import pathlib
@@ -66,21 +64,10 @@ def parse_args(argv=None):
 
 
 def load_config(overrides):
-  spec = importlib.util.spec_from_file_location("cifar10_fast", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for item in overrides:
-    key, _, raw = item.partition("=")
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  """cifar10_fast.py's config with `key=value` overrides (experiments/run.py's parsing)."""
+  from experiments import run
+  config = run.load_config(str(CONFIG))
+  run.apply_overrides(config, overrides)
   return config
 
 

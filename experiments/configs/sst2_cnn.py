@@ -6,11 +6,12 @@ on these 6,920 sentences alone quick baselines reach about 80% dev accuracy.
 
 Run:      flaxnets train --config experiments/configs/sst2_cnn.py --config.seed=0
 Seeds:    python experiments/run.py experiments/configs/sst2_cnn.py --seeds 0 1 2
-Runtime:  76-303 s per seed (6 epochs, loading and compilation included; the spread is
-          the load of a shared 2-core CPU, 1 device), 2026-11-27.
-Result:   best-epoch dev accuracy 79.13 / 79.82 / 80.05 % (seeds 0 / 1 / 2), mean
-          79.66 % (experiments/results/sst2_cnn.json); quick plain-Flax Kim CNN
-          baseline here: 79.8 %. Best epochs are 2-3: it fits the training set by epoch 4.
+Runtime:  44-52 s per seed (6 epochs, loading and compilation included) on a shared
+          2-core CPU (1 device), 2026-11-27.
+Result:   best-epoch dev accuracy 79.47 / 79.01 / 79.36 % (seeds 0 / 1 / 2), mean
+          79.28 % (experiments/results/sst2_cnn.json); under the previous Grain shuffle
+          79.13 / 79.82 / 80.05 %, mean 79.66 %. Quick plain-Flax Kim CNN baseline
+          here: 79.8 %. Best epochs are 2-3: it fits the training set by epoch 4.
 """
 import flaxnets
 
