@@ -256,10 +256,16 @@ def tree_digest(path: pathlib.Path) -> str:
   return h.hexdigest()
 
 
-def _truncate_largest_state_file(step_dir: pathlib.Path) -> None:
-  f = max((p for p in (step_dir / "state").rglob("*") if p.is_file()),
-          key=lambda p: p.stat().st_size)
-  f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+def _truncate_state_files(step_dir: pathlib.Path) -> None:
+  """Cut every array-data file of the step in half (a copy or write that stopped midway).
+
+  Every one, not just the largest: which file holds the params (all that `load` reads)
+  and which the optimizer state depends on sizes that change with the trained values.
+  """
+  data = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert data, f"no array data files under {step_dir / 'state'}"
+  for f in data:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
 def _remove_manifest(step_dir: pathlib.Path) -> None:
@@ -275,7 +281,7 @@ def checkpointer_for(workdir: pathlib.Path, result: Any) -> checkpoint_lib.Check
   return checkpoint_lib.Checkpointer(workdir, result.config, result.dataset, result.stats)
 
 
-@pytest.mark.parametrize("damage", [_truncate_largest_state_file, _remove_manifest,
+@pytest.mark.parametrize("damage", [_truncate_state_files, _remove_manifest,
                                     _remove_meta], ids=["truncated", "no-manifest", "no-meta"])
 def test_damaged_newest_step_falls_back_and_load_names_it(tmp_path, trained, damage, capsys):
   workdir = copy_run(trained, tmp_path)
@@ -302,7 +308,7 @@ def test_damaged_newest_step_falls_back_and_load_names_it(tmp_path, trained, dam
 
 def test_resume_after_damaged_step_saves_it_again_identically(tmp_path, trained, capsys):
   workdir = copy_run(trained, tmp_path)
-  _truncate_largest_state_file(workdir / "checkpoints" / "78")
+  _truncate_state_files(workdir / "checkpoints" / "78")
   capsys.readouterr()
   result = flaxnets.train(small_config(), str(workdir))
   out = capsys.readouterr().out
