@@ -123,3 +123,26 @@ def test_unroll_must_be_a_positive_int():
   x = jnp.zeros((B, T, F))
   with pytest.raises(ValueError, match="unroll=0"):
     recurrent.RNNLayer("gru", H, unroll=0).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("backend, expected", [("cpu", 1), ("gpu", 8), ("tpu", 8)])
+def test_unset_unroll_follows_the_backend(monkeypatch, backend, expected):
+  # The measured defaults (default_unroll's docstring): the traced scans, forward and
+  # the fused backward's, unroll by 1 on CPU and by 8 on accelerators.
+  monkeypatch.setattr(recurrent.jax, "default_backend", lambda: backend)
+  x = jax.random.normal(jax.random.key(0), (B, 16, F))
+  model = recurrent.RNNLayer("lstm", H, hoist_input_projection=False)
+  params = model.init(jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply(p, x)[0])))(params)
+  unrolls = [eqn.params["unroll"] for eqn in _all_eqns(jaxpr.jaxpr) if eqn.primitive.name == "scan"]
+  assert len(unrolls) >= 2 and set(unrolls) == {expected}, unrolls  # forward and backward
+
+
+def _all_eqns(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs nested in its equations' params."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for v in eqn.params.values():
+      inner = getattr(v, "jaxpr", v)  # a ClosedJaxpr holds its Jaxpr in .jaxpr
+      if hasattr(inner, "eqns"):
+        yield from _all_eqns(inner)
