@@ -220,11 +220,10 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
 
   def exit_preempted():
     save(force=True)
-    if ckpt is not None:
-      ckpt.close()  # waits for the asynchronous saves to be committed
     if ckpt is None:
       raise SystemExit(f"flaxnets: received {guard.signal_name} at step {step}; stopped without "
                        "a checkpoint (no workdir was given, so nothing can be resumed).")
+    ckpt.close()  # waits for the asynchronous saves to be committed
     raise SystemExit(f"flaxnets: received {guard.signal_name} at step {step}; saved a "
                      f"checkpoint in {workdir}. Run the same command again to resume.")
 
