@@ -8,8 +8,12 @@
 # Logs and JSON go to $OUT (the device tool's return folder) or /tmp/gpu_session, and the
 # JSON also to experiments/results/{rnn_speed,cifar10_speedrun,cnn_speed}_<gpu|cpu_tiny>.json.
 # Each script writes its JSON after every configuration, so a limit keeps what was measured.
-# Limits (seconds) can be set from outside: RNN_S, SPEEDRUN_S, CNN_S, TESTS_S; LONG_S (unset: skipped)
-# adds a 16-epoch speedrun.
+# Limits (seconds) can be set from outside: RNN_S, SPEEDRUN_S, AIRBENCH_S, CNN_S, TESTS_S; a limit of
+# 0 skips that step. LONG_S (unset: skipped) adds a 16-epoch speedrun. AIRBENCH_S (default 0:
+# skipped) is the limit of each of three more speedruns: airbench's remaining pieces
+# (--airbench) at 10 and at 8 epochs, and airbench94_muon's recipe (--muon).
+# Targets 1 and 3 were met on 2026-11-27; a session for target 4 alone:
+#   RNN_S=0 CNN_S=0 TESTS_S=0 AIRBENCH_S=150 LONG_S=100 bash experiments/benchmarks/gpu_session.sh
 set -u
 OUTDIR=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUTDIR"
@@ -44,6 +48,7 @@ cat "$OUTDIR/env.log"
 step() {  # name limit command...
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
+  if [[ "$limit" == "0" ]]; then echo "=== $name: skipped (limit 0)"; return; fi
   echo "=== $name (limit ${limit}s): $*"
   timeout "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
   local rc=$?
@@ -58,6 +63,17 @@ step rnn "${RNN_S:-170}" $PY experiments/benchmarks/rnn_speed.py $TINY --unrolls
 RUNS="--runs 5"; [[ -n "$TINY" ]] && RUNS="--runs 2"
 step speedrun "${SPEEDRUN_S:-120}" $PY experiments/benchmarks/cifar10_speedrun.py $TINY $RUNS \
   --out "$R/cifar10_speedrun_$SUF.json"
+# Target 4, airbench's lookahead EMA, 64x BN-bias lr, dirac and PyTorch init: 10 and 8 epochs.
+AB=${AIRBENCH_S:-0}; [[ -n "$TINY" && "$AB" == "0" ]] && AB=240
+step speedrun_airbench "$AB" $PY experiments/benchmarks/cifar10_speedrun.py $TINY $RUNS --airbench \
+  --out "$R/cifar10_speedrun_airbench_$SUF.json"
+if [[ -z "$TINY" ]]; then
+  step speedrun_airbench_8ep "$AB" $PY experiments/benchmarks/cifar10_speedrun.py $RUNS --airbench \
+    --set num_epochs=8 --out "$R/cifar10_speedrun_airbench_8ep_$SUF.json"
+fi
+# airbench94_muon's recipe (Muon on the conv filters, batch 2000, 8 epochs).
+step speedrun_muon "$AB" $PY experiments/benchmarks/cifar10_speedrun.py $TINY $RUNS --muon \
+  --out "$R/cifar10_speedrun_muon_$SUF.json"
 # Target 3: ResNet-18 through flaxnets.train vs the bare step vs torch (bf16 first).
 if [[ -n "$TINY" ]]; then
   step cnn "${CNN_S:-180}" $PY experiments/benchmarks/cnn_speed.py --tiny --out "$R/cnn_speed_$SUF.json"
@@ -76,5 +92,6 @@ if [[ -z "$TINY" && -n "${LONG_S:-}" ]]; then
     --set num_epochs=16 --out "$R/cifar10_speedrun_${SUF}_16ep.json"
   cp "$R/cifar10_speedrun_${SUF}_16ep.json" "$OUTDIR/" 2>/dev/null
 fi
-cp "$R/rnn_speed_$SUF.json" "$R/cifar10_speedrun_$SUF.json" "$R/cnn_speed_$SUF.json" "$OUTDIR/" 2>/dev/null
+cp "$R/rnn_speed_$SUF.json" "$R/cifar10_speedrun_$SUF.json" "$R/cnn_speed_$SUF.json" \
+  "$R"/cifar10_speedrun_airbench*"_$SUF.json" "$OUTDIR/" 2>/dev/null
 ls -la "$OUTDIR"

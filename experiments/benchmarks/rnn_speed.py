@@ -19,8 +19,13 @@ variant's (a ratio of neighbours in time, which survives a loaded machine far
 better than absolute times; > 1 means faster than torch).
 
 CPU (--threads both, the CPU default) runs everything twice in subprocesses: at each
-framework's default threads, and with one thread each (XLA_FLAGS
---xla_cpu_multi_thread_eigen=false, torch.set_num_threads(1)).
+framework's default threads, and on one core each: the JAX process and the torch
+process it starts are pinned to one CPU (os.sched_setaffinity) and torch also gets
+torch.set_num_threads(1). XLA has no working switch for this: with
+XLA_FLAGS=--xla_cpu_multi_thread_eigen=false (what this script used before
+2026-11-27 evening) XLA:CPU still used both cores (a 2048^3 matmul: 1.9 s of CPU
+time in 1.0 s of wall time), so those "one thread" rows compared flaxnets on two
+cores with torch on one.
 
   python experiments/benchmarks/rnn_speed.py                 # CPU: B32 T64 F128 H256, fp32
   python experiments/benchmarks/rnn_speed.py --preset gpu    # the issue's two GPU shapes, fp32+bf16
@@ -105,6 +110,7 @@ def torch_worker(conn, threads: int | None, device: str, clock: str) -> None:
       break
     if msg[0] == "info":
       conn.send({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                  "cudnn": torch.backends.cudnn.version() if device == "cuda" else None})
       continue
     if msg[0] == "build":
@@ -317,8 +323,9 @@ def run_one(args, partial_out: pathlib.Path | None = None) -> dict:
   written there: a run stopped by a time limit keeps what it measured.
   """
   if args.threads == "1":
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_multi_thread_eigen=false").strip()
+    # One core for this process and, inherited, for the torch process it spawns.
+    # Before jax is imported, so XLA's thread pool lives on that core too.
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   sys.path.insert(0, str(REPO))
   import jax
   backend = jax.default_backend()
@@ -332,7 +339,9 @@ def run_one(args, partial_out: pathlib.Path | None = None) -> dict:
   result = {"benchmark": "rnn_speed", "preset": preset, "backend": backend,
             "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
             "threads": args.threads, "clock": args.clock, "rounds": args.rounds, "reps": args.reps,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "host": platform.processor() or platform.machine(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "host": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "loadavg_start": [round(v, 1) for v in os.getloadavg()],
             "torch": None if torch_runner is None else torch_runner.info,
             "date": time.strftime("%Y-%m-%d %H:%M"), "configs": []}

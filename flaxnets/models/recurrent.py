@@ -249,13 +249,13 @@ def default_hoist() -> bool:
   """Whether `RNNLayer` hoists the input projection when not told: on GPU/TPU only.
 
   On accelerators one [T*B, F] x [F, G*H] matmul keeps the device busy where T small
-  per-step matmuls do not. On CPU, measured fwd+bwd (B=32, T=64, F=128, H=256),
-  projecting inside the step was ~25-30% faster for LSTM and GRU with the autodiff
-  backward (and equal for the simple cell), and ~35-50% faster with the fused one
-  (experiments/results/rnn_speed_cpu.json). Part of that is memory: the hoisted
-  projections are one more [T, B, G*H] array, which there took the step's scratch
-  memory past glibc's 32 MiB mmap threshold, so every step paid ~10,000 page faults.
-  CPU keeps the projection in the loop.
+  per-step matmuls do not. On CPU, measured fwd+bwd+SGD with the fused backward
+  (B=32, T=64, F=128, H=256; experiments/results/rnn_speed_cpu.json), hoisting took
+  1.52x (LSTM) and 1.22x (GRU) the time of projecting inside the step on one core,
+  1.55x and 1.40x on both cores. Part of that is memory: the hoisted projections are
+  one more [T, B, G*H] array, which there took the step's scratch memory past glibc's
+  32 MiB mmap threshold, so every step paid ~10,000 page faults. CPU keeps the
+  projection in the loop.
   """
   return jax.default_backend() != "cpu"
 
@@ -264,8 +264,9 @@ def default_unroll() -> int:
   """Scan steps per loop iteration when `unroll` is not given: 1 on CPU, 8 on GPU/TPU.
 
   Measured fwd + bwd + SGD (experiments/benchmarks/rnn_speed.py). CPU, B=32, T=64,
-  F=128, H=256, one thread: unroll 2 / 4 / 8 / 16 took 1.04 / 1.19 / 1.61 / 3.1x the
-  time of unroll 1 for LSTM and 1.00 / 1.08 / 1.29 / 2.1x for GRU
+  F=128, H=256, one core: unroll 2 / 4 / 8 / 16 took 1.02 / 1.15 / 1.60 / 3.3x the
+  time of unroll 1 for LSTM and 1.01 / 1.08 / 1.35 / 2.1x for GRU; on both cores
+  unroll 2 and 4 were within 6% of unroll 1 either way and 8 / 16 slower
   (experiments/results/rnn_speed_cpu.json). H100, the issue's shapes (B=128, T=256,
   F=128, H=512 and B=64, T=64, F=300, H=256), fp32 and bf16: unroll 8 took 0.65-0.83x
   the time of unroll 1 and was the fastest of 1 / 8 / 16 in 7 of the 8 shapes, 2.4%
