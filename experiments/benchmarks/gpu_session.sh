@@ -13,7 +13,7 @@
 # skipped) is the limit of each of three more speedruns: airbench's remaining pieces
 # (--airbench) at 10 and at 8 epochs, and airbench94_muon's recipe (--muon).
 # Targets 1 and 3 were met on 2026-11-27; a session for target 4 alone:
-#   RNN_S=0 CNN_S=0 TESTS_S=0 AIRBENCH_S=150 LONG_S=100 bash experiments/benchmarks/gpu_session.sh
+#   RNN_S=0 CNN_S=0 TESTS_S=0 AIRBENCH_S=120 LONG_S=100 bash experiments/benchmarks/gpu_session.sh
 set -u
 OUTDIR=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUTDIR"
@@ -54,6 +54,8 @@ step() {  # name limit command...
   local rc=$?
   echo "=== $name: rc=$rc after $((SECONDS - t0)) s"
   tail -n 25 "$OUTDIR/$name.log"
+  # Only $OUTDIR comes back from a lent machine: copy every result so far after each step.
+  cp "$R"/*_"$SUF"*.json "$OUTDIR/" 2>/dev/null
 }
 
 # Target 1: LSTM/GRU layers vs cuDNN, the four shapes, fp32 and bf16, unroll sweep.
@@ -90,8 +92,5 @@ JAX_DEFAULT_MATMUL_PRECISION=highest step rnn_tests "${TESTS_S:-50}" $PY -m pyte
 if [[ -z "$TINY" && -n "${LONG_S:-}" ]]; then
   step speedrun16 "$LONG_S" $PY experiments/benchmarks/cifar10_speedrun.py --runs 3 \
     --set num_epochs=16 --out "$R/cifar10_speedrun_${SUF}_16ep.json"
-  cp "$R/cifar10_speedrun_${SUF}_16ep.json" "$OUTDIR/" 2>/dev/null
 fi
-cp "$R/rnn_speed_$SUF.json" "$R/cifar10_speedrun_$SUF.json" "$R/cnn_speed_$SUF.json" \
-  "$R"/cifar10_speedrun_airbench*"_$SUF.json" "$OUTDIR/" 2>/dev/null
 ls -la "$OUTDIR"
