@@ -345,28 +345,28 @@ def main(argv=None) -> int:
   model = registry.build_model(config.model.name, num_classes=num_classes, **model_kwargs)
   base_tx, schedule = optim.make_optimizer(config.optimizer, steps_per_epoch, epochs)
   whiten = not args.no_whiten
-  groups = {"train": base_tx}
-  if whiten:  # the whitening kernel stays as initialised
-    groups["frozen"] = optax.set_to_zero()
   mult = args.bias_lr_mult
-  if mult != 1.0:  # airbench's BN-bias group: lr x mult, decay / mult (biases decay too)
-    ocfg = config.optimizer
-    if ocfg.name != "sgd" or ocfg.clip_norm > 0:
-      raise ValueError(f"--bias-lr-mult needs optimizer.name='sgd' without clip_norm, got "
-                       f"name={ocfg.name!r}, clip_norm={ocfg.clip_norm}")
-    groups["bn_bias"] = optax.chain(
-        optax.add_decayed_weights(ocfg.weight_decay / mult),
-        optax.sgd(lambda count: mult * schedule(count), momentum=ocfg.momentum or None,
-                  nesterov=ocfg.nesterov))
-
-  tx = base_tx if len(groups) == 1 else optax.multi_transform(
-      groups, lambda params: jax.tree_util.tree_map_with_path(
-          lambda p, _: param_group(p, whiten=whiten, bias_lr_mult=mult), params))
   if args.muon:
     if not whiten:
       raise ValueError("--muon trains from the whitened stem: drop --no-whiten")
     tx = muon_optimizer(batch_size=batch, steps_per_epoch=steps_per_epoch,
                         total_steps=steps_per_epoch * epochs)
+  else:
+    groups = {"train": base_tx}
+    if whiten:  # the whitening kernel stays as initialised
+      groups["frozen"] = optax.set_to_zero()
+    if mult != 1.0:  # airbench's BN-bias group: lr x mult, decay / mult (biases decay too)
+      ocfg = config.optimizer
+      if ocfg.name != "sgd" or ocfg.clip_norm > 0:
+        raise ValueError(f"--bias-lr-mult needs optimizer.name='sgd' without clip_norm, got "
+                         f"name={ocfg.name!r}, clip_norm={ocfg.clip_norm}")
+      groups["bn_bias"] = optax.chain(
+          optax.add_decayed_weights(ocfg.weight_decay / mult),
+          optax.sgd(lambda count: mult * schedule(count), momentum=ocfg.momentum or None,
+                    nesterov=ocfg.nesterov))
+    tx = base_tx if len(groups) == 1 else optax.multi_transform(
+        groups, lambda params: jax.tree_util.tree_map_with_path(
+            lambda p, _: param_group(p, whiten=whiten, bias_lr_mult=mult), params))
   train_step = steps.make_train_step(
       num_classes=num_classes, stats=stats, schedule=schedule,
       label_smoothing=config.optimizer.label_smoothing,
