@@ -228,7 +228,12 @@ def _by_file(benchmarks: list[dict]) -> dict[str, dict]:
   return {b["_file"]: b for b in benchmarks}
 
 
-def _rnn_rows(run: dict, default_label: str) -> list[list[str]]:
+def _rnn_rows(run: dict, default_label: str, one_segment: bool = False) -> list[list[str]]:
+  """One row per shape: flaxnets' default, stock flax, torch, the ratio.
+
+  one_segment adds a column: flaxnets at 1 time segment (the default before
+  2026-11-27 night) and its own torch/flaxnets, where the run has that variant.
+  """
   rows = []
   for c in run.get("configs", []):
     v = c["variants"]
@@ -237,11 +242,16 @@ def _rnn_rows(run: dict, default_label: str) -> list[list[str]]:
       continue
     short = {"float32": "fp32", "bfloat16": "bf16"}.get(c["dtype"], c["dtype"])
     stock = next((k for k in v if k.startswith("stock flax")), None)
-    rows.append([f"{c['cell'].upper()} B{c['batch']} T{c['time']} F{c['features']} H{c['hidden']} {short}",
-                 f"{v[mine]['median_ms']:.2f}", f"{v[stock]['median_ms']:.2f}" if stock else MISSING,
-                 f"{v['torch']['median_ms']:.2f}",
-                 f"**{v[mine]['torch_over_this_paired_median']:.2f}x** "
-                 f"(min/min {v[mine]['torch_over_this_min']:.2f}x)"])
+    row = [f"{c['cell'].upper()} B{c['batch']} T{c['time']} F{c['features']} H{c['hidden']} {short}",
+           f"{v[mine]['median_ms']:.2f}", f"{v[stock]['median_ms']:.2f}" if stock else MISSING,
+           f"{v['torch']['median_ms']:.2f}",
+           f"**{v[mine]['torch_over_this_paired_median']:.2f}x** "
+           f"(min/min {v[mine]['torch_over_this_min']:.2f}x)"]
+    if one_segment:
+      seg1 = next((k for k in v if k.endswith("segments=1")), None)
+      row.append(f"{v[seg1]['median_ms']:.2f} ({v[seg1]['torch_over_this_paired_median']:.2f}x)"
+                 if seg1 else MISSING)
+    rows.append(row)
   return rows
 
 
@@ -270,16 +280,22 @@ def performance_section(benchmarks: list[dict]) -> str:
       where = {"default": "both cores, each framework's default threads",
                "1": "one core each (pinned), torch 1 thread"}.get(run.get("threads"))
       if where:
-        rows += [[where, *r] for r in _rnn_rows(run, "(default)")]
+        rows += [[where, *r] for r in _rnn_rows(run, "(default)", one_segment=True)]
     if rows:
       out += ["### 2. Recurrent layers vs PyTorch on this CPU (target >= 1.0x)", "",
               f"2-core CPU. Command: {code(cpu.get('command'))}; source `{cpu['_file']}`. "
               "Before 2026-11-27 evening the one-thread rows limited XLA with "
               "`--xla_cpu_multi_thread_eigen=false`, which does not limit XLA:CPU (jax 0.10.2): those rows "
               "had flaxnets on both cores against torch on one. The process is now pinned to "
-              "one core.", ""]
+              "one core. flaxnets runs at its CPU defaults: unroll 1, projection inside the "
+              "loop, and since 2026-11-27 night 4 time segments at T=64 "
+              "(`recurrent.default_segments`); the last column is the same layer with 1 "
+              "segment, the previous default. torch's CPU `nn.LSTM` runs oneDNN's fused LSTM "
+              "(`aten::mkldnn_rnn_layer` and its backward in torch.profiler); its `nn.GRU` "
+              "does not.", ""]
       out.append(table(["threads", "shape", "flaxnets ms", "stock flax ms", "torch CPU ms",
-                        "torch/flaxnets"], rows, ["---", "---", "---:", "---:", "---:", "---:"]))
+                        "torch/flaxnets", "1 segment ms (torch/this)"], rows,
+                       ["---", "---", "---:", "---:", "---:", "---:", "---:"]))
       out.append("")
   cnn = f.get("cnn_speed_gpu.json")
   if cnn:

@@ -2,10 +2,10 @@
 
 flaxnets.models.recurrent has a hand-written backward pass (`fused_backward=True`,
 the default) next to JAX autodiff through `nn.scan` (`fused_backward=False`), and
-each runs with any `unroll` and either input-projection placement. tests/test_recurrent.py
-checks the default path against a Python loop; here every speed knob is checked
-against the autodiff path, and each cell's hand-written gate gradient against
-jax.vjp of its gate maths.
+each runs with any `unroll`, any number of time `segments` and either
+input-projection placement. tests/test_recurrent.py checks the default path against
+a Python loop; here every speed knob is checked against the autodiff path, and each
+cell's hand-written gate gradient against jax.vjp of its gate maths.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from flaxnets.models import recurrent
 B, T, F, H = 3, 7, 5, 4
 LENGTHS = np.array([7, 1, 4], np.int32)
 TOL = dict(atol=1e-5, rtol=1e-5)
-# (reverse, use lengths, hoist, unroll): unroll 3 and 4 do not divide T = 7.
-CASES = [(False, False, False, 3), (True, True, True, 2), (False, True, False, 4),
-         (True, False, False, 8)]
+# (reverse, use lengths, hoist, unroll, segments): unroll 3 and 4 do not divide T = 7,
+# nor do 2 and 3 segments; 9 segments are more than T (one step each).
+CASES = [(False, False, False, 3, 1), (True, True, True, 2, 3), (False, True, False, 4, 2),
+         (True, False, False, 8, 9), (True, True, False, 1, 2)]
 
 
 def _perturb(tree, seed: int = 1):
@@ -65,8 +66,8 @@ def test_gate_grad_matches_autodiff(cell):
 def test_fused_equals_autodiff_for_every_speed_knob(cell):
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   models = []
-  for reverse, use_lengths, hoist, unroll in CASES:
-    kw = dict(reverse=reverse, hoist_input_projection=hoist, unroll=unroll)
+  for reverse, use_lengths, hoist, unroll, segments in CASES:
+    kw = dict(reverse=reverse, hoist_input_projection=hoist, unroll=unroll, segments=segments)
     models.append((recurrent.RNNLayer(cell, H, fused_backward=True, **kw),
                    recurrent.RNNLayer(cell, H, fused_backward=False, **kw),
                    jnp.asarray(LENGTHS) if use_lengths else None))
@@ -136,6 +137,38 @@ def test_unset_unroll_follows_the_backend(monkeypatch, backend, expected):
   jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply(p, x)[0])))(params)
   unrolls = [eqn.params["unroll"] for eqn in _all_eqns(jaxpr.jaxpr) if eqn.primitive.name == "scan"]
   assert len(unrolls) >= 2 and set(unrolls) == {expected}, unrolls  # forward and backward
+
+
+def test_segments_must_be_a_positive_int():
+  x = jnp.zeros((B, T, F))
+  with pytest.raises(ValueError, match="segments=0"):
+    recurrent.RNNLayer("lstm", H, segments=0).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("time, segments", [(1, 1), (7, 3), (7, 7), (7, 9), (64, 4), (400, 4)])
+def test_segment_bounds_cover_time_in_order(time, segments):
+  bounds = recurrent._segment_bounds(time, segments)
+  assert len(bounds) == min(segments, time)
+  assert bounds[0][0] == 0 and bounds[-1][1] == time
+  assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, in order
+  sizes = [stop - start for start, stop in bounds]
+  assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("backend, time, expected", [
+    ("cpu", 8, 1), ("cpu", 40, 2), ("cpu", 64, 4), ("cpu", 400, 4), ("gpu", 64, 1),
+    ("tpu", 400, 1)])
+def test_unset_segments_follow_the_backend_and_length(monkeypatch, backend, time, expected):
+  # default_segments' measured rule: on CPU one segment per 16 steps, at most 4; one
+  # elsewhere. Each segment is one forward and one backward scan in the traced step.
+  monkeypatch.setattr(recurrent.jax, "default_backend", lambda: backend)
+  x = jax.random.normal(jax.random.key(0), (B, time, F))
+  model = recurrent.RNNLayer("gru", H)
+  params = jax.eval_shape(model.init, jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply(p, x)[0])))(params)
+  scans = [eqn for eqn in _all_eqns(jaxpr.jaxpr) if eqn.primitive.name == "scan"]
+  assert len(scans) == 2 * expected, len(scans)
+  assert sum(eqn.params["length"] for eqn in scans) == 2 * time
 
 
 def _all_eqns(jaxpr):

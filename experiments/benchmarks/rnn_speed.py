@@ -30,8 +30,9 @@ cores with torch on one.
   python experiments/benchmarks/rnn_speed.py                 # CPU: B32 T64 F128 H256, fp32
   python experiments/benchmarks/rnn_speed.py --preset gpu    # the issue's two GPU shapes, fp32+bf16
   python experiments/benchmarks/rnn_speed.py --tiny          # seconds: smoke test of the script
+  python experiments/benchmarks/rnn_speed.py --shape 64 400 128 128 --cells lstm  # one shape
 
-Writes experiments/results/rnn_speed_<backend>[_tiny].json (or --out).
+Writes experiments/results/rnn_speed_<backend>[_tiny][_B.._T.._F.._H..].json (or --out).
 """
 from __future__ import annotations
 
@@ -77,8 +78,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="shapes: cpu (default on CPU), gpu (default on GPU), tiny")
   p.add_argument("--tiny", action="store_true", help="smoke test: tiny shapes, 2 rounds")
   p.add_argument("--cells", nargs="*", default=None, help="only these cells (lstm gru)")
+  p.add_argument("--shape", type=int, nargs=4, default=None, metavar=("B", "T", "F", "H"),
+                 help="one shape instead of the preset's (batch, time, features, hidden)")
+  p.add_argument("--dtypes", nargs="*", default=None, choices=("float32", "bfloat16"),
+                 help="instead of the preset's dtypes (with --shape: default float32)")
   p.add_argument("--unrolls", type=int, nargs="*", default=None,
                  help="unroll sweep for flaxnets' fused path (default CPU 1 2 4 8 16, GPU 1 2 4 8 16)")
+  p.add_argument("--segments", type=int, nargs="*", default=None,
+                 help="also run the default unroll at these segment counts "
+                      "(default CPU 1, GPU 4; the default count is always run)")
   p.add_argument("--rounds", type=int, default=None, help="default 15 (tiny 2)")
   p.add_argument("--reps", type=int, default=3, help="timed steps per variant per round")
   p.add_argument("--threads", choices=("default", "1", "both"), default=None,
@@ -230,8 +238,12 @@ def jax_runner(model, x, y, lr: float, clock: str):
 
 
 def variants_for(cell: str, dtype, unrolls, on_cpu: bool, stock: bool, autodiff: bool,
-                 hoist_alt: bool = True) -> dict:
-  """name -> flax module, all with the same maths (stock flax: its own cells)."""
+                 hoist_alt: bool = True, segments=(), time: int = 1) -> dict:
+  """name -> flax module, all with the same maths (stock flax: its own cells).
+
+  The unroll sweep runs at the default segment count; `segments` adds the default
+  unroll at other segment counts (for sequences of `time` steps).
+  """
   import flax.linen as nn
   from flaxnets.models import recurrent
   out = {}
@@ -240,6 +252,10 @@ def variants_for(cell: str, dtype, unrolls, on_cpu: bool, stock: bool, autodiff:
   for u in unrolls:
     out[f"flaxnets u{u}" + (" (default)" if u == default_unroll else "")] = \
         lambda hs, u=u: recurrent.RNNLayer(cell, hs, unroll=u, dtype=dtype)
+  for n in segments:
+    if n != recurrent.default_segments(time):
+      out[f"flaxnets u{default_unroll} segments={n}"] = \
+          lambda hs, n=n: recurrent.RNNLayer(cell, hs, segments=n, dtype=dtype)
   if hoist_alt:
     out[f"flaxnets hoist={not default_hoist} u1"] = \
         lambda hs: recurrent.RNNLayer(cell, hs, hoist_input_projection=not default_hoist, dtype=dtype)
@@ -265,8 +281,10 @@ def run_config(args, backend: str, cell: str, b: int, t: int, f: int, hsz: int, 
   y = jnp.asarray(rng.standard_normal((b, t, hsz), np.float32))
   on_cpu = backend == "cpu"
   runners, compile_s = {}, {}
+  segments = args.segments if args.segments is not None else [1] if on_cpu else [4]
   for name, make in variants_for(cell, dtype, args.unrolls, on_cpu, not args.no_stock_flax,
-                                  not args.no_autodiff, not args.no_hoist_alt).items():
+                                  not args.no_autodiff, not args.no_hoist_alt, segments,
+                                  t).items():
     runners[name], compile_s[name] = jax_runner(make(hsz), x, y, args.lr, args.clock)
     print(f"  compiled {name}: {compile_s[name]:.1f} s", flush=True)
   key = f"{cell}-{b}-{t}-{f}-{hsz}-{dtype_name}"
@@ -292,8 +310,9 @@ def run_config(args, backend: str, cell: str, b: int, t: int, f: int, hsz: int, 
       row["torch_over_this_paired_median"] = statistics.median(paired)
       row["torch_over_this_min"] = min(steps["torch"]) / min(steps[name])
     rows[name] = row
+  from flaxnets.models import recurrent
   return {"cell": cell, "batch": b, "time": t, "features": f, "hidden": hsz, "dtype": dtype_name,
-          "variants": rows}
+          "default_segments": recurrent.default_segments(t), "variants": rows}
 
 
 def print_table(result: dict) -> None:
@@ -330,7 +349,15 @@ def run_one(args, partial_out: pathlib.Path | None = None) -> dict:
   import jax
   backend = jax.default_backend()
   preset = args.preset or ("tiny" if args.tiny else ("cpu" if backend == "cpu" else "gpu"))
-  configs = [c for c in PRESETS[preset] if args.cells is None or c[0] in args.cells]
+  if args.shape:
+    b, t, f, h = args.shape
+    configs = [(cell, b, t, f, h, tuple(args.dtypes or ("float32",)))
+               for cell in args.cells or ("lstm", "gru")]
+    preset = "custom"
+  else:
+    configs = [c for c in PRESETS[preset] if args.cells is None or c[0] in args.cells]
+    if args.dtypes:
+      configs = [(*c[:5], tuple(args.dtypes)) for c in configs]
   torch_runner = None
   if not args.no_torch and torch_available():
     device = "cpu" if backend == "cpu" else "cuda"
@@ -404,8 +431,10 @@ def main(argv=None) -> int:
       "Accelerator run; torch uses cuDNN. bf16: torch module and inputs in bfloat16 "
       "(cuDNN bf16 kernels); flaxnets RNNLayer(dtype=bfloat16) keeps float32 params "
       "and carries.")
-  out = pathlib.Path(args.out) if args.out else \
-      RESULTS / f"rnn_speed_{backend}{'_tiny' if args.tiny else ''}.json"
+  suffix = "_tiny" if args.tiny else ""
+  if args.shape:  # never overwrite the preset's record with a one-shape run
+    suffix += "_B{}_T{}_F{}_H{}".format(*args.shape)
+  out = pathlib.Path(args.out) if args.out else RESULTS / f"rnn_speed_{backend}{suffix}.json"
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(merged, indent=2))
   if args.threads == "both":

@@ -81,6 +81,7 @@ class SequenceClassifier(nn.Module):
   input_dense: int | None = None
   hoist_input_projection: bool | None = None
   unroll: int | None = None        # None: recurrent.default_unroll()
+  segments: int | None = None      # None: recurrent.default_segments(T)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -95,8 +96,9 @@ class SequenceClassifier(nn.Module):
                                  num_layers=self.num_layers, bidirectional=self.bidirectional,
                                  dropout=self.dropout,
                                  hoist_input_projection=self.hoist_input_projection,
-                                 unroll=self.unroll, dtype=self.dtype,
-                                 param_dtype=self.param_dtype, name="rnn")(h, seq_lengths, train=train)
+                                 unroll=self.unroll, segments=self.segments,
+                                 dtype=self.dtype, param_dtype=self.param_dtype,
+                                 name="rnn")(h, seq_lengths, train=train)
     z = pool(outputs, last_h, seq_lengths, self.pooling)
     z = nn.Dropout(self.dropout, deterministic=not train)(z)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -164,6 +166,7 @@ class CharLM(nn.Module):
   dropout: float = 0.0
   hoist_input_projection: bool | None = None
   unroll: int | None = None        # None: recurrent.default_unroll()
+  segments: int | None = None      # None: recurrent.default_segments(T)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -175,8 +178,8 @@ class CharLM(nn.Module):
     outputs, _ = StackedRNN(cell=self.cell, hidden_size=self.hidden_size,
                             num_layers=self.num_layers, dropout=self.dropout,
                             hoist_input_projection=self.hoist_input_projection,
-                            unroll=self.unroll, dtype=self.dtype, param_dtype=self.param_dtype,
-                            name="rnn")(h, seq_lengths, train=train)
+                            unroll=self.unroll, segments=self.segments, dtype=self.dtype,
+                            param_dtype=self.param_dtype, name="rnn")(h, seq_lengths, train=train)
     outputs = nn.Dropout(self.dropout, deterministic=not train)(outputs)
     return nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
                     name="head")(outputs).astype(jnp.float32)

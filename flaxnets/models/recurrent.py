@@ -21,7 +21,9 @@ matmul each, after the loop. JAX autodiff through `nn.scan` (`fused_backward=Fal
 instead adds every step's weight gradient into an accumulator inside the loop,
 and stores more per-step residuals. Both give the same numbers (tests/test_recurrent.py
 checks the fused path against a plain Python loop differentiated by JAX);
-experiments/benchmarks/rnn_speed.py measures them.
+experiments/benchmarks/rnn_speed.py measures them. The fused path can also split
+the time axis into `segments` consecutive loops, so that on a multi-core CPU each
+segment's weight-gradient matmul runs beside the next segment's backward loop.
 """
 from __future__ import annotations
 
@@ -251,8 +253,8 @@ def default_hoist() -> bool:
   On accelerators one [T*B, F] x [F, G*H] matmul keeps the device busy where T small
   per-step matmuls do not. On CPU, measured fwd+bwd+SGD with the fused backward
   (B=32, T=64, F=128, H=256; experiments/results/rnn_speed_cpu.json), hoisting took
-  1.52x (LSTM) and 1.22x (GRU) the time of projecting inside the step on one core,
-  1.55x and 1.40x on both cores. Part of that is memory: the hoisted projections are
+  1.71x (LSTM) and 1.68x (GRU) the time of projecting inside the step on one core,
+  1.59x and 1.60x on both cores. Part of that is memory: the hoisted projections are
   one more [T, B, G*H] array, which there took the step's scratch memory past glibc's
   32 MiB mmap threshold, so every step paid ~10,000 page faults. CPU keeps the
   projection in the loop.
@@ -264,9 +266,9 @@ def default_unroll() -> int:
   """Scan steps per loop iteration when `unroll` is not given: 1 on CPU, 8 on GPU/TPU.
 
   Measured fwd + bwd + SGD (experiments/benchmarks/rnn_speed.py). CPU, B=32, T=64,
-  F=128, H=256, one core: unroll 2 / 4 / 8 / 16 took 1.02 / 1.15 / 1.60 / 3.3x the
-  time of unroll 1 for LSTM and 1.01 / 1.08 / 1.35 / 2.1x for GRU; on both cores
-  unroll 2 and 4 were within 6% of unroll 1 either way and 8 / 16 slower
+  F=128, H=256 (4 time segments), one core: unroll 2 / 4 / 8 / 16 took 1.02 / 1.15 /
+  1.32 / 7.5x the time of unroll 1 for LSTM and 0.99 / 1.06 / 1.06 / 1.8x for GRU; on
+  both cores unroll 2 and 4 were within 6% of unroll 1 either way and 8 / 16 slower
   (experiments/results/rnn_speed_cpu.json). H100, the issue's shapes (B=128, T=256,
   F=128, H=512 and B=64, T=64, F=300, H=256), fp32 and bf16: unroll 8 took 0.65-0.83x
   the time of unroll 1 and was the fastest of 1 / 8 / 16 in 7 of the 8 shapes, 2.4%
@@ -275,6 +277,28 @@ def default_unroll() -> int:
   nothing from fewer of them and pays for the larger loop body.
   """
   return 1 if jax.default_backend() == "cpu" else 8
+
+
+def default_segments(time: int) -> int:
+  """Time segments of the fused recurrence when `segments` is not given.
+
+  CPU: one per 16 steps, at most 4 (T=8: 1, T=40: 2, T>=64: 4); GPU/TPU: 1.
+  With several segments the forward runs one loop per segment, the carry passed on,
+  and the backward computes each segment's weight gradients as soon as that
+  segment's loop is done, while XLA:CPU runs the next segment's loop beside it.
+  Measured fwd + bwd + SGD on the 2-core CPU, both cores, as the time of the
+  default over that of 1 segment in the same run (experiments/benchmarks/rnn_speed.py;
+  experiments/results/rnn_speed_cpu*.json): B=32, T=64, F=128, H=256: LSTM 0.96x,
+  GRU 0.91x (2 and 8 segments 0.88-0.97x); B=64, T=400, F=128, H=128 LSTM 0.86x
+  (2 / 8 / 16 segments: 0.93 / 0.87 / 0.92x); B=64, T=40, F=32, H=128 (2 segments)
+  LSTM 0.95x, GRU 1.00x. Tiny shapes (T=8, H=16) were slower with 4 (each loop has a
+  fixed cost; `rnn_speed.py --tiny --segments 4`), hence none below 32 steps.
+  Pinned to one core, 4 segments took 1.00x (LSTM) and 1.02x (GRU). Accelerators
+  keep 1: not measured there yet, and each segment is one more loop to compile.
+  """
+  if jax.default_backend() != "cpu":
+    return 1
+  return max(1, min(4, time // 16))
 
 
 def _check_inputs(inputs: Array, seq_lengths: Any, where: str) -> Array | None:
@@ -300,6 +324,7 @@ class _Spec(NamedTuple):
   reverse: bool
   unroll: int
   project: bool  # xs are raw inputs projected inside the loop (True) or projections (False)
+  segments: int = 1  # the time axis runs as this many consecutive loops (see _segment_bounds)
 
 
 def _dot_t(a: Array, b: Array, out_dtype: Dtype) -> Array:
@@ -330,6 +355,22 @@ def _forward(spec: _Spec, xs, mask, wi, bi, wh, small, carry0, save: bool):
   return jax.lax.scan(body, carry0, (xs, mask), reverse=spec.reverse, unroll=spec.unroll)
 
 
+def _segment_bounds(time: int, segments: int) -> list[tuple[int, int]]:
+  """[start, stop) of `segments` consecutive, near-equal pieces of range(time), none empty."""
+  n = max(1, min(segments, time))
+  cuts = [round(i * time / n) for i in range(n + 1)]
+  return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _run_order(spec: _Spec, bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
+  """Segments in the order the forward loop visits them."""
+  return bounds[::-1] if spec.reverse else bounds
+
+
+def _seg(x, start: int, stop: int):
+  return None if x is None else x[start:stop]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _recurrence(spec: _Spec, xs, mask, wi, bi, wh, small, carry0):
   """(outputs [T, B, H] in dtype, final carry) of the cell scanned over xs [T, B, .].
@@ -338,18 +379,33 @@ def _recurrence(spec: _Spec, xs, mask, wi, bi, wh, small, carry0):
   projections [T, B, G*H]; mask [T, B, 1] bool or None; small: the cell's extra
   params (in carry precision) or None; carry0: the initial carry (zeros).
   """
-  carry, (outputs, _) = _forward(spec, xs, mask, wi, bi, wh, small, carry0, save=False)
+  (outputs, carry), _ = _recurrence_fwd(spec, xs, mask, wi, bi, wh, small, carry0, save=False)
   return outputs, carry
 
 
-def _recurrence_fwd(spec, xs, mask, wi, bi, wh, small, carry0):
-  carry, (outputs, res) = _forward(spec, xs, mask, wi, bi, wh, small, carry0, save=True)
+def _recurrence_fwd(spec, xs, mask, wi, bi, wh, small, carry0, save: bool = True):
+  """The loop over each time segment in turn, carry passed on; residuals kept per segment."""
+  bounds = _segment_bounds(xs.shape[0], spec.segments)
+  carry, outs, res = carry0, {}, {}
+  for start, stop in _run_order(spec, bounds):
+    carry, (outs[start], res[start]) = _forward(
+        spec, xs[start:stop], _seg(mask, start, stop), wi, bi, wh, small, carry, save=save)
+  outputs = jnp.concatenate([outs[start] for start, _ in bounds], axis=0)
+  if not save:
+    return (outputs, carry), None
   # Projections given from outside are not needed again: their gradient is d_xproj.
   kept_xs = xs if spec.project else None
+  res = [res[start] for start, _ in bounds]
   return (outputs, carry), (kept_xs, mask, wi, bi, wh, small, carry0, outputs, res)
 
 
 def _recurrence_bwd(spec, saved, cotangents):
+  """The backward loop over each segment in reverse visiting order.
+
+  Each segment's weight gradients are one matmul over that segment's steps, added
+  up; it needs only that segment's backward loop, so XLA can run it while the next
+  segment's loop runs.
+  """
   xs, mask, wi, bi, wh, small, carry0, outputs, res = saved
   d_outputs, d_carry = cotangents
   cell, dt, cd = spec.cell, spec.dtype, spec.carry_dtype
@@ -368,10 +424,6 @@ def _recurrence_bwd(spec, saved, cotangents):
       d_prev = jax.tree.map(jnp.add, d_prev, through)
     return d_prev, (d_xproj.astype(dt), None if cell.additive else d_hproj.astype(dt), d_small)
 
-  d_carry0, (d_xprojs, d_hprojs, d_smalls) = jax.lax.scan(
-      body, d_carry, (res, d_outputs, mask), reverse=not spec.reverse, unroll=spec.unroll)
-  if cell.additive:
-    d_hprojs = d_xprojs
   # The h each step read, in dtype: the previous step's output, or the initial carry.
   h0 = cell.carry_to_h(carry0).astype(dt)[None]
   if spec.reverse:
@@ -381,16 +433,32 @@ def _recurrence_bwd(spec, saved, cotangents):
       h_prev = jnp.where(later, h_prev, h0)
   else:  # valid steps are a prefix: step t > 0 read output t - 1
     h_prev = jnp.concatenate([h0, outputs[:-1]], axis=0)
-  d_wh = _dot_t(h_prev, d_hprojs, cd).astype(wh.dtype)
-  d_small = None if small is None else jnp.sum(d_smalls, axis=0).astype(small.dtype)
+
+  bounds = _segment_bounds(outputs.shape[0], spec.segments)
+  d_wh = d_wi = d_bi = d_small = None
+  d_xs = {}
+  add = lambda total, part: part if total is None else total + part
+  for (start, stop), r in reversed(_run_order(spec, list(zip(bounds, res)))):
+    d_carry, (d_xprojs, d_hprojs, d_smalls) = jax.lax.scan(
+        body, d_carry, (r, d_outputs[start:stop], _seg(mask, start, stop)),
+        reverse=not spec.reverse, unroll=spec.unroll)
+    if cell.additive:
+      d_hprojs = d_xprojs
+    d_wh = add(d_wh, _dot_t(h_prev[start:stop], d_hprojs, cd))
+    if small is not None:
+      d_small = add(d_small, jnp.sum(d_smalls, axis=0))
+    if spec.project:
+      d_wi = add(d_wi, _dot_t(xs[start:stop].astype(dt), d_xprojs, cd))
+      d_bi = add(d_bi, jnp.sum(d_xprojs.astype(cd), axis=(0, 1)))
+      d_xs[start] = jnp.dot(d_xprojs, wi.astype(dt).T).astype(xs.dtype)
+    else:
+      d_xs[start] = d_xprojs  # already in dtype, the projections' dtype
+  d_xs = jnp.concatenate([d_xs[start] for start, _ in bounds], axis=0)
+  d_wh = d_wh.astype(wh.dtype)
+  d_small = None if small is None else d_small.astype(small.dtype)
   if spec.project:
-    d_wi = _dot_t(xs.astype(dt), d_xprojs, cd).astype(wi.dtype)
-    d_bi = jnp.sum(d_xprojs.astype(cd), axis=(0, 1)).astype(bi.dtype)
-    d_xs = jnp.dot(d_xprojs, wi.astype(dt).T).astype(xs.dtype)
-  else:
-    d_wi = d_bi = None
-    d_xs = d_xprojs  # already in dtype, the projections' dtype
-  return d_xs, None, d_wi, d_bi, d_wh, d_small, d_carry0
+    d_wi, d_bi = d_wi.astype(wi.dtype), d_bi.astype(bi.dtype)
+  return d_xs, None, d_wi, d_bi, d_wh, d_small, d_carry
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -412,6 +480,11 @@ class RNNLayer(nn.Module):
       (see the module docstring), or from JAX autodiff through `nn.scan` (False).
       Same numbers; the fused one is faster (rnn_speed.py), the autodiff one also
       supports forward-mode differentiation (jax.jvp), which custom VJPs do not.
+    segments: the fused path runs the time axis as this many consecutive loops
+      (at most T), so that each segment's weight gradients overlap the next
+      segment's backward loop; None picks `default_segments(T)` (CPU: T // 16,
+      from 1 to 4; GPU/TPU: 1). Same maths for any value, up to float summation order.
+      The autodiff path (fused_backward=False) ignores it.
   """
   cell: str
   hidden_size: int
@@ -419,6 +492,7 @@ class RNNLayer(nn.Module):
   hoist_input_projection: bool | None = None
   unroll: int | None = None
   fused_backward: bool = True
+  segments: int | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -438,6 +512,9 @@ class RNNLayer(nn.Module):
     if not isinstance(unroll, int) or isinstance(unroll, bool) or unroll < 1:
       raise ValueError(f"RNNLayer.unroll={self.unroll!r}: expected an int >= 1 or None")
     seq_lengths = _check_inputs(inputs, seq_lengths, "RNNLayer")
+    segments = default_segments(inputs.shape[1]) if self.segments is None else self.segments
+    if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
+      raise ValueError(f"RNNLayer.segments={self.segments!r}: expected an int >= 1 or None")
     cell = CELLS[self.cell](hidden_size=self.hidden_size, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="cell")
     hoist = default_hoist() if self.hoist_input_projection is None else self.hoist_input_projection
@@ -455,7 +532,7 @@ class RNNLayer(nn.Module):
       params = cell.weights(inputs.shape[-1])
       small = cell.small_params()
       spec = _Spec(type(cell), cell.dtype, cell.carry_dtype, self.reverse, unroll,
-                   project=not hoist)
+                   project=not hoist, segments=segments)
       wi, bi = (None, None) if hoist else (params["wi"]["kernel"], params["wi"]["bias"])
       outputs, carry = _recurrence(spec, xs, mask, wi, bi, params["wh"]["kernel"], small,
                                    cell.initialize_carry((batch,)))
@@ -485,6 +562,7 @@ class Bidirectional(nn.Module):
   hoist_input_projection: bool | None = None
   unroll: int | None = None
   fused_backward: bool = True
+  segments: int | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -493,7 +571,7 @@ class Bidirectional(nn.Module):
     """inputs [B, T, F], seq_lengths [B] | None -> (outputs [B, T, 2H], last_h [B, 2H])."""
     kwargs = dict(cell=self.cell, hidden_size=self.hidden_size,
                   hoist_input_projection=self.hoist_input_projection, unroll=self.unroll,
-                  fused_backward=self.fused_backward, dtype=self.dtype,
+                  fused_backward=self.fused_backward, segments=self.segments, dtype=self.dtype,
                   param_dtype=self.param_dtype)
     out_f, h_f = RNNLayer(reverse=False, name="forward", **kwargs)(inputs, seq_lengths)
     out_b, h_b = RNNLayer(reverse=True, name="backward", **kwargs)(inputs, seq_lengths)
@@ -513,6 +591,7 @@ class StackedRNN(nn.Module):
   hoist_input_projection: bool | None = None
   unroll: int | None = None
   fused_backward: bool = True
+  segments: int | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -530,7 +609,7 @@ class StackedRNN(nn.Module):
     seq_lengths = _check_inputs(inputs, seq_lengths, "StackedRNN")
     kwargs = dict(cell=self.cell, hidden_size=self.hidden_size,
                   hoist_input_projection=self.hoist_input_projection, unroll=self.unroll,
-                  fused_backward=self.fused_backward, dtype=self.dtype,
+                  fused_backward=self.fused_backward, segments=self.segments, dtype=self.dtype,
                   param_dtype=self.param_dtype)
     x, last_h = inputs, None
     for i in range(self.num_layers):
