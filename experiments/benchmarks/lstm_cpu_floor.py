@@ -139,6 +139,8 @@ def main(argv=None) -> int:
   try:
     tl = torch_profile(b, t, f, h, max(3, reps // 2))
     result["torch_top_ops"] = tl.pop("top_ops")
+    result["torch_step_median_ms"] = tl["step_ms"]["median_ms"]
+    result["torch_step_min_round_median_ms"] = tl["step_ms"]["min_round_median_ms"]
     result["torch_lstm"] = tl
   except ImportError:
     result["torch_lstm"] = result["torch_top_ops"] = None
