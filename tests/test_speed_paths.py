@@ -156,10 +156,10 @@ def test_segment_bounds_cover_time_in_order(time, segments):
 
 
 @pytest.mark.parametrize("backend, time, expected", [
-    ("cpu", 8, 1), ("cpu", 40, 2), ("cpu", 64, 4), ("cpu", 400, 4), ("gpu", 64, 1),
+    ("cpu", 8, 1), ("cpu", 31, 1), ("cpu", 32, 4), ("cpu", 400, 4), ("gpu", 64, 1),
     ("tpu", 400, 1)])
 def test_unset_segments_follow_the_backend_and_length(monkeypatch, backend, time, expected):
-  # default_segments' measured rule: on CPU one segment per 16 steps, at most 4; one
+  # default_segments' measured rule: on CPU 4 segments from 32 steps up, else 1; one
   # elsewhere. Each segment is one forward and one backward scan in the traced step.
   monkeypatch.setattr(recurrent.jax, "default_backend", lambda: backend)
   x = jax.random.normal(jax.random.key(0), (B, time, F))

@@ -2,10 +2,11 @@
 
 Run:      flaxnets train --config experiments/configs/sst2_bilstm.py --config.seed=0
 Seeds:    python experiments/run.py experiments/configs/sst2_bilstm.py --seeds 0 1 2
-Runtime:  62-73 s per seed (6 epochs, data loading and compilation included) on a
-          shared, loaded 2-core CPU (1 device), 2026-11-27.
-Result:   best-epoch dev accuracy 79.36 / 80.05 / 80.62 % (seeds 0 / 1 / 2), mean
-          80.01 % (experiments/results/sst2_bilstm.json); under the previous Grain
+Runtime:  53-54 s per seed (6 epochs, data loading and compilation included) on a
+          shared 2-core CPU (1 device), 2026-11-27 night, with the CPU's 4 time
+          segments (before them: 62-73 s, 79.36 / 80.05 / 80.62 %, mean 80.01 %).
+Result:   best-epoch dev accuracy 79.36 / 80.16 / 80.62 % (seeds 0 / 1 / 2), mean
+          80.05 % (experiments/results/sst2_bilstm.json); under the previous Grain
           shuffle the same config gave 80.62 / 81.08 / 79.93 %, mean 80.54 %. Quick
           plain-Flax random-embedding BiLSTM baseline here: 79.2 %. Variants tried on
           seed 0 (4-6 epochs, previous shuffle): embed 300 / hidden 150 / lr 2e-3

@@ -282,23 +282,27 @@ def default_unroll() -> int:
 def default_segments(time: int) -> int:
   """Time segments of the fused recurrence when `segments` is not given.
 
-  CPU: one per 16 steps, at most 4 (T=8: 1, T=40: 2, T>=64: 4); GPU/TPU: 1.
+  CPU: 4 for sequences of 32 steps or more, else 1; GPU/TPU: 1.
   With several segments the forward runs one loop per segment, the carry passed on,
   and the backward computes each segment's weight gradients as soon as that
   segment's loop is done, while XLA:CPU runs the next segment's loop beside it.
-  Measured fwd + bwd + SGD on the 2-core CPU, both cores, as the time of the
-  default over that of 1 segment in the same run (experiments/benchmarks/rnn_speed.py;
+  Measured fwd + bwd + SGD of one layer on the 2-core CPU, both cores, as the time
+  of 4 segments over that of 1 in the same run (experiments/benchmarks/rnn_speed.py;
   experiments/results/rnn_speed_cpu*.json): B=32, T=64, F=128, H=256: LSTM 0.96x,
-  GRU 0.91x (2 and 8 segments 0.88-0.97x); B=64, T=400, F=128, H=128 LSTM 0.86x
-  (2 / 8 / 16 segments: 0.93 / 0.87 / 0.92x); B=64, T=40, F=32, H=128 (2 segments)
-  LSTM 0.95x, GRU 1.00x. Tiny shapes (T=8, H=16) were slower with 4 (each loop has a
-  fixed cost; `rnn_speed.py --tiny --segments 4`), hence none below 32 steps.
-  Pinned to one core, 4 segments took 1.00x (LSTM) and 1.02x (GRU). Accelerators
-  keep 1: not measured there yet, and each segment is one more loop to compile.
+  GRU 0.91x; B=64, T=400, F=128, H=128 LSTM 0.86x; B=64, T=40, F=32, H=128 LSTM
+  0.97x, GRU 0.98x. Pinned to one core: 1.00x (LSTM) and 1.02x (GRU). Tiny shapes
+  (T=8, H=16) were slower (each loop has a fixed cost; `rnn_speed.py --tiny
+  --segments 4`). Whole training runs, seed 0, back to back (experiments/results/
+  NOTES.md): MNIST-1D LSTM and GRU, SST-2 BiLSTM, TREC LSTM took 0.95-1.03x the
+  time, at the same accuracy. An earlier rule (one segment per 16 steps) gave
+  MNIST-1D GRU (T=40) exactly 2 segments, and that run took 1.35x: every step
+  page-faulted ~3,600 times in glibc's allocator (3 and 4 segments did not), hence
+  a flat 4. Accelerators keep 1: not measured there yet, and each segment is one
+  more loop to compile.
   """
   if jax.default_backend() != "cpu":
     return 1
-  return max(1, min(4, time // 16))
+  return 4 if time >= 32 else 1
 
 
 def _check_inputs(inputs: Array, seq_lengths: Any, where: str) -> Array | None:
@@ -482,8 +486,9 @@ class RNNLayer(nn.Module):
       supports forward-mode differentiation (jax.jvp), which custom VJPs do not.
     segments: the fused path runs the time axis as this many consecutive loops
       (at most T), so that each segment's weight gradients overlap the next
-      segment's backward loop; None picks `default_segments(T)` (CPU: T // 16,
-      from 1 to 4; GPU/TPU: 1). Same maths for any value, up to float summation order.
+      segment's backward loop; None picks `default_segments(T)` (CPU: 4 from 32
+      steps up, else 1; GPU/TPU: 1). Same maths for any value, up to float summation
+      order.
       The autodiff path (fused_backward=False) ignores it.
   """
   cell: str
