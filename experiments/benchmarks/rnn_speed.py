@@ -367,6 +367,7 @@ def run_one(args, partial_out: pathlib.Path | None = None) -> dict:
             "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
             "threads": args.threads, "clock": args.clock, "rounds": args.rounds, "reps": args.reps,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # torch's process too
             "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "host": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "loadavg_start": [round(v, 1) for v in os.getloadavg()],
