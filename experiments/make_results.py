@@ -288,9 +288,10 @@ def performance_section(benchmarks: list[dict]) -> str:
               "`--xla_cpu_multi_thread_eigen=false`, which does not limit XLA:CPU (jax 0.10.2): those rows "
               "had flaxnets on both cores against torch on one. The process is now pinned to "
               "one core. flaxnets runs at its CPU defaults: unroll 1, projection inside the "
-              "loop, and since 2026-11-27 night 4 time segments at T=64 "
-              "(`recurrent.default_segments`); the last column is the same layer with 1 "
-              "segment, the previous default. torch's CPU `nn.LSTM` runs oneDNN's fused LSTM "
+              "loop, since 2026-11-27 night 4 time segments at T=64 "
+              "(`recurrent.default_segments`), and since 2026-11-28 the LSTM's residuals as "
+              "five [B, H] arrays (`recurrent.split_lstm_residuals`); the last column is the "
+              "same layer with 1 segment. torch's CPU `nn.LSTM` runs oneDNN's fused LSTM "
               "(`aten::mkldnn_rnn_layer` and its backward in torch.profiler); its `nn.GRU` "
               "does not.", ""]
       out.append(table(["threads", "shape", "flaxnets ms", "stock flax ms", "torch CPU ms",

@@ -38,9 +38,16 @@ def _loss(out, h):
   return jnp.sum(jnp.sin(out.astype(jnp.float32)) * w) + jnp.sum(h.astype(jnp.float32) ** 2)
 
 
-@pytest.mark.parametrize("cell", tuple(recurrent.CELLS))
-def test_gate_grad_matches_autodiff(cell):
+# Each cell once, and the LSTM also with the residual layout of the other backends
+# (split_lstm_residuals: five [B, H] arrays on CPU, packed on GPU/TPU).
+CELL_LAYOUTS = [(cell, True) for cell in recurrent.CELLS] + [("lstm", False)]
+CELL_LAYOUT_IDS = [f"{cell}-{'split' if split else 'packed'}" for cell, split in CELL_LAYOUTS]
+
+
+@pytest.mark.parametrize("cell, split", CELL_LAYOUTS, ids=CELL_LAYOUT_IDS)
+def test_gate_grad_matches_autodiff(monkeypatch, cell, split):
   """gates_grad == jax.vjp of gates, for every input and cotangent (no scan involved)."""
+  monkeypatch.setattr(recurrent, "split_lstm_residuals", lambda: split)
   cls = recurrent.CELLS[cell]
   keys = iter(jax.random.split(jax.random.key(0), 8))
   normal = lambda shape: jax.random.normal(next(keys), shape)
@@ -62,8 +69,9 @@ def test_gate_grad_matches_autodiff(cell):
   assert cls.additive == (cell != "gru")
 
 
-@pytest.mark.parametrize("cell", tuple(recurrent.CELLS))
-def test_fused_equals_autodiff_for_every_speed_knob(cell):
+@pytest.mark.parametrize("cell, split", CELL_LAYOUTS, ids=CELL_LAYOUT_IDS)
+def test_fused_equals_autodiff_for_every_speed_knob(monkeypatch, cell, split):
+  monkeypatch.setattr(recurrent, "split_lstm_residuals", lambda: split)
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   models = []
   for reverse, use_lengths, hoist, unroll, segments in CASES:
@@ -137,6 +145,18 @@ def test_unset_unroll_follows_the_backend(monkeypatch, backend, expected):
   jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(model.apply(p, x)[0])))(params)
   unrolls = [eqn.params["unroll"] for eqn in _all_eqns(jaxpr.jaxpr) if eqn.primitive.name == "scan"]
   assert len(unrolls) >= 2 and set(unrolls) == {expected}, unrolls  # forward and backward
+
+
+@pytest.mark.parametrize("backend, expected", [("cpu", 5), ("gpu", 3), ("tpu", 3)])
+def test_lstm_residual_layout_follows_the_backend(monkeypatch, backend, expected):
+  # split_lstm_residuals' measured rule: i, f, g, o, c as five arrays on CPU; on
+  # accelerators the four activations packed into one [B, 4H] array, c and tanh(c').
+  monkeypatch.setattr(recurrent.jax, "default_backend", lambda: backend)
+  carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
+  proj = jnp.zeros((B, 4 * H))
+  _, _, res = recurrent.LSTMCell.gates(None, carry, proj, proj)
+  assert len(res) == expected
+  assert {r.shape for r in res} == ({(B, H)} if expected == 5 else {(B, 4 * H), (B, H)})
 
 
 def test_segments_must_be_a_positive_int():

@@ -148,6 +148,27 @@ def _sum_batch(x: Array) -> Array:
   return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
 
 
+def split_lstm_residuals() -> bool:
+  """Whether the LSTM keeps its per-step residuals as five [B, H] arrays: on CPU only.
+
+  The fused backward reads step t's residuals from arrays stacked over time. On
+  XLA:CPU (jax 0.10.2) an elementwise fusion that reads several slices of one
+  dynamically indexed array ([T, B, 4H] -> step t -> the four gates) runs about five
+  times slower than one that reads whole arrays: the LSTM's gate maths over 64 steps
+  took 6.84 ms from [32, 1024] slices and 1.22 ms from four [32, 256] arrays. So on
+  CPU the forward keeps i, f, g, o and c as separate arrays and the backward
+  recomputes tanh(c') instead of reading a sixth one. Train step (fwd + bwd + SGD),
+  both cores, split over packed in the same run: B=32 T=64 F=128 H=256 0.93x the time
+  (1 segment: 0.91x), B=64 T=400 F=128 H=128 0.93x, B=64 T=40 F=32 H=128 0.84x; at a
+  toy B=16 T=16 F=16 H=32 (0.3 ms a step) 1.10x
+  (experiments/benchmarks/lstm_residual_layout.py; experiments/results/
+  lstm_residual_layout_cpu*.json). GPU/TPU keep the layout the H100 figures were
+  measured with: the four activations packed into one [B, 4H] array, c and tanh(c')
+  beside it.
+  """
+  return jax.default_backend() == "cpu"
+
+
 class LSTMCell(_SplitCell):
   """LSTM, gates (i, f, g, o) as in `flax.linen.LSTMCell`. Carry: (c, h), each [..., H]."""
   num_gates = 4
@@ -175,13 +196,19 @@ class LSTMCell(_SplitCell):
     new_c = f * c + i * g
     tanh_c = jnp.tanh(new_c)
     new_h = o * tanh_c
+    if split_lstm_residuals():  # five [..., H] arrays; tanh(c') is recomputed
+      return (new_c, new_h), new_h, (i, f, g, o, c)
     return (new_c, new_h), new_h, (jnp.concatenate([i, f, g, o], axis=-1), c, tanh_c)
 
   @staticmethod
   def gates_grad(small, residuals, d_carry, d_h):
-    acts, c, tanh_c = residuals
-    n = c.shape[-1]
-    i, f, g, o = acts[..., :n], acts[..., n:2 * n], acts[..., 2 * n:3 * n], acts[..., 3 * n:]
+    if len(residuals) == 5:  # the split layout (split_lstm_residuals)
+      i, f, g, o, c = residuals
+      tanh_c = jnp.tanh(f * c + i * g)
+    else:
+      acts, c, tanh_c = residuals
+      n = c.shape[-1]
+      i, f, g, o = acts[..., :n], acts[..., n:2 * n], acts[..., 2 * n:3 * n], acts[..., 3 * n:]
     dc_next, dh_next = d_carry
     dh = dh_next + d_h
     dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
@@ -252,9 +279,9 @@ def default_hoist() -> bool:
 
   On accelerators one [T*B, F] x [F, G*H] matmul keeps the device busy where T small
   per-step matmuls do not. On CPU, measured fwd+bwd+SGD with the fused backward
-  (B=32, T=64, F=128, H=256; experiments/results/rnn_speed_cpu.json), hoisting took
-  1.71x (LSTM) and 1.68x (GRU) the time of projecting inside the step on one core,
-  1.59x and 1.60x on both cores. Part of that is memory: the hoisted projections are
+  (B=32, T=64, F=128, H=256; experiments/results/rnn_speed_cpu.json, 2026-11-28),
+  hoisting took 1.76x (LSTM) and 1.73x (GRU) the time of projecting inside the step
+  on one core, 1.66x and 1.58x on both cores. Part of that is memory: the hoisted projections are
   one more [T, B, G*H] array, which there took the step's scratch memory past glibc's
   32 MiB mmap threshold, so every step paid ~10,000 page faults. CPU keeps the
   projection in the loop.
@@ -266,15 +293,17 @@ def default_unroll() -> int:
   """Scan steps per loop iteration when `unroll` is not given: 1 on CPU, 8 on GPU/TPU.
 
   Measured fwd + bwd + SGD (experiments/benchmarks/rnn_speed.py). CPU, B=32, T=64,
-  F=128, H=256 (4 time segments), one core: unroll 2 / 4 / 8 / 16 took 1.02 / 1.15 /
-  1.32 / 7.5x the time of unroll 1 for LSTM and 0.99 / 1.06 / 1.06 / 1.8x for GRU; on
-  both cores unroll 2 and 4 were within 6% of unroll 1 either way and 8 / 16 slower
-  (experiments/results/rnn_speed_cpu.json). H100, the issue's shapes (B=128, T=256,
-  F=128, H=512 and B=64, T=64, F=300, H=256), fp32 and bf16: unroll 8 took 0.65-0.83x
-  the time of unroll 1 and was the fastest of 1 / 8 / 16 in 7 of the 8 shapes, 2.4%
-  behind unroll 16 in the other (experiments/results/rnn_speed_gpu.json). Each
-  loop iteration costs the GPU a few kernel launches and a loop test; the CPU gains
-  nothing from fewer of them and pays for the larger loop body.
+  F=128, H=256 (4 time segments), one core: unroll 2 / 4 / 8 / 16 took 1.09 / 1.36 /
+  1.17 / 7.8x the time of unroll 1 for LSTM and 1.01 / 1.09 / 1.09 / 1.9x for GRU; on
+  both cores 1.14 / 1.26 / 1.11 / 6.2x for LSTM and 0.90 / 1.00 / 0.97 / 1.6x for GRU
+  (experiments/results/rnn_speed_cpu.json, 2026-11-28). GRU's unroll 2 on both cores
+  was within 6% of unroll 1 in the run before; the default stays 1, the LSTM's best.
+  H100, the issue's shapes (B=128, T=256, F=128, H=512 and B=64, T=64, F=300, H=256),
+  fp32 and bf16: unroll 8 took 0.65-0.83x the time of unroll 1 and was the fastest of
+  1 / 8 / 16 in 7 of the 8 shapes, 2.4% behind unroll 16 in the other
+  (experiments/results/rnn_speed_gpu.json). Each loop iteration costs the GPU a few
+  kernel launches and a loop test; the CPU gains little from fewer of them and pays
+  for the larger loop body.
   """
   return 1 if jax.default_backend() == "cpu" else 8
 
@@ -288,9 +317,9 @@ def default_segments(time: int) -> int:
   segment's loop is done, while XLA:CPU runs the next segment's loop beside it.
   Measured fwd + bwd + SGD of one layer on the 2-core CPU, both cores, as the time
   of 4 segments over that of 1 in the same run (experiments/benchmarks/rnn_speed.py;
-  experiments/results/rnn_speed_cpu*.json): B=32, T=64, F=128, H=256: LSTM 0.96x,
-  GRU 0.91x; B=64, T=400, F=128, H=128 LSTM 0.86x; B=64, T=40, F=32, H=128 LSTM
-  0.97x, GRU 0.98x. Pinned to one core: 1.00x (LSTM) and 1.02x (GRU). Tiny shapes
+  experiments/results/rnn_speed_cpu*.json, 2026-11-28): B=32, T=64, F=128, H=256:
+  LSTM 0.97x, GRU 0.92x; B=64, T=400, F=128, H=128 LSTM 0.92x; B=64, T=40, F=32,
+  H=128 LSTM 0.94x, GRU 1.03x. Pinned to one core: 1.01x (LSTM and GRU). Tiny shapes
   (T=8, H=16) were slower (each loop has a fixed cost; `rnn_speed.py --tiny
   --segments 4`). Whole training runs, seed 0, back to back (experiments/results/
   NOTES.md): MNIST-1D LSTM and GRU, SST-2 BiLSTM, TREC LSTM took 0.95-1.03x the
