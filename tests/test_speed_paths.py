@@ -41,7 +41,8 @@ def _loss(out, h):
 # Each cell once, and the LSTM also with the residual layout of the other backends
 # (split_lstm_residuals: five [B, H] arrays on CPU, packed on GPU/TPU).
 CELL_LAYOUTS = [(cell, True) for cell in recurrent.CELLS] + [("lstm", False)]
-CELL_LAYOUT_IDS = [f"{cell}-{'split' if split else 'packed'}" for cell, split in CELL_LAYOUTS]
+CELL_LAYOUT_IDS = [cell if cell != "lstm" else f"lstm-{'split' if split else 'packed'}"
+                   for cell, split in CELL_LAYOUTS]
 
 
 @pytest.mark.parametrize("cell, split", CELL_LAYOUTS, ids=CELL_LAYOUT_IDS)

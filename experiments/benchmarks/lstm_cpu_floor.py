@@ -69,10 +69,12 @@ def xla_parts(b: int, t: int, f: int, h: int, reps: int) -> dict[str, float]:
   return _interleaved(calls, reps)
 
 
-def _interleaved(calls: dict, reps: int, rounds: int = 10) -> dict[str, dict[str, float]]:
-  """name -> {median_ms, min_ms}: `rounds` rounds, each timing every call `reps` times
-  back to back; median over all timed calls, and the fastest round's median (a load
-  spike from other jobs on the machine lifts a round, never lowers it)."""
+def _interleaved(calls: dict, reps: int, rounds: int = 10) -> dict[str, dict]:
+  """name -> {median_ms, min_round_median_ms, round_medians_ms}: `rounds` rounds, each
+  timing every call `reps` times back to back (every call run once before, to compile
+  and warm caches); median over all timed calls, and the fastest round's median (a
+  load spike from other jobs on the machine lifts a round, never lowers it). Also
+  used by lstm_residual_layout.py."""
   for fn in calls.values():
     fn()  # compile, warm caches
   times = {name: [] for name in calls}
@@ -87,7 +89,8 @@ def _interleaved(calls: dict, reps: int, rounds: int = 10) -> dict[str, dict[str
       times[name] += ts
       round_medians[name].append(statistics.median(ts))
   return {name: {"median_ms": statistics.median(times[name]),
-                 "min_round_median_ms": min(round_medians[name])} for name in calls}
+                 "min_round_median_ms": min(round_medians[name]),
+                 "round_medians_ms": round_medians[name]} for name in calls}
 
 
 def torch_profile(b: int, t: int, f: int, h: int, steps: int) -> dict:

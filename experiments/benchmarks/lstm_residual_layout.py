@@ -34,6 +34,8 @@ import pathlib
 import statistics
 import time
 
+from lstm_cpu_floor import _interleaved  # a sibling script: run this one as a file
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "results"
 
@@ -98,24 +100,11 @@ def train_steps(b: int, t: int, f: int, h: int, segments: int | None) -> dict:
 
 
 def interleaved(calls: dict, reps: int, rounds: int) -> dict:
-  """name -> {median_ms, min_ms, round_medians_ms}; every call warmed up first."""
-  for fn in calls.values():
-    fn()
-  times = {name: [] for name in calls}
-  rmed = {name: [] for name in calls}
-  for _ in range(rounds):
-    for name, fn in calls.items():
-      ts = []
-      for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(1e3 * (time.perf_counter() - t0))
-      times[name] += ts
-      rmed[name].append(statistics.median(ts))
-  out = {name: {"median_ms": statistics.median(times[name]), "min_ms": min(times[name]),
-                "round_medians_ms": rmed[name]} for name in calls}
+  """lstm_cpu_floor's interleaved timing of `calls`, plus split_over_packed_paired_median:
+  the median over rounds of split's round median divided by packed's."""
+  out = _interleaved(calls, reps, rounds)
   out["split_over_packed_paired_median"] = statistics.median(
-      s / p for s, p in zip(rmed["split"], rmed["packed"]))
+      s / p for s, p in zip(out["split"]["round_medians_ms"], out["packed"]["round_medians_ms"]))
   return out
 
 

@@ -155,12 +155,12 @@ def split_lstm_residuals() -> bool:
   XLA:CPU (jax 0.10.2) an elementwise fusion that reads several slices of one
   dynamically indexed array ([T, B, 4H] -> step t -> the four gates) runs about five
   times slower than one that reads whole arrays: the LSTM's gate maths over 64 steps
-  took 6.84 ms from [32, 1024] slices and 1.22 ms from four [32, 256] arrays. So on
+  took 6.92 ms from [32, 1024] slices and 1.31 ms from four [32, 256] arrays. So on
   CPU the forward keeps i, f, g, o and c as separate arrays and the backward
   recomputes tanh(c') instead of reading a sixth one. Train step (fwd + bwd + SGD),
   both cores, split over packed in the same run: B=32 T=64 F=128 H=256 0.93x the time
-  (1 segment: 0.91x), B=64 T=400 F=128 H=128 0.93x, B=64 T=40 F=32 H=128 0.84x; at a
-  toy B=16 T=16 F=16 H=32 (0.3 ms a step) 1.10x
+  (1 segment: 0.93x), B=64 T=400 F=128 H=128 0.94x, B=64 T=40 F=32 H=128 0.85x; at a
+  toy B=16 T=16 F=16 H=32 (0.3 ms a step) 1.06x (1 segment: 0.99x)
   (experiments/benchmarks/lstm_residual_layout.py; experiments/results/
   lstm_residual_layout_cpu*.json). GPU/TPU keep the layout the H100 figures were
   measured with: the four activations packed into one [B, 4H] array, c and tanh(c')
