@@ -27,8 +27,9 @@ import subprocess
 import sys
 import time
 
+from common import write_result
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
-RESULTS = REPO / "experiments" / "results"
 SETTINGS = {
     "glibc defaults": "",
     "hugetlb=1": "glibc.malloc.hugetlb=1",
@@ -143,11 +144,7 @@ def main(argv=None) -> int:
   for r in rows:
     print(f"{r['model']:7s} {r['setting']:44s} {r['median_ms']:9.1f} {r['time_vs_defaults']:9.2f}x "
           f"{r['minor_faults_per_step']:12.0f}")
-  out = pathlib.Path(args.out) if args.out else \
-      RESULTS / f"cpu_malloc{'_tiny' if args.tiny else ''}.json"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
-  print(f"\nwrote {out}")
+  write_result(result, args.out, f"cpu_malloc{'_tiny' if args.tiny else ''}.json")
   return 0
 
 

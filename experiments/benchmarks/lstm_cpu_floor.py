@@ -23,14 +23,10 @@ writes experiments/results/lstm_cpu_floor.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pathlib
-import statistics
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-RESULTS = REPO / "experiments" / "results"
+from common import interleaved, write_result
 
 
 def xla_parts(b: int, t: int, f: int, h: int, reps: int) -> dict[str, float]:
@@ -66,31 +62,7 @@ def xla_parts(b: int, t: int, f: int, h: int, reps: int) -> dict[str, float]:
   for name, (fn, *args) in parts.items():
     jitted = jax.jit(fn)
     calls[name] = lambda jitted=jitted, args=args: jax.block_until_ready(jitted(*args))
-  return _interleaved(calls, reps)
-
-
-def _interleaved(calls: dict, reps: int, rounds: int = 10) -> dict[str, dict]:
-  """name -> {median_ms, min_round_median_ms, round_medians_ms}: `rounds` rounds, each
-  timing every call `reps` times back to back (every call run once before, to compile
-  and warm caches); median over all timed calls, and the fastest round's median (a
-  load spike from other jobs on the machine lifts a round, never lowers it). Also
-  used by lstm_residual_layout.py."""
-  for fn in calls.values():
-    fn()  # compile, warm caches
-  times = {name: [] for name in calls}
-  round_medians = {name: [] for name in calls}
-  for _ in range(rounds):
-    for name, fn in calls.items():
-      ts = []
-      for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(1e3 * (time.perf_counter() - t0))
-      times[name] += ts
-      round_medians[name].append(statistics.median(ts))
-  return {name: {"median_ms": statistics.median(times[name]),
-                 "min_round_median_ms": min(round_medians[name]),
-                 "round_medians_ms": round_medians[name]} for name in calls}
+  return interleaved(calls, reps)
 
 
 def torch_profile(b: int, t: int, f: int, h: int, steps: int) -> dict:
@@ -107,7 +79,7 @@ def torch_profile(b: int, t: int, f: int, h: int, steps: int) -> dict:
     ((out - y) ** 2).mean().backward()
     opt.step()
 
-  step_ms = _interleaved({"step": step}, max(1, steps // 10))["step"]
+  step_ms = interleaved({"step": step}, max(1, steps // 10))["step"]
   with profile(activities=[ProfilerActivity.CPU]) as prof:
     for _ in range(steps):
       step()
@@ -162,11 +134,7 @@ def main(argv=None) -> int:
           f"{tl['step_ms']['min_round_median_ms']:.2f} ms; top ops, self ms per step:")
     for row in result["torch_top_ops"]:
       print(f"  {row['op']:60s} {row['self_ms_per_step']:8.2f}")
-  out = pathlib.Path(args.out) if args.out else \
-      RESULTS / f"lstm_cpu_floor{'_tiny' if args.tiny else ''}.json"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
-  print(f"\nwrote {out}")
+  write_result(result, args.out, f"lstm_cpu_floor{'_tiny' if args.tiny else ''}.json")
   return 0
 
 

@@ -28,16 +28,11 @@ experiments/results/lstm_residual_layout_<backend>[_tiny][_B.._T.._F.._H..].json
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pathlib
 import statistics
 import time
 
-from lstm_cpu_floor import _interleaved  # a sibling script: run this one as a file
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-RESULTS = REPO / "experiments" / "results"
+from common import interleaved as _interleaved, write_result
 
 
 def gate_loops(b: int, t: int, h: int) -> dict:
@@ -100,8 +95,8 @@ def train_steps(b: int, t: int, f: int, h: int, segments: int | None) -> dict:
 
 
 def interleaved(calls: dict, reps: int, rounds: int) -> dict:
-  """lstm_cpu_floor's interleaved timing of `calls`, plus split_over_packed_paired_median:
-  the median over rounds of split's round median divided by packed's."""
+  """common.interleaved's timing of `calls`, plus split_over_packed_paired_median: the
+  median over rounds of split's round median divided by packed's."""
   out = _interleaved(calls, reps, rounds)
   out["split_over_packed_paired_median"] = statistics.median(
       s / p for s, p in zip(out["split"]["round_medians_ms"], out["packed"]["round_medians_ms"]))
@@ -155,11 +150,8 @@ def main(argv=None) -> int:
     print(f"{label:42s} {r['packed']['median_ms']:10.2f} {r['split']['median_ms']:10.2f} "
           f"{r['split_over_packed_paired_median']:8.2f}x")
   suffix = f"_B{b}_T{t}_F{f}_H{h}" if args.shape else ""
-  out = pathlib.Path(args.out) if args.out else RESULTS / (
-      f"lstm_residual_layout_{result['backend']}{'_tiny' if args.tiny else ''}{suffix}.json")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
-  print(f"\nwrote {out}")
+  write_result(result, args.out, f"lstm_residual_layout_{result['backend']}"
+               f"{'_tiny' if args.tiny else ''}{suffix}.json")
   return 0
 
 
