@@ -9,7 +9,8 @@
 # JSON also to experiments/results/{rnn_speed,cifar10_speedrun,cnn_speed}_<gpu|cpu_tiny>.json.
 # Each script writes its JSON after every configuration, so a limit keeps what was measured.
 # Limits (seconds) can be set from outside: RNN_S, SPEEDRUN_S, AIRBENCH_S, CNN_S, TESTS_S; a limit of
-# 0 skips that step. LONG_S (unset: skipped) adds a 16-epoch speedrun. AIRBENCH_S (default 0:
+# 0 skips that step. LONG_S (unset: skipped) adds a 16-epoch speedrun, LAYOUT_S (unset:
+# skipped) the LSTM residual-layout comparison (lstm_residual_layout.py). AIRBENCH_S (default 0:
 # skipped) is the limit of each of three more speedruns: airbench's remaining pieces
 # (--airbench) at 10 and at 8 epochs, and airbench94_muon's recipe (--muon).
 # Targets 1 and 3 were met on 2026-11-27; a session for target 4 alone:
@@ -88,6 +89,15 @@ fi
 # precision: the tests' 1e-5 tolerances are not meant for TF32).
 JAX_DEFAULT_MATMUL_PRECISION=highest step rnn_tests "${TESTS_S:-50}" $PY -m pytest -x -q -p no:cacheprovider \
   tests/test_recurrent.py
+# LSTM residual layout on this device: packed (the GPU default) vs split (the CPU
+# default since 2026-11-28), the issue's first shape. LAYOUT_S unset: skipped.
+if [[ -n "$TINY" ]]; then
+  step lstm_layout "${LAYOUT_S:-60}" $PY experiments/benchmarks/lstm_residual_layout.py --tiny \
+    --out "$R/lstm_residual_layout_$SUF.json"
+elif [[ -n "${LAYOUT_S:-}" ]]; then
+  step lstm_layout "$LAYOUT_S" $PY experiments/benchmarks/lstm_residual_layout.py \
+    --shape 128 256 128 512 --rounds 6 --out "$R/lstm_residual_layout_$SUF.json"
+fi
 # If time is left: the same recipe with 16 epochs (accuracy against training time).
 if [[ -z "$TINY" && -n "${LONG_S:-}" ]]; then
   step speedrun16 "$LONG_S" $PY experiments/benchmarks/cifar10_speedrun.py --runs 3 \
