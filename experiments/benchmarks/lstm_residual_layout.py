@@ -80,8 +80,7 @@ def train_steps(b: int, t: int, f: int, h: int, segments: int | None) -> dict:
       return optax.apply_updates(p, updates), o, loss
 
     recurrent.split_lstm_residuals = lambda split=split: split  # read when traced
-    try:
-      step.lower(state["p"], state["o"], x, y)  # trace now, under this layout
+    try:  # the first call traces and compiles the step under this layout
       state["p"], state["o"], _ = step(state["p"], state["o"], x, y)
     finally:
       recurrent.split_lstm_residuals = original

@@ -281,10 +281,10 @@ def default_hoist() -> bool:
   per-step matmuls do not. On CPU, measured fwd+bwd+SGD with the fused backward
   (B=32, T=64, F=128, H=256; experiments/results/rnn_speed_cpu.json, 2026-11-28),
   hoisting took 1.76x (LSTM) and 1.73x (GRU) the time of projecting inside the step
-  on one core, 1.66x and 1.58x on both cores. Part of that is memory: the hoisted projections are
-  one more [T, B, G*H] array, which there took the step's scratch memory past glibc's
-  32 MiB mmap threshold, so every step paid ~10,000 page faults. CPU keeps the
-  projection in the loop.
+  on one core, 1.66x and 1.58x on both cores. Part of that is memory: the hoisted
+  projections are one more [T, B, G*H] array, which there took the step's scratch
+  memory past glibc's 32 MiB mmap threshold, so every step paid ~10,000 page faults.
+  CPU keeps the projection in the loop.
   """
   return jax.default_backend() != "cpu"
 
@@ -517,8 +517,7 @@ class RNNLayer(nn.Module):
       (at most T), so that each segment's weight gradients overlap the next
       segment's backward loop; None picks `default_segments(T)` (CPU: 4 from 32
       steps up, else 1; GPU/TPU: 1). Same maths for any value, up to float summation
-      order.
-      The autodiff path (fused_backward=False) ignores it.
+      order. The autodiff path (fused_backward=False) ignores it.
   """
   cell: str
   hidden_size: int
