@@ -1,6 +1,6 @@
 """Benchmark: the matmul floor of an LSTM train step on this CPU, and where torch's time goes.
 
-The shape of rnn_speed.py's CPU preset (B=32, T=64, F=128, H=256, fp32). Two parts:
+The shape of rnn_speed.py's CPU preset (B=32, T=64, F=128, H=256, fp32). Four parts:
 
   xla    each matmul of flaxnets' fused LSTM step, timed on its own in one jitted
          program: the forward loop's per-step x @ W_i and h @ W_h (a scan of T
@@ -9,6 +9,16 @@ The shape of rnn_speed.py's CPU preset (B=32, T=64, F=128, H=256, fp32). Two par
          elementwise op per step so that no column is dead code). Their sum is what the
          step's matmuls cost XLA:CPU with no gate maths, residuals or loop
          bookkeeping around them: a floor for flaxnets' step.
+  loops  whole loops beside those parts: a forward scan holding both per-step dots
+         and writing its [T, B, H] outputs but no gate maths (the floor of a forward
+         loop), and flaxnets' RNNLayer itself: its forward alone (no residuals kept)
+         and its gradient (forward with residuals + backward), loss mean((out - y)^2).
+  slices what an elementwise loop fusion pays to read time step t of stacked arrays
+         (a dynamic slice, fused into the fusion as XLA:CPU does for scan inputs):
+         per step of a T-step scan whose body is one such fusion with 5 operands,
+         reading 0, 1 or 5 of them as step t of a [T, B, H] array each (5: the
+         LSTM backward's split residuals), or all 5 as column slices of step t
+         of one [T, B, 5H] array (the packed layout flaxnets uses off CPU).
   torch  torch.profiler over torch's own CPU train step (nn.LSTM, SGD): the ops
          that take its time (on CPU nn.LSTM runs oneDNN's fused LSTM kernels).
 
@@ -65,6 +75,67 @@ def xla_parts(b: int, t: int, f: int, h: int, reps: int) -> dict[str, float]:
   return interleaved(calls, reps)
 
 
+def xla_loops(b: int, t: int, f: int, h: int, reps: int) -> dict[str, float]:
+  """name -> median ms of a whole loop: the two-dot forward floor and flaxnets' own layer."""
+  import jax
+  import jax.numpy as jnp
+  from flaxnets.models.recurrent import RNNLayer
+  keys = iter(jax.random.split(jax.random.key(1), 8))
+  normal = lambda *shape: 0.1 * jax.random.normal(next(keys), shape, jnp.float32)
+  xs, wi, wh = normal(t, b, f), normal(f, 4 * h), normal(h, 4 * h)
+
+  def two_dots(xs, wi, wh):
+    def body(hc, x):
+      z = x @ wi + hc @ wh
+      hn = jnp.tanh(z[:, :h] + z[:, 3 * h:])  # every column of z live, no gate maths
+      return hn, hn
+    return jax.lax.scan(body, jnp.zeros((b, h)), xs)
+
+  model = RNNLayer(cell="lstm", hidden_size=h)
+  x, y = jnp.swapaxes(xs, 0, 1), normal(b, t, h)
+  params = jax.jit(model.init)(jax.random.key(0), x)
+  forward = jax.jit(lambda p, x: model.apply(p, x)[0])
+  grad = jax.jit(jax.grad(lambda p, x: jnp.mean((model.apply(p, x)[0] - y) ** 2)))
+  loops = {
+      f"forward floor: {t} steps of both dots, outputs, no gate maths":
+          (jax.jit(two_dots), xs, wi, wh),
+      "flaxnets RNNLayer(lstm) forward, outputs only": (forward, params, x),
+      "flaxnets RNNLayer(lstm) gradient (forward + backward)": (grad, params, x),
+  }
+  calls = {name: lambda fn=fn, args=args: jax.block_until_ready(fn(*args))
+           for name, (fn, *args) in loops.items()}
+  return interleaved(calls, reps)
+
+
+def xla_slices(b: int, t: int, h: int, reps: int) -> dict[str, float]:
+  """name -> microseconds per step of a scan whose body is one elementwise fusion
+  reading 0, 1 or 5 dynamically indexed [B, H] slices (the rest: maths on the carry),
+  or 5 column slices of one dynamically indexed [B, 5H] step."""
+  import jax
+  import jax.numpy as jnp
+  arrays = list(jax.random.normal(jax.random.key(2), (5, t, b, h), jnp.float32))
+  packed = jnp.concatenate(arrays, axis=-1)  # [T, B, 5H]
+
+  def loop(reads: int, packed_layout: bool = False):
+    def body(c, r):
+      rs = [r[:, i * h:(i + 1) * h] for i in range(5)] if packed_layout else r[:reads]
+      a = list(rs) + [c * (1.0 + 0.01 * i) for i in range(5 - len(rs))]
+      return c * 0.9 + a[0] * a[1] * (1.0 - a[2]) + a[3] * jnp.tanh(a[4]), None
+    return jax.jit(lambda rs: jax.lax.scan(body, jnp.zeros((b, h)), rs)[0])
+
+  calls = {}
+  for reads in (0, 1, 5):
+    fn = loop(reads)
+    calls[f"reads {reads} of 5 operands, each step t of a [{t},{b},{h}] array"] = \
+        lambda fn=fn: jax.block_until_ready(fn(arrays))
+  fn = loop(5, packed_layout=True)
+  calls[f"reads 5 of 5 as column slices of step t of one [{t},{b},{5 * h}]"] = \
+      lambda fn=fn: jax.block_until_ready(fn(packed))
+  return {name: {"median_us": 1e3 * ms["median_ms"] / t,
+                 "min_round_median_us": 1e3 * ms["min_round_median_ms"] / t}
+          for name, ms in interleaved(calls, reps).items()}
+
+
 def torch_profile(b: int, t: int, f: int, h: int, steps: int) -> dict:
   import torch
   from torch.profiler import ProfilerActivity, profile
@@ -111,6 +182,13 @@ def main(argv=None) -> int:
   result["xla_matmuls"] = [{"matmul": name, **ms} for name, ms in parts.items()]
   for key in ("median_ms", "min_round_median_ms"):
     result[f"xla_matmuls_sum_{key}"] = sum(ms[key] for ms in parts.values())
+  loops = xla_loops(b, t, f, h, max(1, reps // 10))
+  result["xla_loops"] = [{"loop": name, **ms} for name, ms in loops.items()]
+  slices = xla_slices(b, t, h, max(1, reps // 10))
+  result["xla_fused_slice_reads"] = [
+      {"fusion": name, "median_us_per_step": us["median_us"],
+       "min_round_median_us_per_step": us["min_round_median_us"]}
+      for name, us in slices.items()]
   try:
     tl = torch_profile(b, t, f, h, max(3, reps // 2))
     result["torch_top_ops"] = tl.pop("top_ops")
@@ -127,6 +205,12 @@ def main(argv=None) -> int:
     print(f"  {name:60s} {ms['median_ms']:10.2f} {ms['min_round_median_ms']:10.2f}")
   print(f"  {'sum: the step matmuls floor':60s} {result['xla_matmuls_sum_median_ms']:10.2f} "
         f"{result['xla_matmuls_sum_min_round_median_ms']:10.2f}")
+  print(f"{'XLA:CPU, whole loops':62s} {'median ms':>10s} {'best round':>10s}")
+  for name, ms in loops.items():
+    print(f"  {name:60s} {ms['median_ms']:10.2f} {ms['min_round_median_ms']:10.2f}")
+  print(f"{'XLA:CPU, one elementwise fusion per step':62s} {'us/step':>10s} {'best round':>10s}")
+  for name, us in slices.items():
+    print(f"  {name:60s} {us['median_us']:10.1f} {us['min_round_median_us']:10.1f}")
   if result["torch_lstm"]:
     tl = result["torch_lstm"]
     print(f"torch {tl['torch']} ({tl['threads']} threads) nn.LSTM train step: median "
