@@ -39,8 +39,8 @@ import time
 from common import interleaved, write_result
 
 
-def xla_parts(b: int, t: int, f: int, h: int, reps: int) -> dict[str, float]:
-  """name -> median ms of that matmul (or loop of matmuls) alone."""
+def xla_parts(b: int, t: int, f: int, h: int, reps: int) -> dict[str, dict]:
+  """name -> timings (common.interleaved) of that matmul (or loop of matmuls) alone."""
   import jax
   import jax.numpy as jnp
   keys = iter(jax.random.split(jax.random.key(0), 8))
@@ -75,8 +75,9 @@ def xla_parts(b: int, t: int, f: int, h: int, reps: int) -> dict[str, float]:
   return interleaved(calls, reps)
 
 
-def xla_loops(b: int, t: int, f: int, h: int, reps: int) -> dict[str, float]:
-  """name -> median ms of a whole loop: the two-dot forward floor and flaxnets' own layer."""
+def xla_loops(b: int, t: int, f: int, h: int, reps: int) -> dict[str, dict]:
+  """name -> timings (common.interleaved) of a whole loop: the two-dot forward floor and
+  flaxnets' own layer."""
   import jax
   import jax.numpy as jnp
   from flaxnets.models.recurrent import RNNLayer
@@ -107,7 +108,7 @@ def xla_loops(b: int, t: int, f: int, h: int, reps: int) -> dict[str, float]:
   return interleaved(calls, reps)
 
 
-def xla_slices(b: int, t: int, h: int, reps: int) -> dict[str, float]:
+def xla_slices(b: int, t: int, h: int, reps: int) -> dict[str, dict]:
   """name -> microseconds per step of a scan whose body is one elementwise fusion
   reading 0, 1 or 5 dynamically indexed [B, H] slices (the rest: maths on the carry),
   or 5 column slices of one dynamically indexed [B, 5H] step."""
