@@ -7,6 +7,8 @@ ConfigError naming the key, the value and what is allowed.
 """
 from __future__ import annotations
 
+import collections.abc
+import typing
 from typing import Any
 
 import ml_collections
@@ -143,9 +145,14 @@ _RULES: list[tuple[str, Any, str]] = [
     ("early_stopping.mode", lambda v: v in ("min", "max"), "'min' or 'max'"),
 ]
 
-# Model fields constrained wherever a model has them.
+# Model fields constrained wherever a model has them. Every other int field of a model
+# (and every int in a sequence field) is a size or count and must be >= 1.
 _MODEL_RULES: list[tuple[str, Any, str]] = [
     ("dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    ("embed_dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    ("bn_momentum", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    ("logit_scale", _positive, "a number > 0"),
+    ("num_pools", _non_negative, "an integer >= 0"),
     ("num_layers", lambda v: v >= 1, "an integer >= 1"),
     ("hidden_size", lambda v: v >= 1, "an integer >= 1"),
     ("cell", lambda v: v in ("lstm", "gru", "simple"), "one of ('lstm', 'gru', 'simple')"),
@@ -153,6 +160,7 @@ _MODEL_RULES: list[tuple[str, Any, str]] = [
     ("dtype", lambda v: v in ("float32", "bfloat16", "float16"), "'float32', 'bfloat16' or 'float16'"),
     ("param_dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
 ]
+_MODEL_RULE_KEYS = {key for key, _, _ in _MODEL_RULES}
 
 
 def _type_ok(value: Any, default: Any) -> bool:
@@ -184,6 +192,34 @@ def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
                         f"got {type(value).__name__}")
 
 
+def _model_field_error(key: str, value: Any, hint: Any) -> str | None:
+  """What is wrong with config.model.<key>=value for a field annotated `hint`; None if fine."""
+  if hint is Any:
+    return None
+  args = typing.get_args(hint)
+  if type(None) in args:  # `X | None`
+    if value is None:
+      return None
+    rest = [a for a in args if a is not type(None)]
+    hint = rest[0] if len(rest) == 1 else Any
+    if hint is Any:
+      return None
+  origin = typing.get_origin(hint)
+  if origin in (tuple, list, collections.abc.Sequence):
+    if not isinstance(value, (tuple, list)):
+      return f"expected a sequence of int, got {type(value).__name__}"
+    bad = [v for v in value if not _type_ok(v, 0) or v < 1]
+    return f"expected a sequence of integers >= 1 (bad entry {bad[0]!r})" if bad else None
+  default = {int: 0, float: 0.0, bool: False, str: ""}.get(hint)
+  if default is None:
+    return None
+  if not _type_ok(value, default):
+    return f"expected {hint.__name__}, got {type(value).__name__}"
+  if hint is int and key not in _MODEL_RULE_KEYS and value < 1:
+    return "expected an integer >= 1"
+  return None
+
+
 def _get(cfg: Any, dotted: str) -> Any:
   for part in dotted.split("."):
     cfg = cfg[part]
@@ -209,6 +245,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if key not in fields:
       raise ConfigError(f"config.model.{key}={config.model[key]!r}: not a field of model "
                         f"{name!r}; allowed: {sorted(fields)}")
+  hints = typing.get_type_hints(registry.MODELS[name])
+  for key in config.model.keys():
+    if key != "name":
+      problem = _model_field_error(key, config.model[key], hints.get(key, Any))
+      if problem:
+        raise ConfigError(f"config.model.{key}={config.model[key]!r}: {problem} "
+                          f"(field of model {name!r})")
   for key, ok, allowed in _MODEL_RULES:
     if key in config.model and not ok(config.model[key]):
       raise ConfigError(f"config.model.{key}={config.model[key]!r}: expected {allowed}")

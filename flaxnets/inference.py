@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxnets.data.text import padded_lengths
 from flaxnets.training import steps
 
 BATCH_BUCKETS = (1, 8, 32, 128, 512)
@@ -89,8 +90,10 @@ class Predictor:
     if self.input_kind == "tokens":
       if isinstance(inputs, np.ndarray) and np.issubdtype(inputs.dtype, np.integer):
         ids = inputs.reshape(-1, inputs.shape[-1])
-        return {"inputs": ids.astype(np.int32),
-                "seq_lengths": np.maximum((ids != 0).sum(-1), 1).astype(np.int32)}
+        return {"inputs": ids.astype(np.int32), "seq_lengths": padded_lengths(ids)}
+      if self.vocab is None:
+        raise ValueError(f"inputs of type {type(inputs).__name__}: this model was trained on "
+                         "int token arrays without a vocabulary; expected int ids [batch, T]")
       texts = [str(t) for t in inputs]
       ids, lengths = self.vocab.encode(texts, self.input_shape[0])
       return {"inputs": ids, "seq_lengths": lengths}
@@ -242,8 +245,11 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
   fields = registry.model_fields(meta["model"])
   if "num_classes" in fields and "num_classes" not in kwargs:
     kwargs["num_classes"] = meta["num_classes"]
-  if "vocab_size" in fields and meta.get("vocab") is not None and "vocab_size" not in kwargs:
-    kwargs["vocab_size"] = len(meta["vocab"]["tokens"])
+  if "vocab_size" in fields and kwargs.get("vocab_size") is None:
+    if meta.get("vocab_size") is not None:
+      kwargs["vocab_size"] = meta["vocab_size"]
+    elif meta.get("vocab") is not None:  # checkpoints written before meta had vocab_size
+      kwargs["vocab_size"] = len(meta["vocab"]["tokens"])
   model = registry.build_model(meta["model"], **kwargs)
   x, lengths = dummy_inputs(tuple(meta["input_shape"]), meta["input_kind"])
   abstract = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0),

@@ -35,7 +35,7 @@ STEPS_PER_EPOCH = 39  # 1258 digits training examples // 32
 SMALL = {"num_epochs": 2, "batch_size": 32, "progress": False, "log_every_steps": 1,
          "model.features": (8, 16), "model.hidden": 32, "model.dropout": 0.1,
          "augment.crop_padding": 1, "checkpoint.every_steps": 5}  # dropout, crops: RNG used
-TIMING_KEYS = ("examples_per_sec", "wall_time")
+TIMING_KEYS = ("examples_per_sec", "tokens_per_sec", "wall_time")
 
 # Runs train(config, workdir) with SMALL plus overrides; argv: workdir, overrides JSON.
 CHILD = r"""

@@ -142,3 +142,43 @@ def test_cli_reports_config_error_without_traceback(tmp_path):
   assert out.returncode == 2
   assert "config.optimizer.learning_rate=-1" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("model,key,value,expected", [
+    ("simple_cnn", "kernel_size", 0, "expected an integer >= 1"),
+    ("simple_cnn", "hidden", -1, "expected an integer >= 1"),
+    ("simple_cnn", "features", (32, 0), "expected a sequence of integers >= 1 (bad entry 0)"),
+    ("simple_cnn", "features", "abc", "expected a sequence of int, got str"),
+    ("simple_cnn", "num_classes", 0, "expected an integer >= 1"),
+    ("simple_cnn", "dropout", "0.1", "expected float, got str"),
+    ("resnet20", "stage_sizes", [3, -1, 3], "expected a sequence of integers >= 1 (bad entry -1)"),
+    ("resnet20", "num_filters", 0, "expected an integer >= 1"),
+    ("rnn", "hidden_size", 2.5, "expected int, got float"),
+    ("rnn", "unroll", 0, "expected an integer >= 1"),
+    ("rnn", "bidirectional", 1, "expected bool, got int"),
+    ("rnn", "embed_dropout", 1.0, "expected a number in [0, 1)"),
+    ("conv1d", "num_pools", -1, "expected an integer >= 0"),
+    ("fast_cnn", "bn_momentum", 1.5, "expected a number in [0, 1]"),
+    ("fast_cnn", "logit_scale", 0.0, "expected a number > 0"),
+])
+def test_bad_model_field_type_or_range(model, key, value, expected):
+  """Checked against the model's own field annotations before any data is read."""
+  config = _from_dict(**{"model.name": model})
+  with config.model.unlocked():
+    config.model[key] = value
+  with pytest.raises(ConfigError) as e:
+    validate(config)
+  assert f"config.model.{key}={value!r}: {expected}" in str(e.value)
+
+
+@pytest.mark.parametrize("model,fields", [
+    ("conv1d", {"num_pools": 0}),
+    ("rnn", {"unroll": None, "segments": 4, "input_dense": None, "dropout": 0}),
+    ("vgg", {"hidden": None, "stage_features": [16, 32]}),
+])
+def test_model_fields_at_their_limits_pass(model, fields):
+  config = _from_dict(**{"model.name": model})
+  with config.model.unlocked():
+    for key, value in fields.items():
+      config.model[key] = value
+  assert validate(config).model.name == model

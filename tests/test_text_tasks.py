@@ -105,6 +105,10 @@ def test_char_lm_on_a_text_file(tmp_path):
   assert val[-1] < val[0] and val[-1] < 1.0, val   # ln(17) = 2.8 for a uniform guess
   # Every validation position counts once: windows x seq_len.
   assert result.val_metrics["count"] == ds.val["labels"].size
+  # Train rates: examples are windows, as in the per-step records; tokens are their targets.
+  for h in result.history:
+    if h["split"] == "train":
+      assert h["tokens_per_sec"] == pytest.approx(32 * h["examples_per_sec"], rel=1e-6)
 
 
 # ---- the real datasets in ../shared/data (skipped without them) ---------------------------

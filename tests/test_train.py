@@ -107,3 +107,50 @@ def test_mnist1d_is_generated_locally():
   assert d.train["inputs"].shape[1:] == (40, 1)
   assert len(d.train["labels"]) + len(d.val["labels"]) == 4000
   assert len(d.test["labels"]) == 1000
+
+
+def _token_task(n=480, t=12, seed=0):
+  """Label 1 when token 7 occurs: learnable from token identity, not from id magnitude."""
+  rng = np.random.RandomState(seed)
+  x = rng.randint(1, 30, (n, t)).astype(np.int32)
+  x[rng.rand(n) < 0.5, rng.randint(0, t)] = 7
+  x[:, -2:] = 0  # end padding
+  y = (x == 7).any(1).astype(np.int32)
+  return x, y
+
+
+def test_int_token_arrays_get_an_embedding_and_restore(tmp_path):
+  x, y = _token_task()
+  config = _quiet(flaxnets.get_config())
+  config.dataset.name = "arrays"
+  config.model.name = "rnn"
+  config.model.hidden_size = 32
+  config.model.embed_dim = 16
+  config.num_epochs = 8
+  config.optimizer.learning_rate = 3e-3
+  result = flaxnets.train(config, workdir=str(tmp_path),
+                          data={"train": (x[:400], y[:400]), "test": (x[400:], y[400:])})
+  assert result.dataset.input_kind == "tokens"
+  assert result.dataset.vocab_size == 30
+  assert result.state.params["front"]["embed"]["embedding"].shape == (30, 16)
+  np.testing.assert_array_equal(result.dataset.test["seq_lengths"], 10)
+  assert result.test_metrics["accuracy"] > 0.9
+  predictor = flaxnets.load(tmp_path, step="latest")
+  hits = (predictor.predict(x[400:]) == y[400:]).sum()
+  assert hits == round(result.test_metrics["accuracy"] * 80)
+  with pytest.raises(ValueError, match="trained on int token arrays without a vocabulary"):
+    predictor.predict(["a text"])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("vocab_size", 20, r"config\.model\.vocab_size=20: expected >= 30, 1 \+ the largest token id"),
+    ("num_classes", 1, r"config\.model\.num_classes=1: expected >= 2, the number of classes"),
+])
+def test_model_smaller_than_the_data_raises(field, value, message):
+  x, y = _token_task(n=64)
+  config = _quiet(flaxnets.get_config())
+  config.dataset.name = "arrays"
+  config.model.name = "rnn"
+  config.model[field] = value
+  with pytest.raises(flaxnets.ConfigError, match=message):
+    flaxnets.train(config, data={"train": (x, y)})

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from flaxnets.data.text import padded_lengths
 from flaxnets.data.types import Dataset, Split
 
 SPLIT_SEED = 0  # fixed: the train/val/test partition is part of the task, not the run
@@ -122,6 +123,9 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
   x = tr["inputs"]
   if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
     kind = "tokens"
+    for s in (tr, va, te):  # 0 pads the end, as text sources do; lengths end before it
+      if s is not None and "seq_lengths" not in s:
+        s["seq_lengths"] = padded_lengths(s["inputs"])
   elif x.ndim == 4:
     kind = "image"
   elif x.ndim in (2, 3):

@@ -190,6 +190,15 @@ class Vocabulary:
       raise ValueError(f"{path}: {e}") from None
 
 
+def padded_lengths(ids: np.ndarray) -> np.ndarray:
+  """int [N, T] ids padded at the end with 0 -> int32 [N] lengths (1 + the last non-zero
+  position; at least 1, as `Vocabulary.encode` gives)."""
+  ids = np.asarray(ids)
+  nonzero = ids != 0
+  last = ids.shape[-1] - np.argmax(nonzero[..., ::-1], axis=-1)
+  return np.where(nonzero.any(-1), last, 1).astype(np.int32)
+
+
 def default_buckets(max_len: int) -> tuple[int, ...]:
   """Padded lengths to compile for: powers of two from 16 below max_len, then max_len."""
   if max_len < 1:

@@ -41,6 +41,17 @@ class Dataset:
                          f"the number of examples: {n}")
 
   @property
+  def vocab_size(self) -> int | None:
+    """Token ids an embedding must cover: the vocabulary's size, or 1 + the largest id of
+    int token arrays passed without one; None for image and series inputs."""
+    if self.input_kind != "tokens":
+      return None
+    if self.vocab is not None:
+      return len(self.vocab)
+    return 1 + max(int(s["inputs"].max(initial=0))
+                   for s in (self.train, self.val, self.test) if s is not None)
+
+  @property
   def input_shape(self) -> tuple[int, ...]:
     """Shape of one example's inputs, e.g. (8, 8, 1) or (40, 1) or (T,)."""
     return tuple(self.train["inputs"].shape[1:])

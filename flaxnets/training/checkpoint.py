@@ -131,6 +131,9 @@ def meta_differences(saved: dict, current: dict) -> list[str]:
       shown = [repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "..."
                for v in (a.get(key), b.get(key))]
       diffs.append(f"{key} (from the data): checkpoint {shown[0]} vs now {shown[1]}")
+  if None not in (a.get("vocab_size"), b.get("vocab_size")) and a["vocab_size"] != b["vocab_size"]:
+    diffs.append(f"vocab_size (from the data): checkpoint {a['vocab_size']} vs now "
+                 f"{b['vocab_size']}")
   if a.get("vocab") != b.get("vocab"):
     diffs.append("vocabulary: built from different training data or settings")
   return diffs
@@ -144,6 +147,7 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dic
           "input_kind": dataset.input_kind, "input_shape": list(dataset.input_shape),
           "task": dataset.task, "dataset": dataset.name,
           "vocab": None if dataset.vocab is None else dataset.vocab.to_dict(),
+          "vocab_size": dataset.vocab_size,
           "stats": {k: np.asarray(v).tolist() for k, v in stats.items()},
           "flaxnets_version": flaxnets.__version__}
 

@@ -80,10 +80,24 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
   name = config.model.name
   fields = registry.model_fields(name)
   kwargs = config_lib.model_kwargs(config)
-  if "num_classes" in fields and "num_classes" not in kwargs:
-    kwargs["num_classes"] = dataset.num_classes
-  if "vocab_size" in fields and dataset.vocab is not None and "vocab_size" not in kwargs:
-    kwargs["vocab_size"] = len(dataset.vocab)
+  if "num_classes" in fields:
+    given = kwargs.setdefault("num_classes", dataset.num_classes)
+    if given is not None and given < dataset.num_classes:
+      # Labels past the head's width would train against an all-zero one-hot target.
+      raise config_lib.ConfigError(
+          f"config.model.num_classes={given!r}: expected >= {dataset.num_classes}, the "
+          f"number of classes in dataset {dataset.name!r} (leave it unset to use that)")
+  needed = dataset.vocab_size
+  if "vocab_size" in fields and needed is not None:
+    what = (f"the size of dataset {dataset.name!r}'s vocabulary" if dataset.vocab is not None
+            else f"1 + the largest token id in dataset {dataset.name!r}")
+    given = kwargs.get("vocab_size")
+    if given is None:
+      kwargs["vocab_size"] = needed
+    elif given < needed:
+      # Ids past the embedding table would read NaN (jnp.take's fill mode) or clamp.
+      raise config_lib.ConfigError(f"config.model.vocab_size={given!r}: expected >= {needed}, "
+                                   f"{what} (leave it unset to use that)")
   if "bn_axis_name" in fields and strategy_name == "pmap":
     kwargs["bn_axis_name"] = parallel.AXIS
   return registry.build_model(name, **kwargs)
@@ -241,12 +255,16 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
       bar = Progress(config.progress, steps_per_epoch - train_it.get_state()["next_index"],
                      epoch, config.num_epochs)
       sums, resumed_sums = resumed_sums, None
+      # Rates count what this process ran: a resumed epoch's earlier steps are not timed.
+      counted_before = 0.0 if sums is None else float(sums["count"])
+      epoch_steps = 0
       window_start, window_examples = time.time(), 0
       for batch in prefetch(train_it.epoch_batches(), strategy):
         state, m = train_step(state, batch)
         step += 1
         position["next_index"] += 1
         sums = m if sums is None else _add(sums, m)
+        epoch_steps += 1
         window_examples += config.batch_size
         if step % config.log_every_steps == 0:
           host = jax.device_get(strategy.unreplicate(m))
@@ -285,8 +303,11 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
                                  f"(by step {step}); the last good checkpoint is kept untouched")
       record = {"split": "train", "epoch": epoch + 1, "step": step, "loss": train_metrics["loss"],
                 "accuracy": train_metrics["accuracy"],
-                "examples_per_sec": train_metrics["count"] / epoch_time,
+                # examples (sequences for a language model), like the train_step records
+                "examples_per_sec": epoch_steps * config.batch_size / epoch_time,
                 "wall_time": time.time() - start_time}
+      if dataset.task == "lm":  # `count` there is the number of target tokens
+        record["tokens_per_sec"] = (float(sums["count"]) - counted_before) / epoch_time
       history.append(record)
       writer.write(record)
       msg = f"epoch {epoch + 1:3d}: train loss {record['loss']:.4f} acc {record['accuracy']:.4f}"
@@ -301,7 +322,10 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
         if config.early_stopping.patience:
           stop = early.update(val_metrics[config.early_stopping.metric], epoch + 1)
           stopped_early = stop
-      log(msg + f" | {record['examples_per_sec']:.0f} ex/s")
+      rates = f" | {record['examples_per_sec']:.0f} ex/s"
+      if "tokens_per_sec" in record:
+        rates += f", {record['tokens_per_sec']:.0f} tok/s"
+      log(msg + rates)
       save({"val_" + k: v for k, v in (val_metrics or {}).items()
             if isinstance(v, float)} or None)
       if guard.stop_requested:
