@@ -7,10 +7,14 @@
     flaxnets predict runs/mnist1d INPUT...            # image files, .npy arrays or text
     flaxnets plot runs/mnist1d                        # PNG curves and confusion matrix
     flaxnets prepare tfds:mnist [--data_dir DIR]
+
+A bad value, a missing file or a damaged checkpoint ends a command with one line on
+stderr and exit status 2; set FLAXNETS_TRACEBACK=1 for the full traceback.
 """
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 
@@ -52,14 +56,8 @@ def _train(argv: list[str]) -> int:
     except DistributedInitError as e:
       print(f"flaxnets train: {e}", file=sys.stderr)
       return 2
-  from flaxnets.config import ConfigError
-  from flaxnets.training.checkpoint import CheckpointError
   from flaxnets.training import loop
-  try:
-    loop.train(config_flag.value, fv.workdir, restart=fv.restart)
-  except (ConfigError, CheckpointError, FloatingPointError) as e:
-    print(f"flaxnets train: {e}", file=sys.stderr)
-    return 2
+  loop.train(config_flag.value, fv.workdir, restart=fv.restart)
   return 0
 
 
@@ -140,7 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"flaxnets: unknown command {argv[0]!r}; expected one of {sorted(COMMANDS)}\n{USAGE}",
           file=sys.stderr)
     return 2
-  return command(argv[1:])
+  from flaxnets.training.checkpoint import CheckpointError
+  try:
+    return command(argv[1:])
+  except (ValueError, OSError, CheckpointError, FloatingPointError) as e:
+    # Bad input (ConfigError is a ValueError), missing files, damaged checkpoints, a
+    # diverged run: one line naming the problem. FLAXNETS_TRACEBACK=1 shows where.
+    if os.environ.get("FLAXNETS_TRACEBACK"):
+      raise
+    print(f"flaxnets {argv[0]}: {e}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

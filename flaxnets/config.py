@@ -18,6 +18,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "lamb")
 SCHEDULES = ("constant", "cosine", "linear")
 STRATEGIES = ("auto", "single", "pmap", "mesh")
 POOLINGS = ("last", "mean", "max")
+VAL_METRICS = ("loss", "accuracy", "top5_accuracy")  # what validation reports each epoch
+MODES = ("auto", "min", "max")
 
 
 class ConfigError(ValueError):
@@ -88,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   k.every_steps = 0               # 0: at epoch ends only
   k.max_to_keep = 2
   k.best_metric = "accuracy"      # validation metric that picks the best checkpoint
-  k.best_mode = "max"
+  k.best_mode = "auto"            # "min" | "max" | "auto": min for loss, max for the others
   k.async_save = True
 
   c.early_stopping = ml_collections.ConfigDict()
@@ -96,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   e.patience = 0                  # epochs without improvement; 0: off
   e.min_delta = 0.0
   e.metric = "loss"               # validation metric
-  e.mode = "min"
+  e.mode = "auto"                 # "min" | "max" | "auto": min for loss, max for the others
   e.restore_best = False
   return c
 
@@ -139,10 +141,12 @@ _RULES: list[tuple[str, Any, str]] = [
     ("parallel.strategy", lambda v: v in STRATEGIES, f"one of {STRATEGIES}"),
     ("checkpoint.every_steps", _non_negative, "an integer >= 0 (0: epoch ends only)"),
     ("checkpoint.max_to_keep", lambda v: v >= 1, "an integer >= 1"),
-    ("checkpoint.best_mode", lambda v: v in ("min", "max"), "'min' or 'max'"),
+    ("checkpoint.best_metric", lambda v: v in VAL_METRICS, f"one of {VAL_METRICS}"),
+    ("checkpoint.best_mode", lambda v: v in MODES, f"one of {MODES}"),
     ("early_stopping.patience", _non_negative, "an integer >= 0 (0: off)"),
     ("early_stopping.min_delta", _non_negative, "a number >= 0"),
-    ("early_stopping.mode", lambda v: v in ("min", "max"), "'min' or 'max'"),
+    ("early_stopping.metric", lambda v: v in VAL_METRICS, f"one of {VAL_METRICS}"),
+    ("early_stopping.mode", lambda v: v in MODES, f"one of {MODES}"),
 ]
 
 # Model fields constrained wherever a model has them. Every other int field of a model
@@ -258,6 +262,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.eval_batch_size < 1:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r}: expected >= 1")
   return config
+
+
+def metric_mode(metric: str, mode: str) -> str:
+  """'min' or 'max' for a validation metric; 'auto' minimises the loss, maximises the rest."""
+  if mode != "auto":
+    return mode
+  return "min" if metric == "loss" else "max"
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -90,6 +90,10 @@ class Predictor:
     if self.input_kind == "tokens":
       if isinstance(inputs, np.ndarray) and np.issubdtype(inputs.dtype, np.integer):
         ids = inputs.reshape(-1, inputs.shape[-1])
+        vocab_size = getattr(self.model, "vocab_size", None)
+        if ids.size and (ids.min() < 0 or (vocab_size and ids.max() >= vocab_size)):
+          raise ValueError(f"token ids span [{ids.min()}, {ids.max()}]: expected ids in "
+                           f"[0, {vocab_size}), the model's vocabulary")
         return {"inputs": ids.astype(np.int32), "seq_lengths": padded_lengths(ids)}
       if self.vocab is None:
         raise ValueError(f"inputs of type {type(inputs).__name__}: this model was trained on "
@@ -110,7 +114,11 @@ class Predictor:
     if x.shape[1:] != want:
       raise ValueError(f"inputs of shape {x.shape}: expected [batch, {', '.join(map(str, want))}] "
                        f"(or one example {want})")
-    return {"inputs": x.astype(np.float32)}
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+      bad = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
+      raise ValueError(f"inputs: {bad} example(s) hold NaN or infinity; expected finite values")
+    return {"inputs": x}
 
   def _read_image(self, path) -> np.ndarray:
     from PIL import Image
@@ -149,14 +157,26 @@ class Predictor:
     return self.predict_proba(inputs).argmax(-1)
 
   def predict_labels(self, inputs: Any) -> list[str]:
+    self._check_classifier("predict_labels")
     return [self.label_names[i] for i in self.predict(inputs)]
+
+  def _check_classifier(self, what: str) -> None:
+    if self.meta.get("task") == "lm":
+      raise ValueError(f"{what}: this is a language model (task 'lm'); predict_proba gives "
+                       "its next-token probabilities [N, T, vocab], not one label per input")
 
   def describe(self, inputs: Sequence[str], top: int = 3) -> list[str]:
     """CLI lines: input, predicted label and the top probabilities."""
+    self._check_classifier("describe")
+    if top < 1:
+      raise ValueError(f"top={top!r}: expected an integer >= 1")
     items: list[Any] = []
     for s in inputs:
       if self.input_kind != "tokens" and s.endswith(".npy"):
-        items.extend(np.load(s, allow_pickle=False).reshape((-1,) + self.input_shape))
+        try:  # one example or a batch, shaped as prepare() accepts them
+          items.extend(self.prepare(np.load(s, allow_pickle=False))["inputs"])
+        except ValueError as e:
+          raise ValueError(f"{s}: {e}") from None
       else:
         items.append(s)
     raw = np.stack(items) if items and isinstance(items[0], np.ndarray) else items
@@ -175,6 +195,10 @@ class Predictor:
     from flaxnets.models import registry
     from flaxnets.training import loop
     config = self.config
+    if config.dataset.name == "arrays":
+      raise ValueError("this model was trained on numpy arrays passed to train(data=...), "
+                       "which the checkpoint does not hold; call flaxnets.evaluate(result) "
+                       "on train's result, or predict on the arrays")
     dataset = sources.load_dataset(config.dataset)
     dataset = sources.adapt(dataset, getattr(registry.MODELS[config.model.name], "input_kinds",
                                              ("image", "series", "tokens")))
@@ -214,7 +238,7 @@ class Predictor:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(exported.serialize())
     path.with_suffix(path.suffix + ".json").write_text(json.dumps({
-        "inputs": [{"shape": ["batch", *self.input_shape], "dtype": str(s.dtype)} for s in specs],
+        "inputs": [{"shape": ["batch", *s.shape[1:]], "dtype": str(s.dtype)} for s in specs],
         "label_names": self.label_names, "input_kind": self.input_kind,
         "vocab": self.meta.get("vocab")}, indent=2))
     return path

@@ -81,9 +81,10 @@ def plot_confusion(cm: list[list[int]], names: list[str], out: pathlib.Path) -> 
 def plot_workdir(workdir: str | pathlib.Path) -> list[pathlib.Path]:
   """Write the PNGs for one run; returns their paths."""
   workdir = pathlib.Path(workdir)
+  rows = _rows(workdir)  # before creating anything: a mistyped workdir stays absent
   out_dir = workdir / "plots"
   out_dir.mkdir(parents=True, exist_ok=True)
-  written = [plot_curves(_rows(workdir), out_dir / "curves.png")]
+  written = [plot_curves(rows, out_dir / "curves.png")]
   results_file = workdir / "results.json"
   if results_file.is_file():
     results = json.loads(results_file.read_text())

@@ -39,7 +39,7 @@ class _null:
     ("optimizer.schedule", "cosinus", "one of"),
     ("dataset.name", "cifar11", "one of"),
     ("parallel.strategy", "pjit", "one of"),
-    ("checkpoint.best_mode", "maximum", "'min' or 'max'"),
+    ("checkpoint.best_mode", "maximum", "one of ('auto', 'min', 'max')"),
 ])
 def test_out_of_range_or_unknown_value(key, value, allowed):
   config = flaxnets.get_config()

@@ -140,6 +140,9 @@ def test_int_token_arrays_get_an_embedding_and_restore(tmp_path):
   assert hits == round(result.test_metrics["accuracy"] * 80)
   with pytest.raises(ValueError, match="trained on int token arrays without a vocabulary"):
     predictor.predict(["a text"])
+  path = predictor.export(tmp_path / "model.jax")
+  info = json.loads(path.with_suffix(".jax.json").read_text())
+  assert [i["shape"] for i in info["inputs"]] == [["batch", 12], ["batch"]]
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -108,11 +108,31 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
     x, y = np.asarray(xy[0]), np.asarray(xy[1])
     if len(x) != len(y):
       raise ValueError(f"data[{name!r}]: {len(x)} inputs but {len(y)} labels")
+    if len(x) == 0:
+      raise ValueError(f"data[{name!r}]: no examples (inputs of shape {x.shape}); leave the "
+                       "split out instead")
     if not np.issubdtype(y.dtype, np.integer):
       raise ValueError(f"data[{name!r}] labels: expected integer class ids, got dtype {y.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:  # [N, 1], as Keras' sparse labels often come
+      y = y[:, 0]
+    if y.ndim != 1:
+      raise ValueError(f"data[{name!r}] labels of shape {y.shape}: expected class ids [N] "
+                       "(for one-hot labels pass labels.argmax(-1))")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+      bad = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
+      raise ValueError(f"data[{name!r}] inputs: {bad} example(s) hold NaN or infinity; "
+                       "expected finite values")
     split = {"inputs": x, "labels": y.astype(np.int32)}
     if len(xy) == 3:
-      split["seq_lengths"] = np.asarray(xy[2], np.int32)
+      lengths = np.asarray(xy[2])
+      if lengths.shape != (len(x),) or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"data[{name!r}] seq_lengths of shape {lengths.shape} and dtype "
+                         f"{lengths.dtype}: expected ints [{len(x)}], one per example")
+      if x.ndim < 2 or lengths.min() < 1 or lengths.max() > x.shape[1]:
+        raise ValueError(f"data[{name!r}] seq_lengths span [{lengths.min()}, {lengths.max()}]:"
+                         f" expected lengths in [1, {x.shape[1] if x.ndim >= 2 else '?'}] "
+                         "(the time axis of the inputs)")
+      split["seq_lengths"] = lengths.astype(np.int32)
     return split
 
   tr = to_split("train", train)
@@ -123,6 +143,10 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
   x = tr["inputs"]
   if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
     kind = "tokens"
+    for split_name, s in (("train", tr), ("val", va), ("test", te)):
+      if s is not None and s["inputs"].min() < 0:
+        raise ValueError(f"data[{split_name!r}] token ids go down to {s['inputs'].min()}: "
+                         "expected ids >= 0 (0 pads)")
     for s in (tr, va, te):  # 0 pads the end, as text sources do; lengths end before it
       if s is not None and "seq_lengths" not in s:
         s["seq_lengths"] = padded_lengths(s["inputs"])
@@ -141,7 +165,9 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
   if labels.min() < 0 or labels.max() >= num_classes:
     raise ValueError(f"labels span [{labels.min()}, {labels.max()}]: expected ids in "
                      f"[0, {num_classes})")
-  names = label_names or [str(i) for i in range(num_classes)]
+  names = [str(n) for n in (range(num_classes) if label_names is None else label_names)]
+  if len(set(names)) != len(names):
+    raise ValueError(f"label_names={names!r}: expected distinct names")
   return Dataset(train=tr, val=va, test=te, num_classes=num_classes, label_names=list(names),
                  input_kind=kind, name="arrays")
 
@@ -151,10 +177,18 @@ def load_dataset(dcfg: Any, data: Any = None) -> Dataset:
   name = dcfg.name
   if isinstance(data, Dataset):
     return data
-  if name == "arrays" or data is not None:
+  if data is not None and name != "arrays":
+    from flaxnets.config import ConfigError
+    raise ConfigError(f"config.dataset.name={name!r}: expected 'arrays' when train() is given "
+                      "data= (otherwise evaluate and load would read a different dataset)")
+  if name == "arrays":
     if not isinstance(data, dict) or "train" not in data:
       raise ValueError("dataset 'arrays' needs train(config, data={'train': (x, y), "
                        "'val': ..., 'test': ...})")
+    unknown = sorted(set(data) - {"train", "val", "test", "label_names"})
+    if unknown:
+      raise ValueError(f"data[{unknown[0]!r}]: unknown key; expected 'train', 'val', 'test' "
+                       "or 'label_names'")
     return from_arrays(data["train"], data.get("val"), data.get("test"),
                        data.get("label_names"), dcfg.val_fraction)
   if name == "digits":

@@ -39,6 +39,11 @@ class Dataset:
       if len(set(n.values())) != 1:
         raise ValueError(f"dataset {self.name!r} split {split_name!r}: arrays disagree on "
                          f"the number of examples: {n}")
+      shape = split["inputs"].shape[1:]
+      if shape != self.train["inputs"].shape[1:]:
+        raise ValueError(f"dataset {self.name!r} split {split_name!r}: inputs of shape "
+                         f"{shape} per example; expected {self.train['inputs'].shape[1:]}, "
+                         "as in the train split")
 
   @property
   def vocab_size(self) -> int | None:

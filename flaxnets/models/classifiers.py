@@ -158,6 +158,7 @@ class CRNN(nn.Module):
 class CharLM(nn.Module):
   """Character-level language model: embedding -> stacked RNN -> next-token logits."""
   input_kinds: ClassVar[tuple[str, ...]] = ("tokens",)
+  tasks: ClassVar[tuple[str, ...]] = ("lm",)
   vocab_size: int = 128
   embed_dim: int = 64
   cell: str = "lstm"

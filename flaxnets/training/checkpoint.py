@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
+from flaxnets import config as config_lib
 from flaxnets.data.types import Dataset
 from flaxnets.training.hooks import is_chief
 
@@ -98,7 +99,6 @@ def _with_defaults(config: dict) -> dict[str, Any]:
   A checkpoint written before a config key (or a model field) existed lacks it; the
   key then behaved as its default, so a missing key is no reason to refuse a resume.
   """
-  from flaxnets import config as config_lib
   from flaxnets.models import registry
   flat = _flatten(_as_json(config))
   defaults = _flatten(_as_json(config_lib.get_config().to_dict()))
@@ -214,7 +214,8 @@ class Checkpointer:
   def _better(self, value: float) -> bool:
     if self.best_value is None:
       return True
-    return value > self.best_value if self.ccfg.best_mode == "max" else value < self.best_value
+    mode = config_lib.metric_mode(self.ccfg.best_metric, self.ccfg.best_mode)
+    return value > self.best_value if mode == "max" else value < self.best_value
 
   def save(self, step: int, state: Any, extra: dict[str, Any],
            val_metrics: dict[str, float] | None = None, force: bool = False) -> None:

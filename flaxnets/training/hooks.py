@@ -10,6 +10,7 @@ import math
 import pathlib
 import signal
 import threading
+import time
 from typing import Any
 
 import jax
@@ -22,13 +23,19 @@ def is_chief() -> bool:
 class MetricWriter:
   """Appends one JSON object per line to WORKDIR/metrics.jsonl (and TensorBoard if asked)."""
 
-  def __init__(self, workdir: str | pathlib.Path | None, tensorboard: bool = False):
+  def __init__(self, workdir: str | pathlib.Path | None, tensorboard: bool = False,
+               restart: bool = False):
     self.path = None
     self.tb = None
     if workdir is not None and is_chief():
       workdir = pathlib.Path(workdir)
       workdir.mkdir(parents=True, exist_ok=True)
       self.path = workdir / "metrics.jsonl"
+      if restart:  # the earlier run's logs move aside: kept, and not mixed with this run's
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for old in (self.path, workdir / "tensorboard"):
+          if old.exists():
+            old.rename(old.with_name(f"{old.stem}.before-restart-{stamp}{old.suffix}"))
       if tensorboard:
         from flaxnets.tensorboard import EventWriter
         self.tb = EventWriter(workdir / "tensorboard")

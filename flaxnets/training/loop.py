@@ -103,6 +103,23 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
   return registry.build_model(name, **kwargs)
 
 
+def check_task(config: Any, dataset: Dataset, model_cls: type) -> None:
+  """The model and the validation metrics must suit the dataset's task."""
+  tasks = getattr(model_cls, "tasks", ("classification",))
+  if dataset.task not in tasks:
+    fits = sorted(n for n, c in registry.MODELS.items()
+                  if dataset.task in getattr(c, "tasks", ("classification",)))
+    raise config_lib.ConfigError(
+        f"config.model.name={config.model.name!r}: a {'/'.join(tasks)} model, but dataset "
+        f"{dataset.name!r} is a {dataset.task} task; expected one of {fits}")
+  if dataset.task == "lm":  # next-token targets: no top-5 over classes is computed
+    for key, metric in (("checkpoint.best_metric", config.checkpoint.best_metric),
+                        ("early_stopping.metric", config.early_stopping.metric)):
+      if metric == "top5_accuracy":
+        raise config_lib.ConfigError(f"config.{key}={metric!r}: expected 'loss' or "
+                                     f"'accuracy' for language-model dataset {dataset.name!r}")
+
+
 def buckets_for(dataset: Dataset) -> tuple[int, ...] | None:
   if dataset.input_kind != "tokens" or "seq_lengths" not in dataset.train:
     return None
@@ -161,10 +178,14 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   """
   start_time = time.time()
   config = config_lib.validate(config.copy_and_resolve_references())
+  for key in ("path", "data_dir"):  # checkpoints record where the data is, from anywhere
+    if config.dataset[key]:
+      config.dataset[key] = str(pathlib.Path(config.dataset[key]).expanduser().absolute())
 
   # ---- data ------------------------------------------------------------------------
   dataset = sources.load_dataset(config.dataset, data)
   model_cls = registry.MODELS[config.model.name]
+  check_task(config, dataset, model_cls)
   dataset = sources.adapt(dataset, getattr(model_cls, "input_kinds", ("image", "series", "tokens")))
   stats = pipeline.input_stats(dataset.train, dataset.input_kind) if config.dataset.normalize else {}
   buckets = buckets_for(dataset)
@@ -191,8 +212,10 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   # ---- checkpoint restore ----------------------------------------------------------
   history: list[dict[str, Any]] = []
   resumed_sums = None  # metric sums of a partly done epoch, from its checkpoint
+  resumed_train_time = 0.0  # training seconds before this process (results.json adds them)
   early = hooks.EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta,
-                              config.early_stopping.mode)
+                              config_lib.metric_mode(config.early_stopping.metric,
+                                                     config.early_stopping.mode))
   ckpt = None
   if workdir is not None and config.checkpoint.enabled:
     from flaxnets.training import checkpoint
@@ -204,9 +227,10 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
       history = extra["history"]
       early.load_state_dict(extra["early_stopping"])
       resumed_sums = extra.get("epoch_sums")
+      resumed_train_time = float(extra.get("train_time_s", 0.0))
       log(f"resumed from step {int(state.step)} (epoch {train_it.epoch + 1}, "
           f"batch {extra['iterator']['next_index']}) in {workdir}")
-  writer = hooks.MetricWriter(workdir, tensorboard=config.tensorboard)
+  writer = hooks.MetricWriter(workdir, tensorboard=config.tensorboard, restart=restart)
 
   # ---- compile ---------------------------------------------------------------------
   train_step = strategy.compile_train(steps.make_train_step(
@@ -227,7 +251,9 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   def save(final_metrics=None, force=False):
     if ckpt is not None:
       extra = {"iterator": dict(position), "history": history,
-               "early_stopping": early.state_dict()}
+               "early_stopping": early.state_dict(),
+               "train_time_s": train_time + (time.time() - epoch_start
+                                             if position["next_index"] else 0.0)}
       if position["next_index"] and sums is not None:  # so the resumed epoch's record is exact
         extra["epoch_sums"] = jax.device_get(strategy.unreplicate(sums))
       ckpt.save(step, strategy.get_state(state), extra, final_metrics, force=force)
@@ -246,7 +272,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   # A run resumed after it had stopped early stays stopped.
   stopped_early = bool(config.early_stopping.patience) and \
       early.bad_epochs >= config.early_stopping.patience
-  train_time = 0.0
+  train_time = resumed_train_time
   sums = None
   with hooks.PreemptionGuard() as guard, close_on_error(ckpt):
     while train_it.epoch < config.num_epochs and not stopped_early:

@@ -1,0 +1,225 @@
+"""Bad input raises one clear error where it enters; nothing trains on it or is lost."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import flaxnets
+from flaxnets import config as config_lib
+from flaxnets.config import ConfigError, validate
+from flaxnets.data import sources
+
+
+def _quiet(**changes):
+  config = flaxnets.get_config()
+  config.progress = False
+  config.tensorboard = False
+  for dotted, value in changes.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _xy(n=40, shape=(8, 8, 1), classes=3, seed=0):
+  rng = np.random.RandomState(seed)
+  return rng.rand(n, *shape).astype(np.float32), (np.arange(n) % classes).astype(np.int32)
+
+
+# ---- numpy arrays --------------------------------------------------------------------------
+def test_labels_n_by_1_are_class_ids():
+  x, y = _xy()
+  ds = sources.from_arrays((x, y[:, None]))
+  assert ds.train["labels"].shape == (40,) and ds.num_classes == 3
+  np.testing.assert_array_equal(ds.train["labels"], y)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda x, y: ((x, np.eye(3, dtype=np.int32)[y]),),
+     r"data\['train'\] labels of shape \(40, 3\): expected class ids \[N\]"),
+    (lambda x, y: ((x, y), None, (x[:0], y[:0])), r"data\['test'\]: no examples"),
+    (lambda x, y: ((np.where(np.arange(40)[:, None, None, None] == 3, np.nan, x), y),),
+     r"data\['train'\] inputs: 1 example\(s\) hold NaN or infinity"),
+    (lambda x, y: ((x, y), None, (x[:, :7], y)),
+     r"split 'test': inputs of shape \(7, 8, 1\) per example; expected \(8, 8, 1\)"),
+])
+def test_bad_arrays_raise(make, message):
+  x, y = _xy()
+  with pytest.raises(ValueError, match=message):
+    sources.from_arrays(*make(x, y))
+
+
+def test_bad_sequence_lengths_and_token_ids_raise():
+  ids = np.random.RandomState(0).randint(1, 9, (20, 6)).astype(np.int32)
+  y = np.arange(20) % 2
+  with pytest.raises(ValueError, match=r"seq_lengths of shape \(19,\).*expected ints \[20\]"):
+    sources.from_arrays((ids, y, np.full(19, 6)))
+  with pytest.raises(ValueError, match=r"seq_lengths span \[0, 6\]: expected lengths in \[1, 6\]"):
+    sources.from_arrays((ids, y, np.arange(20) % 7))
+  with pytest.raises(ValueError, match=r"token ids go down to -1: expected ids >= 0"):
+    sources.from_arrays((np.where(ids == 8, -1, ids), y))
+
+
+def test_unknown_data_keys_and_duplicate_label_names_raise():
+  x, y = _xy()
+  config = _quiet(num_epochs=1, **{"dataset.name": "arrays"})
+  with pytest.raises(ValueError, match=r"data\['validation'\]: unknown key; expected 'train'"):
+    flaxnets.train(config, data={"train": (x, y), "validation": (x, y)})
+  with pytest.raises(ValueError, match=r"label_names=\['a', 'b', 'a'\]: expected distinct"):
+    sources.from_arrays((x, y), label_names=np.array(["a", "b", "a"]))
+  assert sources.from_arrays((x, y), label_names=np.array(["a", "b", "c"])).label_names == [
+      "a", "b", "c"]
+
+
+def test_arrays_need_dataset_name_arrays():
+  """Otherwise the checkpoint would name digits and `flaxnets eval` would score digits."""
+  x, y = _xy()
+  with pytest.raises(ConfigError, match=r"config\.dataset\.name='digits': expected 'arrays' "
+                                        r"when train\(\) is given data="):
+    flaxnets.train(_quiet(num_epochs=1), data={"train": (x, y)})
+
+
+# ---- metrics that pick the best checkpoint and stop early ----------------------------------
+@pytest.mark.parametrize("key", ["checkpoint.best_metric", "early_stopping.metric"])
+def test_unknown_validation_metric_raises_before_anything_is_deleted(tmp_path, key):
+  (tmp_path / "checkpoints" / "7").mkdir(parents=True)
+  with pytest.raises(ConfigError, match=rf"config\.{key}='val_loss': expected one of "
+                                        r"\('loss', 'accuracy', 'top5_accuracy'\)"):
+    flaxnets.train(_quiet(**{key: "val_loss"}), workdir=str(tmp_path), restart=True)
+  assert (tmp_path / "checkpoints" / "7").is_dir()
+
+
+def test_auto_mode_minimises_loss_and_maximises_the_rest():
+  assert config_lib.metric_mode("loss", "auto") == "min"
+  assert config_lib.metric_mode("accuracy", "auto") == "max"
+  assert config_lib.metric_mode("top5_accuracy", "auto") == "max"
+  assert config_lib.metric_mode("loss", "max") == "max"  # an explicit mode is obeyed
+  config = flaxnets.get_config()
+  assert (config.checkpoint.best_mode, config.early_stopping.mode) == ("auto", "auto")
+  with pytest.raises(ConfigError, match=r"config\.early_stopping\.mode='up': expected one of"):
+    validate(_quiet(**{"early_stopping.mode": "up"}))
+
+
+def test_best_checkpoint_by_loss_keeps_the_lowest_loss(tmp_path):
+  """best_metric='loss' without a mode: the best step is the one with the lowest val loss."""
+  config = _quiet(num_epochs=4, **{"checkpoint.best_metric": "loss",
+                                   "checkpoint.max_to_keep": 4})
+  result = flaxnets.train(config, workdir=str(tmp_path))
+  val = [h for h in result.history if h["split"] == "val"]
+  best = min(val, key=lambda h: h["loss"])
+  assert flaxnets.load(tmp_path, step="best").path.name == str(best["step"])
+
+
+# ---- model and task --------------------------------------------------------------------------
+def _corpus(tmp_path):
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("to be, or not to be, that is the question.\n" * 20, encoding="utf-8")
+  return corpus
+
+
+def test_classifier_on_language_model_data_raises(tmp_path):
+  config = _quiet(**{"dataset.name": "text_file", "dataset.path": str(_corpus(tmp_path)),
+                     "dataset.vocab_level": "char", "dataset.seq_len": 16, "model.name": "rnn"})
+  with pytest.raises(ConfigError, match=r"config\.model\.name='rnn': a classification model, "
+                                        r"but dataset .* is a lm task; expected one of \['char_lm'\]"):
+    flaxnets.train(config)
+
+
+def test_language_model_on_classification_data_raises():
+  ids = np.random.RandomState(0).randint(1, 9, (32, 6)).astype(np.int32)
+  config = _quiet(**{"dataset.name": "arrays", "model.name": "char_lm"})
+  with pytest.raises(ConfigError, match=r"config\.model\.name='char_lm': a lm model, but "
+                                        r"dataset 'arrays' is a classification task"):
+    flaxnets.train(config, data={"train": (ids, np.arange(32) % 2)})
+
+
+def test_language_model_predictor_refuses_labels(tmp_path):
+  config = _quiet(num_epochs=1, **{"dataset.name": "text_file",
+                                   "dataset.path": str(_corpus(tmp_path)),
+                                   "dataset.vocab_level": "char", "dataset.seq_len": 16,
+                                   "model.name": "char_lm", "model.hidden_size": 16,
+                                   "model.embed_dim": 8, "model.num_layers": 1})
+  flaxnets.train(config, workdir=str(tmp_path / "wd"))
+  predictor = flaxnets.load(tmp_path / "wd")
+  assert predictor.predict_proba(["to be"]).shape[-1] == len(predictor.vocab)
+  with pytest.raises(ValueError, match="predict_labels: this is a language model"):
+    predictor.predict_labels(["to be"])
+
+
+# ---- a trained classifier: predictor, CLI, workdir -------------------------------------------
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("digits")
+  flaxnets.train(_quiet(num_epochs=1), workdir=str(workdir))
+  return workdir
+
+
+def test_predictor_refuses_non_finite_inputs(digits_run):
+  predictor = flaxnets.load(digits_run)
+  x = np.zeros((3, 8, 8, 1), np.float32)
+  x[1, 2, 2, 0] = np.inf
+  with pytest.raises(ValueError, match=r"inputs: 1 example\(s\) hold NaN or infinity"):
+    predictor.predict(x)
+
+
+def _cli(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "flaxnets.cli", *map(str, args)],
+                        capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_cli_predict_checks_npy_shapes(digits_run, tmp_path):
+  np.save(tmp_path / "flat.npy", np.zeros(128, np.float32))  # would reshape into two images
+  np.save(tmp_path / "two.npy", np.zeros((2, 8, 8, 1), np.float32))
+  out = _cli("predict", digits_run, tmp_path / "flat.npy")
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert f"{tmp_path / 'flat.npy'}: inputs of shape (128,): expected [batch, 8, 8, 1]" in out.stderr
+  out = _cli("predict", digits_run, tmp_path / "two.npy")
+  assert out.returncode == 0 and len(out.stdout.splitlines()) == 2
+
+
+def test_cli_errors_are_one_line(digits_run, tmp_path):
+  for args, message in [(("eval", tmp_path / "nowhere"), "does not exist"),
+                        (("predict", digits_run, "--top=0", "x.png"), "top=0: expected"),
+                        (("eval", digits_run, "--split=holdout"), "split='holdout'")]:
+    out = _cli(*args)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and message in out.stderr, out.stderr
+  out = _cli("plot", tmp_path / "typo")
+  assert out.returncode == 2 and not (tmp_path / "typo").exists()
+
+
+def test_restart_moves_the_earlier_logs_aside(tmp_path):
+  config = _quiet(num_epochs=1)
+  flaxnets.train(config, workdir=str(tmp_path))
+  first = (tmp_path / "metrics.jsonl").read_text()
+  flaxnets.train(config, workdir=str(tmp_path), restart=True)
+  rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in rows if r["split"] == "train"] == [1]
+  kept = list(tmp_path.glob("metrics.before-restart-*.jsonl"))
+  assert len(kept) == 1 and kept[0].read_text() == first
+
+
+def test_relative_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
+  _corpus(tmp_path)
+  monkeypatch.chdir(tmp_path)
+  config = _quiet(num_epochs=1, **{"dataset.name": "text_file", "dataset.path": "corpus.txt",
+                                   "dataset.vocab_level": "char", "dataset.seq_len": 16,
+                                   "model.name": "char_lm", "model.hidden_size": 8,
+                                   "model.embed_dim": 8, "model.num_layers": 1})
+  flaxnets.train(config, workdir="wd")
+  saved = json.loads((tmp_path / "wd" / "results.json").read_text())["config"]
+  assert saved["dataset"]["path"] == str(tmp_path / "corpus.txt")
+
+
+def test_rerunning_a_finished_run_keeps_its_train_time(tmp_path):
+  config = _quiet(num_epochs=1)
+  first = flaxnets.train(config, workdir=str(tmp_path))
+  again = flaxnets.train(config, workdir=str(tmp_path))  # resumes at the end: nothing to do
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert first.train_time_s > 0
+  assert again.train_time_s == pytest.approx(first.train_time_s, rel=1e-6)
+  assert saved["train_time_s"] == pytest.approx(first.train_time_s, rel=1e-6)
