@@ -223,3 +223,27 @@ def test_rerunning_a_finished_run_keeps_its_train_time(tmp_path):
   assert first.train_time_s > 0
   assert again.train_time_s == pytest.approx(first.train_time_s, rel=1e-6)
   assert saved["train_time_s"] == pytest.approx(first.train_time_s, rel=1e-6)
+
+
+# ---- text tables ---------------------------------------------------------------------------
+def _table(path, rows):
+  path.write_text("label\tsentence\n" + "".join(f"{l}\t{t}\n" for l, t in rows),
+                  encoding="utf-8")
+
+
+def test_table_labels_ignore_surrounding_spaces_and_named_splits_must_exist(tmp_path):
+  from flaxnets.data import local
+  _table(tmp_path / "train.tsv", [("1", "good film"), (" 1", "great film"), ("0", "bad film"),
+                                  ("0 ", "awful film")] * 4)
+  dcfg = _quiet(**{"dataset.name": "text_table", "dataset.path": str(tmp_path)}).dataset
+  ds = local.text_table_dataset(dcfg)
+  assert ds.label_names == ["0", "1"]
+  dcfg.test_split = "tset"
+  with pytest.raises(FileNotFoundError, match=r"config\.dataset\.test_split='tset': no tset"):
+    local.text_table_dataset(dcfg)
+
+
+def test_max_vocab_one_is_refused_at_config_time():
+  with pytest.raises(ConfigError, match=r"config\.dataset\.max_vocab=1: expected 0 \(no limit\) "
+                                        r"or an integer >= 2"):
+    validate(_quiet(**{"dataset.max_vocab": 1}))

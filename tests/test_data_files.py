@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import flaxnets
 from flaxnets.data.files import encode_labels, read_image_folder, read_text_table
 from flaxnets.data.text import Vocabulary, bucket_length, default_buckets, lm_windows
 
@@ -399,3 +400,14 @@ def test_real_cifar10_test_archive(shared_data):
   assert names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck"]
   assert np.bincount(y).tolist() == [1000] * 10
+
+
+def test_image_folder_named_test_split_must_exist(tmp_path):
+  from flaxnets.data import local
+  _make_tree(tmp_path / "train")
+  dcfg = flaxnets.get_config().dataset
+  dcfg.name, dcfg.path, dcfg.val_fraction = "image_folder", str(tmp_path), 0.0
+  assert local.image_folder_dataset(dcfg).test is None  # the default 'test' may be absent
+  dcfg.test_split = "tset"
+  with pytest.raises(ValueError, match=r"config\.dataset\.test_split='tset': not found in"):
+    local.image_folder_dataset(dcfg)

@@ -369,6 +369,8 @@ def encode_labels(raw_labels: Sequence[str],
   for i, x in enumerate(raw):
     if not isinstance(x, str):
       raise TypeError(f"label {x!r} at index {i}: expected a string")
+  raw = [x.strip() for x in raw]  # 'pos' and ' pos' (CSV spacing) are one class
+  for i, x in enumerate(raw):
     if x == "":
       raise ValueError(f"label at index {i} is empty: expected a label value")
   if label_names is None:

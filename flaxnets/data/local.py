@@ -55,6 +55,9 @@ def image_folder_dataset(dcfg: Any) -> Dataset:
     test = None
     if dcfg.test_split:
       got = _read_images(path, dcfg.test_split, size, names)
+      if got is None and dcfg.test_split != "test":  # a named split must exist
+        raise ValueError(f"config.dataset.test_split={dcfg.test_split!r}: not found in "
+                         f"{str(path)!r}")
       test = None if got is None else {"inputs": got[0], "labels": got[1]}
   val = None
   if dcfg.val_split:
@@ -106,6 +109,9 @@ def text_table_dataset(dcfg: Any) -> Dataset:
     if f is None:
       if role == "val":
         raise FileNotFoundError(f"config.dataset.val_split={split!r}: no {split}"
+                                f"{{{','.join(_TABLE_SUFFIXES)}}} in {str(path)!r}")
+      if split != "test":  # a named split must exist; the default may be absent
+        raise FileNotFoundError(f"config.dataset.test_split={split!r}: no {split}"
                                 f"{{{','.join(_TABLE_SUFFIXES)}}} in {str(path)!r}")
       continue  # no test table: report validation only
     t, r = files.read_text_table(f, dcfg.text_column, dcfg.label_column)
