@@ -211,6 +211,8 @@ def _model_field_error(key: str, value: Any, hint: Any) -> str | None:
       return None
   origin = typing.get_origin(hint)
   if origin in (tuple, list, collections.abc.Sequence):
+    if typing.get_args(hint)[:1] != (int,):  # only sequences of sizes are checked
+      return None
     if not isinstance(value, (tuple, list)):
       return f"expected a sequence of int, got {type(value).__name__}"
     bad = [v for v in value if not _type_ok(v, 0) or v < 1]
