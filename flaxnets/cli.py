@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
   from flaxnets.training.checkpoint import CheckpointError
   try:
     return command(argv[1:])
-  except (ValueError, OSError, CheckpointError, FloatingPointError) as e:
+  except (ValueError, OSError, ImportError, CheckpointError, FloatingPointError) as e:
     # Bad input (ConfigError is a ValueError), missing files, damaged checkpoints, a
     # diverged run: one line naming the problem. FLAXNETS_TRACEBACK=1 shows where.
     if os.environ.get("FLAXNETS_TRACEBACK"):

@@ -121,19 +121,26 @@ class Predictor:
     return {"inputs": x}
 
   def _read_image(self, path) -> np.ndarray:
+    """One image file decoded as training decoded its folder, at the trained size."""
     from PIL import Image
+    from flaxnets.data import files
     p = pathlib.Path(path)
     if not p.is_file():
       raise FileNotFoundError(f"image file {str(p)!r} does not exist")
-    h, w, c = self.input_shape
+    shape = (self.input_shape if self.input_kind == "image" else
+             self.meta.get("image_shape"))  # an RNN reads images as rows
+    if not shape:
+      raise ValueError(f"image file {str(p)!r}: this model reads {self.input_kind} inputs, "
+                       "not images")
+    h, w, c = shape
     try:
-      img = Image.open(p)
-      img = img.convert("L" if c == 1 else "RGB")
+      with Image.open(p) as img:
+        arr = files._to_array(img, (h, w))
+        if arr.shape[-1] != c:  # e.g. a colour photo for a grayscale model
+          arr = files._to_array(img.convert("L" if c == 1 else "RGB"), (h, w))
     except Exception as e:
       raise ValueError(f"cannot read image {str(p)!r}: {e}") from e
-    if img.size != (w, h):
-      img = img.resize((w, h), Image.BILINEAR)
-    return np.asarray(img, np.float32).reshape(h, w, c)
+    return arr.astype(np.float32)
 
   # -- prediction ---------------------------------------------------------------------------
   def predict_proba(self, inputs: Any) -> np.ndarray:

@@ -247,3 +247,89 @@ def test_max_vocab_one_is_refused_at_config_time():
   with pytest.raises(ConfigError, match=r"config\.dataset\.max_vocab=1: expected 0 \(no limit\) "
                                         r"or an integer >= 2"):
     validate(_quiet(**{"dataset.max_vocab": 1}))
+
+
+def test_a_second_run_into_a_busy_workdir_is_refused(tmp_path):
+  from flaxnets.training.checkpoint import CheckpointError, workdir_lock
+  with workdir_lock(tmp_path):  # as another live run holds it
+    with pytest.raises(CheckpointError, match=r"is in use by another training run \(process "
+                                              r"\d+ on "):
+      flaxnets.train(_quiet(num_epochs=1), workdir=str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
+  holder = subprocess.Popen([sys.executable, "-c", (
+      "import sys, time; from flaxnets.training.checkpoint import workdir_lock\n"
+      f"with workdir_lock({str(tmp_path)!r}):\n  print('held', flush=True); time.sleep(600)")],
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    out = _cli("train", "--config.num_epochs=1", f"--workdir={tmp_path}")
+    assert out.returncode == 2 and "in use by another training run" in out.stderr
+    holder.kill()  # SIGKILL: the kernel frees the lock
+    holder.wait()
+    assert flaxnets.train(_quiet(num_epochs=1), workdir=str(tmp_path)).test_metrics
+  finally:
+    holder.kill()
+
+
+# ---- image files read for prediction as training read them -------------------------------
+def _jpeg_tree(root, n=12, size=(80, 64)):  # large enough for JPEG draft decoding
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for c in ("a", "b"):
+      (root / split / c).mkdir(parents=True)
+      for i in range(n):
+        pixels = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+        pixels[..., 0] = 255 * (c == "a")  # a learnable difference
+        Image.fromarray(pixels).save(root / split / c / f"{i}.jpg", quality=90)
+  return root
+
+
+@pytest.mark.parametrize("model", ["simple_cnn", "rnn"])
+def test_predicting_image_files_matches_training_decode(tmp_path, model):
+  from PIL import Image
+  from flaxnets.data import files
+  root = _jpeg_tree(tmp_path / "imgs")
+  config = _quiet(num_epochs=1, batch_size=8, **{
+      "dataset.name": "image_folder", "dataset.path": str(root), "dataset.image_size": 16,
+      "model.name": model})
+  if model == "rnn":
+    config.model.hidden_size = 8
+  flaxnets.train(config, workdir=str(tmp_path / "wd"))
+  predictor = flaxnets.load(tmp_path / "wd")
+  paths = sorted(str(p) for p in (root / "test").rglob("*.jpg"))
+  decoded = np.stack([files._to_array(Image.open(p), (16, 16))
+                      for p in paths])
+  np.testing.assert_array_equal(predictor.predict_proba(paths), predictor.predict_proba(decoded))
+  out = _cli("predict", tmp_path / "wd", paths[0])
+  assert out.returncode == 0 and out.stdout.startswith(paths[0]), out.stderr
+
+
+@pytest.mark.parametrize("lowercase,split_punctuation", [(True, False), (False, True)])
+def test_text_file_honours_tokenizer_options(tmp_path, lowercase, split_punctuation):
+  from flaxnets.data import local
+  corpus = tmp_path / "c.txt"
+  corpus.write_text("First Citizen: Before we proceed, hear me speak.\n" * 30, encoding="utf-8")
+  dcfg = _quiet(**{"dataset.name": "text_file", "dataset.path": str(corpus),
+                   "dataset.seq_len": 8, "dataset.lowercase": lowercase,
+                   "dataset.split_punctuation": split_punctuation}).dataset
+  tokens = set(local.text_file_dataset(dcfg).vocab.tokens)
+  assert ("first" in tokens) == lowercase and ("First" in tokens) != lowercase
+  lowered = {t.lower() for t in tokens}
+  assert (":" in tokens) == split_punctuation and ("citizen:" in lowered) != split_punctuation
+
+
+def test_carved_validation_does_not_shape_the_vocabulary(tmp_path):
+  """Words (and lengths) seen only in the held-out rows stay out of the vocabulary."""
+  from flaxnets.data import local
+  rows = [(str(i % 2), f"word{i} " + "pad " * (i % 5) + ("good" if i % 2 else "bad"))
+          for i in range(40)]
+  _table(tmp_path / "train.tsv", rows)
+  dcfg = _quiet(**{"dataset.name": "text_table", "dataset.path": str(tmp_path),
+                   "dataset.val_fraction": 0.25}).dataset
+  ds = local.text_table_dataset(dcfg)
+  vocab = set(ds.vocab.tokens)
+  first = lambda split: {ds.vocab.tokens[i] for i in split["inputs"][:, 0]}
+  assert first(ds.train) <= vocab - {"<unk>"} and len(first(ds.train)) == 30
+  assert first(ds.val) == {"<unk>"}  # each held-out row's own word is unknown
+  assert not any(t.startswith("word") and t not in first(ds.train) for t in vocab)

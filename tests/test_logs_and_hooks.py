@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -84,3 +85,28 @@ def test_plot_without_metrics_is_a_clear_error(tmp_path):
   from flaxnets import plots
   with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
     plots.plot_workdir(tmp_path)
+
+
+@pytest.mark.parametrize("workdir", [False, True])
+def test_restore_best_takes_the_early_stopping_metrics_best_epoch(tmp_path, workdir):
+  """By early_stopping.metric (loss), not checkpoint.best_metric (accuracy); with or
+  without a workdir. The same run cut at that epoch has bit-identical weights."""
+  config = flaxnets.get_config()
+  config.progress = False
+  config.tensorboard = False
+  config.num_epochs = 12
+  config.optimizer.learning_rate = 0.02
+  config.optimizer.schedule = "constant"
+  config.early_stopping.patience = 2
+  config.early_stopping.restore_best = True
+  config.checkpoint.best_metric, config.checkpoint.best_mode = "loss", "max"  # best/: the worst
+  result = flaxnets.train(config, workdir=str(tmp_path) if workdir else None)
+  assert result.stopped_early
+  val = [h for h in result.history if h["split"] == "val"]
+  best_epoch = min(val, key=lambda h: h["loss"])["epoch"]
+  assert best_epoch < val[-1]["epoch"]
+  config.num_epochs = best_epoch
+  config.early_stopping.patience = 0
+  cut = flaxnets.train(config)
+  for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(cut.state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -90,17 +90,7 @@ def text_table_dataset(dcfg: Any) -> Dataset:
                             f"{dcfg.train_split}{{{','.join(_TABLE_SUFFIXES)}}} in {str(path)!r}")
   texts, raw = files.read_text_table(train_file, dcfg.text_column, dcfg.label_column)
   labels, names = files.encode_labels(raw)
-  vocab = Vocabulary.build(texts, level=dcfg.vocab_level, lowercase=dcfg.lowercase,
-                           min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
-                           split_punctuation=dcfg.split_punctuation)
-  max_len = dcfg.max_len or max(len(vocab.tokenize(t)) for t in texts)
-
-  def encode(texts, labels):
-    ids, lengths = vocab.encode(texts, max_len)
-    return {"inputs": ids, "labels": labels, "seq_lengths": lengths}
-
-  train = encode(texts, labels)
-  splits = {}
+  splits = {"train": {"texts": np.array(texts, dtype=object), "labels": labels}}
   for role in ("val", "test"):
     split = dcfg[f"{role}_split"]
     if not split:
@@ -115,12 +105,31 @@ def text_table_dataset(dcfg: Any) -> Dataset:
                                 f"{{{','.join(_TABLE_SUFFIXES)}}} in {str(path)!r}")
       continue  # no test table: report validation only
     t, r = files.read_text_table(f, dcfg.text_column, dcfg.label_column)
-    splits[role] = encode(t, files.encode_labels(r, names)[0])
-  if "val" not in splits:
-    train, splits["val"] = sources.carve_validation(train, dcfg.val_fraction)
-  return Dataset(train=train, val=splits.get("val"), test=splits.get("test"),
+    splits[role] = {"texts": np.array(t, dtype=object), "labels": files.encode_labels(r, names)[0]}
+  vocab, splits = _encode_texts(dcfg, splits)
+  return Dataset(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
                  num_classes=len(names), label_names=names, input_kind="tokens", vocab=vocab,
                  name=path.name)
+
+
+def _encode_texts(dcfg: Any, splits: dict[str, dict]) -> tuple[Vocabulary, dict[str, dict]]:
+  """{'texts', 'labels'} splits -> (vocabulary, token splits). Validation is carved out of
+  train (when no val split is given) before the vocabulary and max_len are taken from
+  train, so no word or length seen only in validation shapes them."""
+  if "val" not in splits:
+    splits["train"], val = sources.carve_validation(splits["train"], dcfg.val_fraction)
+    if val is not None:
+      splits["val"] = val
+  texts = list(splits["train"]["texts"])
+  vocab = Vocabulary.build(texts, level=dcfg.vocab_level, lowercase=dcfg.lowercase,
+                           min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
+                           split_punctuation=dcfg.split_punctuation)
+  max_len = dcfg.max_len or max(len(vocab.tokenize(t)) for t in texts)
+  out = {}
+  for role, split in splits.items():
+    ids, lengths = vocab.encode(list(split["texts"]), max_len)
+    out[role] = {"inputs": ids, "labels": split["labels"], "seq_lengths": lengths}
+  return vocab, out
 
 
 # ---- text corpora (language models) -------------------------------------------------------
@@ -133,8 +142,9 @@ def text_file_dataset(dcfg: Any) -> Dataset:
   if not text:
     raise ValueError(f"text file {str(path)!r} is empty")
   cut = int(len(text) * (1.0 - dcfg.val_fraction))
-  vocab = Vocabulary.build([text[:cut]], level=dcfg.vocab_level, lowercase=False,
-                           min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None)
+  vocab = Vocabulary.build([text[:cut]], level=dcfg.vocab_level, lowercase=dcfg.lowercase,
+                           min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
+                           split_punctuation=dcfg.split_punctuation)
 
   def windows(part: str, stride: int | None) -> dict[str, np.ndarray]:
     ids = vocab.token_ids(part)
@@ -171,18 +181,13 @@ def tfds_dataset(dcfg: Any) -> Dataset:
   if "images" in train_raw:
     splits = {k: {"inputs": v["images"], "labels": v["labels"]} for k, v in raw.items()}
     kind, vocab = "image", None
+    if "val" not in splits:
+      splits["train"], splits["val"] = sources.carve_validation(splits["train"],
+                                                                dcfg.val_fraction)
   else:
-    vocab = Vocabulary.build(train_raw["texts"], level=dcfg.vocab_level, lowercase=dcfg.lowercase,
-                             min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
-                             split_punctuation=dcfg.split_punctuation)
-    max_len = dcfg.max_len or max(len(vocab.tokenize(t)) for t in train_raw["texts"])
-    splits = {}
-    for k, v in raw.items():
-      ids, lengths = vocab.encode(v["texts"], max_len)
-      splits[k] = {"inputs": ids, "labels": v["labels"], "seq_lengths": lengths}
+    vocab, splits = _encode_texts(dcfg, {k: {"texts": np.array(list(v["texts"]), dtype=object),
+                                             "labels": v["labels"]} for k, v in raw.items()})
     kind = "tokens"
-  train, val = splits["train"], splits.get("val")
-  if val is None:
-    train, val = sources.carve_validation(train, dcfg.val_fraction)
-  return Dataset(train=train, val=val, test=splits.get("test"), num_classes=len(names),
-                 label_names=names, input_kind=kind, vocab=vocab, name=dcfg.name)
+  return Dataset(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
+                 num_classes=len(names), label_names=names, input_kind=kind, vocab=vocab,
+                 name=dcfg.name)

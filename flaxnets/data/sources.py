@@ -220,6 +220,6 @@ def adapt(dataset: Dataset, input_kinds: tuple[str, ...]) -> Dataset:
     return Dataset(train=rows(dataset.train), val=rows(dataset.val), test=rows(dataset.test),
                    num_classes=dataset.num_classes, label_names=dataset.label_names,
                    input_kind="series", vocab=dataset.vocab, task=dataset.task,
-                   name=dataset.name)
+                   name=dataset.name, image_shape=dataset.input_shape)
   raise ValueError(f"dataset {dataset.name!r} gives {dataset.input_kind} inputs; the model "
                    f"reads {input_kinds}")

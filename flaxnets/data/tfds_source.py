@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-_TF_HINT = "pip install 'flaxnets[tfds-prepare]'   (or: pip install tensorflow)"
+_TF_HINT = "pip install 'flaxnets[tfds-prepare]'   (or: pip install tensorflow importlib_resources)"
 _READ_BATCH = 1024  # examples fetched per data-source call
 
 
@@ -152,7 +152,10 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
 
 def _missing_tensorflow(e: BaseException | None) -> bool:
   while e is not None:
-    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "tensorflow":
+    # TFDS' download path also imports importlib_resources, which it declares only for
+    # Python < 3.9; the tfds-prepare extra installs both.
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in (
+        "tensorflow", "importlib_resources"):
       return True
     e = e.__cause__ or e.__context__
   return False
@@ -166,13 +169,13 @@ def prepare_tfds(name: str, data_dir: str | os.PathLike | None = None) -> str:
   """
   tfds = _tfds()
   data_dir = None if data_dir is None else os.fspath(data_dir)
-  builder = _builder(tfds, name, data_dir)
   try:
+    builder = _builder(tfds, name, data_dir)
     builder.download_and_prepare(file_format="array_record")
   except Exception as e:
     if _missing_tensorflow(e):
-      raise ImportError(f"preparing TFDS dataset {name!r} needs TensorFlow, which is not "
-                        f"installed (reading prepared data does not). Install it with:\n"
-                        f"  {_TF_HINT}") from None
+      raise ImportError(f"preparing TFDS dataset {name!r} needs TensorFlow and "
+                        "importlib_resources, not both installed here (reading prepared data "
+                        f"needs neither). Install them with:\n  {_TF_HINT}") from None
     raise
   return str(builder.data_dir)

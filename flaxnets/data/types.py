@@ -27,6 +27,7 @@ class Dataset:
   vocab: Any = None               # flaxnets.data.text.Vocabulary for text, else None
   task: str = "classification"    # or "lm" (labels are next tokens)
   name: str = ""
+  image_shape: tuple[int, ...] | None = None  # [H, W, C] of images read as rows (series)
 
   def __post_init__(self):
     if self.input_kind not in INPUT_KINDS:

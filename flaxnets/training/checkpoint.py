@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
+import socket
 import time
 from typing import Any, Iterator
 
@@ -148,6 +150,7 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dic
           "task": dataset.task, "dataset": dataset.name,
           "vocab": None if dataset.vocab is None else dataset.vocab.to_dict(),
           "vocab_size": dataset.vocab_size,
+          "image_shape": None if dataset.image_shape is None else list(dataset.image_shape),
           "stats": {k: np.asarray(v).tolist() for k, v in stats.items()},
           "flaxnets_version": flaxnets.__version__}
 
@@ -345,6 +348,41 @@ class Checkpointer:
       shutil.move(str(src), str(dst))
     self.latest.reload()
     return dst
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | pathlib.Path | None) -> Iterator[None]:
+  """Hold WORKDIR/.lock for one training run; a second run into it raises CheckpointError.
+
+  Two runs writing one workdir would delete each other's in-flight saves and interleave
+  their logs. The lock is an flock, so the kernel frees it when the holder dies, even
+  by SIGKILL; the file itself stays (removing it would race with a new run).
+  """
+  try:
+    import fcntl
+  except ImportError:  # no flock (Windows): unguarded, as before
+    fcntl = None
+  if workdir is None or fcntl is None or not is_chief():
+    yield
+    return
+  path = pathlib.Path(workdir).absolute()
+  path.mkdir(parents=True, exist_ok=True)
+  f = open(path / ".lock", "a+")
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "unknown"
+      raise CheckpointError(f"workdir {str(path)!r} is in use by another training run "
+                            f"(process {holder}); wait for it to finish, or use another "
+                            "workdir") from None
+    f.truncate(0)
+    f.write(f"{os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    yield
+  finally:
+    f.close()  # releases the lock
 
 
 @contextlib.contextmanager

@@ -103,6 +103,32 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
   return registry.build_model(name, **kwargs)
 
 
+def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, history: list,
+                 ckpt: Any, strategy: parallel.Strategy, metric: str) -> Any:
+  """The weights of the epoch early stopping found best by its own metric.
+
+  From memory when this process ran that epoch, else from its checkpoint when one is
+  still kept; otherwise the last epoch's weights stay, with a warning.
+  """
+  if best_epoch is None:
+    return state
+  what = f"epoch {best_epoch}, the best by validation {metric}"
+  if best_in_memory is not None and best_in_memory[0] == best_epoch:
+    log(f"restored the weights of {what}")
+    return strategy.put_state(best_in_memory[1])
+  step = next((h["step"] for h in history
+               if h["split"] == "train" and h["epoch"] == best_epoch), None)
+  if ckpt is not None and step is not None and (
+      step in ckpt.latest.all_steps() or step == ckpt.best_step()):
+    restored = ckpt.restore_step(step, strategy.get_state(state))
+    log(f"restored the weights of {what} (step {step})")
+    return strategy.put_state(restored[0])
+  log(f"flaxnets: warning: the weights of {what} are gone (this run resumed after that "
+      "epoch and its checkpoint was pruned; a larger checkpoint.max_to_keep keeps it); "
+      "the last epoch's weights stay")
+  return state
+
+
 def check_task(config: Any, dataset: Dataset, model_cls: type) -> None:
   """The model and the validation metrics must suit the dataset's task."""
   tasks = getattr(model_cls, "tasks", ("classification",))
@@ -175,13 +201,23 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
     restart: ignore existing checkpoints in workdir and start over.
   Returns:
     TrainResult with the final state (host arrays), per-epoch history, val and test metrics.
+  Raises:
+    ConfigError for a bad config value; CheckpointError when another run holds workdir
+    or its checkpoints belong to a different model or dataset.
   """
   start_time = time.time()
   config = config_lib.validate(config.copy_and_resolve_references())
   for key in ("path", "data_dir"):  # checkpoints record where the data is, from anywhere
     if config.dataset[key]:
       config.dataset[key] = str(pathlib.Path(config.dataset[key]).expanduser().absolute())
+  from flaxnets.training.checkpoint import workdir_lock
+  with workdir_lock(workdir):
+    return _train(config, workdir, data, restart, start_time)
 
+
+def _train(config: Any, workdir: str | None, data: Any, restart: bool,
+           start_time: float) -> TrainResult:
+  """train() once the config is validated and the workdir is held."""
   # ---- data ------------------------------------------------------------------------
   dataset = sources.load_dataset(config.dataset, data)
   model_cls = registry.MODELS[config.model.name]
@@ -274,6 +310,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
       early.bad_epochs >= config.early_stopping.patience
   train_time = resumed_train_time
   sums = None
+  best_in_memory = None  # (epoch, host state) of the best early-stopping epoch run here
   with hooks.PreemptionGuard() as guard, close_on_error(ckpt):
     while train_it.epoch < config.num_epochs and not stopped_early:
       epoch = train_it.epoch
@@ -348,6 +385,9 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
         if config.early_stopping.patience:
           stop = early.update(val_metrics[config.early_stopping.metric], epoch + 1)
           stopped_early = stop
+          if config.early_stopping.restore_best and early.best_epoch == epoch + 1:
+            # A host copy, as Keras keeps them (np.array: no view of a donated buffer).
+            best_in_memory = (epoch + 1, jax.tree.map(np.array, strategy.get_state(state)))
       rates = f" | {record['examples_per_sec']:.0f} ex/s"
       if "tokens_per_sec" in record:
         rates += f", {record['tokens_per_sec']:.0f} tok/s"
@@ -364,11 +404,9 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   # ---- final evaluation ----------------------------------------------------------------
   if ckpt is not None:
     ckpt.wait()
-  if stopped_early and config.early_stopping.restore_best and ckpt is not None:
-    best = ckpt.restore_step(ckpt.best_step(), strategy.get_state(state))
-    if best is not None:
-      state = strategy.put_state(best[0])
-      log(f"restored the best weights (step {ckpt.best_step()})")
+  if stopped_early and config.early_stopping.restore_best:
+    state = restore_best(state, early.best_epoch, best_in_memory, history, ckpt, strategy,
+                         config.early_stopping.metric)
   if dataset.val is not None:
     val_metrics = run_eval(eval_step, state, dataset.val, eval_batch, strategy, buckets,
                            dataset.num_classes)
