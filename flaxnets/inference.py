@@ -32,6 +32,9 @@ def _step_dir(workdir: pathlib.Path, step: str | int) -> pathlib.Path:
     d = workdir / sub
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
+  if workdir.is_file():
+    raise NotADirectoryError(f"workdir {str(workdir)!r} is a file; expected the folder a "
+                             "training run wrote (flaxnets.train(config, workdir=...))")
   if not workdir.is_dir():
     raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist")
   if step == "best":

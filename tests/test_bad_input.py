@@ -181,6 +181,11 @@ def test_cli_predict_checks_npy_shapes(digits_run, tmp_path):
   assert out.returncode == 0 and len(out.stdout.splitlines()) == 2
 
 
+def test_load_names_a_file_given_as_workdir(digits_run):
+  with pytest.raises(NotADirectoryError, match=r"results\.json' is a file; expected the folder"):
+    flaxnets.load(digits_run / "results.json")
+
+
 def test_cli_errors_are_one_line(digits_run, tmp_path):
   for args, message in [(("eval", tmp_path / "nowhere"), "does not exist"),
                         (("predict", digits_run, "--top=0", "x.png"), "top=0: expected"),
