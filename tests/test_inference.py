@@ -261,7 +261,7 @@ def test_text_model_predicts_raw_strings(tmp_path):
   (folder / "train.tsv").write_text("label\tsentence\n" + "\n".join(rows) + "\n")
   config = small_config(**{"dataset.name": "text_table", "dataset.path": str(folder),
                            "model.name": "text_cnn", "model.embed_dim": 16,
-                           "model.features": 8, "model.dropout": 0.0, "num_epochs": 3,
+                           "model.features": 8, "model.dropout": 0.0, "num_epochs": 8,
                            "dataset.test_split": ""})
   for key in ("stage_features", "convs_per_stage"):
     del config.model[key]
