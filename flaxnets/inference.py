@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxnets.data.text import padded_lengths
+from flaxnets.data.types import non_finite_examples
 from flaxnets.training import steps
 
 BATCH_BUCKETS = (1, 8, 32, 128, 512)
@@ -118,8 +119,8 @@ class Predictor:
       raise ValueError(f"inputs of shape {x.shape}: expected [batch, {', '.join(map(str, want))}] "
                        f"(or one example {want})")
     x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-      bad = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
+    bad = non_finite_examples(x)
+    if bad:
       raise ValueError(f"inputs: {bad} example(s) hold NaN or infinity; expected finite values")
     return {"inputs": x}
 

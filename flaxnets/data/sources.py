@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from flaxnets.data.text import padded_lengths
-from flaxnets.data.types import Dataset, Split
+from flaxnets.data.types import Dataset, Split, non_finite_examples
 
 SPLIT_SEED = 0  # fixed: the train/val/test partition is part of the task, not the run
 
@@ -118,8 +118,8 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
     if y.ndim != 1:
       raise ValueError(f"data[{name!r}] labels of shape {y.shape}: expected class ids [N] "
                        "(for one-hot labels pass labels.argmax(-1))")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-      bad = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
+    bad = non_finite_examples(x)
+    if bad:
       raise ValueError(f"data[{name!r}] inputs: {bad} example(s) hold NaN or infinity; "
                        "expected finite values")
     split = {"inputs": x, "labels": y.astype(np.int32)}

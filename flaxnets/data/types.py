@@ -16,6 +16,13 @@ Split = dict[str, np.ndarray]
 INPUT_KINDS = ("image", "series", "tokens")
 
 
+def non_finite_examples(x: np.ndarray) -> int:
+  """How many examples (rows of the leading axis) of float inputs hold NaN or infinity."""
+  if not np.issubdtype(x.dtype, np.floating) or np.isfinite(x).all():
+    return 0
+  return int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
+
+
 @dataclasses.dataclass
 class Dataset:
   train: Split
