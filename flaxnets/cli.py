@@ -32,7 +32,7 @@ def _train(argv: list[str]) -> int:
       lock_config=False, accept_new_attributes=True)
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results",
                       flag_values=fv)
-  flags.DEFINE_boolean("restart", False, "ignore checkpoints in workdir and start over",
+  flags.DEFINE_boolean("restart", False, "delete the checkpoints in workdir and start over",
                        flag_values=fv)
   flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() first "
                        "(multi-host; coordinator from JAX's environment variables or "

@@ -128,9 +128,12 @@ def final_run(workdir: pathlib.Path) -> dict[str, Any]:
   extra = json.loads((predictor.path / "extra" / "metadata").read_text())
   history = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in extra["history"]]
   results = json.loads((workdir / "results.json").read_text())
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return {"step": int(predictor.path.name), "params": predictor.params,
           "batch_stats": predictor.batch_stats, "history": history,
-          "iterator": extra["iterator"], "test": results["test"]}
+          "iterator": extra["iterator"], "test": results["test"],
+          "metrics": [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows],
+          "wall_times": [r["wall_time"] for r in extra["history"]]}
 
 
 def assert_same_run(got: dict[str, Any], want: dict[str, Any]) -> None:
@@ -145,6 +148,10 @@ def assert_same_run(got: dict[str, Any], want: dict[str, Any]) -> None:
   assert got["history"] == want["history"]
   assert got["iterator"] == want["iterator"]
   assert got["test"] == want["test"]
+  # metrics.jsonl reads as one run: the rows a resume replays are not logged twice
+  assert got["metrics"] == want["metrics"]
+  # wall time counts on across processes
+  assert got["wall_times"] == sorted(got["wall_times"]) and got["wall_times"][0] > 0
 
 
 def resumed_from(stdout: str) -> int:
@@ -399,6 +406,56 @@ def test_config_change_is_refused_listing_keys_and_restart_starts_over(tmp_path,
   assert "resumed" not in capsys.readouterr().out
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [35, 39]
   assert flaxnets.load(workdir, "latest").params["Conv_0"]["kernel"].shape == (3, 3, 1, 4)
+
+
+def test_resume_with_changed_settings_says_so_and_records_them(tmp_path, trained, capsys):
+  workdir = copy_run(trained, tmp_path)
+  config = small_config(**{"num_epochs": 3, "optimizer.learning_rate": 0.01})
+  capsys.readouterr()
+  flaxnets.train(config, str(workdir))
+  out = capsys.readouterr().out
+  assert "resumed from step 78" in out
+  assert "changed settings, which apply from step 78 on" in out
+  assert "num_epochs: 2 -> 3" in out and "optimizer.learning_rate: 0.003 -> 0.01" in out
+  want = [{"step": 78, "changes": ["num_epochs: 2 -> 3",
+                                   "optimizer.learning_rate: 0.003 -> 0.01"]}]
+  assert json.loads((workdir / "results.json").read_text())["config_changes"] == want
+  extra = json.loads((flaxnets.load(workdir, "latest").path / "extra" / "metadata").read_text())
+  assert extra["config_changes"] == want  # carried to later resumes
+  # the first process's wall time is carried: the resumed epoch's record comes after it
+  walls = [r["wall_time"] for r in extra["history"]]
+  assert walls == sorted(walls)
+
+
+def test_disabled_checkpoints_over_earlier_ones_are_refused_or_restarted(tmp_path, trained):
+  workdir = copy_run(trained, tmp_path)
+  before = tree_digest(workdir)
+  config = small_config(**{"checkpoint.enabled": False, "num_epochs": 1})
+  with pytest.raises(CheckpointError) as info:
+    flaxnets.train(config, str(workdir))
+  msg = str(info.value)
+  assert str(workdir) in msg and "checkpoints/75" in msg and "checkpoint.enabled=False" in msg
+  assert "restart" in msg
+  assert tree_digest(workdir) == before  # nothing touched, the log included
+  # restart deletes them, so load() cannot serve the earlier model beside new results
+  flaxnets.train(config, str(workdir), restart=True)
+  assert checkpoint_lib.existing_steps(workdir) == []
+  with pytest.raises(FileNotFoundError):
+    flaxnets.load(workdir)
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["steps"] == STEPS_PER_EPOCH
+  assert list(workdir.glob("metrics.before-restart-*.jsonl"))
+
+
+def test_a_fresh_start_moves_an_earlier_log_aside(tmp_path):
+  config = small_config(**{"checkpoint.enabled": False, "num_epochs": 1})
+  flaxnets.train(config, str(tmp_path))
+  first = (tmp_path / "metrics.jsonl").read_text()
+  flaxnets.train(config, str(tmp_path))  # nothing to resume: a new run, a new log
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "train"] == [STEPS_PER_EPOCH]
+  (kept,) = tmp_path.glob("metrics.before-*.jsonl")
+  assert kept.read_text() == first
 
 
 def test_keys_missing_from_an_older_checkpoint_count_as_defaults(trained):

@@ -124,6 +124,17 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   return diffs
 
 
+def config_changes(saved: dict, current: dict) -> list[str]:
+  """Dotted keys outside RESUME_KEYS whose values differ: allowed on resume, and reported.
+
+  A resumed run applies them from its step on (a new learning rate, more epochs, ...).
+  """
+  a, b = _with_defaults(saved), _with_defaults(current)
+  return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
+          if not any(key == r or key.startswith(r + ".") for r in RESUME_KEYS)
+          and a.get(key) != b.get(key)]
+
+
 def meta_differences(saved: dict, current: dict) -> list[str]:
   """Config keys, data facts and vocabulary that differ between two `meta` items."""
   diffs = config_differences(saved["config"], current["config"])
@@ -155,6 +166,47 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dic
           "flaxnets_version": flaxnets.__version__}
 
 
+CHECKPOINT_DIRS = ("checkpoints", "best")
+
+
+def existing_steps(workdir: str | pathlib.Path) -> list[str]:
+  """The step folders a workdir's checkpoints/ and best/ hold, as 'checkpoints/12'."""
+  root = pathlib.Path(workdir)
+  return [f"{sub}/{d.name}" for sub in CHECKPOINT_DIRS if (root / sub).is_dir()
+          for d in sorted((root / sub).iterdir()) if d.is_dir() and d.name.isdigit()]
+
+
+def remove_checkpoints(workdir: str | pathlib.Path) -> None:
+  """Delete checkpoints/ and best/ (restart); every process waits until they are gone."""
+  if is_chief():
+    for sub in CHECKPOINT_DIRS:
+      shutil.rmtree(pathlib.Path(workdir) / sub, ignore_errors=True)
+  if jax.process_count() > 1:  # no process may look for checkpoints before they are gone
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("flaxnets_restart")
+
+
+def check_disabled(workdir: str | pathlib.Path, restart: bool) -> None:
+  """checkpoint.enabled=False: refuse a workdir whose checkpoints this run would ignore.
+
+  Such a run neither resumes nor replaces them, so `flaxnets.load(workdir)` and
+  `flaxnets eval` would go on serving the earlier model beside this run's results.json.
+  With restart they are deleted, as restart does with checkpoints enabled.
+  """
+  steps = existing_steps(workdir)
+  if not steps:
+    return
+  if restart:
+    remove_checkpoints(workdir)
+    return
+  shown = ", ".join(steps[:4]) + (", ..." if len(steps) > 4 else "")
+  raise CheckpointError(
+      f"workdir {str(pathlib.Path(workdir).absolute())!r} holds checkpoints of an earlier run "
+      f"({shown}) and checkpoint.enabled=False would neither resume nor replace them, so "
+      "load() and `flaxnets eval` would serve that earlier model: enable checkpoints to "
+      "resume, use another workdir, or restart=True (--restart) to delete them and start over")
+
+
 class Checkpointer:
   """Saves and restores the training state of one workdir (process 0 writes)."""
 
@@ -163,12 +215,7 @@ class Checkpointer:
     ocp = _ocp()
     self.workdir = pathlib.Path(workdir).absolute()
     if restart:  # --restart: start over explicitly
-      if is_chief():
-        for sub in ("checkpoints", "best"):
-          shutil.rmtree(self.workdir / sub, ignore_errors=True)
-      if jax.process_count() > 1:  # no process may look for checkpoints before they are gone
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("flaxnets_restart")
+      remove_checkpoints(self.workdir)
     self.ccfg = config.checkpoint
     self.meta = metadata(config, dataset, stats)
     # A run killed mid-save leaves a temporary folder behind; it is never a step.
@@ -188,6 +235,7 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=1, multiprocessing_options=mp("best"),
                                              **opts))
     self.best_value: float | None = None
+    self.restored_config: dict | None = None  # the config saved with the step resumed from
     self._closed = False
     self._check_compatible()
 
@@ -309,6 +357,7 @@ class Checkpointer:
                            opt_state=tree["opt_state"], step=tree["step"], rng=tree["rng"])
     if manager is self.latest:
       self._resume_best(step, out)
+      self.restored_config = out["meta"].get("config")
     return state, extra
 
   def _resume_best(self, step: int, restored: dict) -> None:

@@ -24,18 +24,28 @@ class MetricWriter:
   """Appends one JSON object per line to WORKDIR/metrics.jsonl (and TensorBoard if asked)."""
 
   def __init__(self, workdir: str | pathlib.Path | None, tensorboard: bool = False,
-               restart: bool = False):
+               restart: bool = False, resume_step: int | None = None):
+    """Opens WORKDIR/metrics.jsonl for this run.
+
+    restart, or a fresh start (resume_step None) over an earlier run's log: that log
+    (and tensorboard/) is moved aside to `metrics.before-<restart->TIME.jsonl`, kept
+    and not mixed with this run's. A resume from step `resume_step` keeps the rows up
+    to it and drops the later ones, which the resumed run replays and writes again.
+    """
     self.path = None
     self.tb = None
     if workdir is not None and is_chief():
       workdir = pathlib.Path(workdir)
       workdir.mkdir(parents=True, exist_ok=True)
       self.path = workdir / "metrics.jsonl"
-      if restart:  # the earlier run's logs move aside: kept, and not mixed with this run's
+      if restart or resume_step is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
+        tag = "before-restart" if restart else "before"
         for old in (self.path, workdir / "tensorboard"):
           if old.exists():
-            old.rename(old.with_name(f"{old.stem}.before-restart-{stamp}{old.suffix}"))
+            old.rename(old.with_name(f"{old.stem}.{tag}-{stamp}{old.suffix}"))
+      elif self.path.exists():
+        _truncate_log(self.path, resume_step)
       if tensorboard:
         from flaxnets.tensorboard import EventWriter
         self.tb = EventWriter(workdir / "tensorboard")
@@ -54,6 +64,23 @@ class MetricWriter:
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+
+
+def _truncate_log(path: pathlib.Path, step: int) -> None:
+  """Drop the rows of metrics.jsonl after `step` (atomically; other lines are kept)."""
+  lines = path.read_text().splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      row_step = json.loads(line).get("step")
+    except (ValueError, AttributeError):  # a line cut short by a kill: not a row
+      continue
+    if not isinstance(row_step, int) or row_step <= step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) != len(lines):
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
 
 
 class EarlyStopping:

@@ -198,12 +198,14 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
     config: an ml_collections.ConfigDict from flaxnets.get_config() (or a task config).
     workdir: where metrics.jsonl, results.json and checkpoints go; None keeps it in memory.
     data: for dataset 'arrays': {'train': (x, y), 'val': ..., 'test': ...}.
-    restart: ignore existing checkpoints in workdir and start over.
+    restart: delete workdir's checkpoints and start over (the earlier metrics.jsonl is
+      moved aside, as it is whenever a run starts without resuming).
   Returns:
     TrainResult with the final state (host arrays), per-epoch history, val and test metrics.
   Raises:
-    ConfigError for a bad config value; CheckpointError when another run holds workdir
-    or its checkpoints belong to a different model or dataset.
+    ConfigError for a bad config value; CheckpointError when another run holds workdir,
+    its checkpoints belong to a different model or dataset, or checkpoint.enabled is
+    False while it holds checkpoints (without restart).
   """
   start_time = time.time()
   config = config_lib.validate(config.copy_and_resolve_references())
@@ -212,6 +214,9 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
       config.dataset[key] = str(pathlib.Path(config.dataset[key]).expanduser().absolute())
   from flaxnets.training.checkpoint import workdir_lock
   with workdir_lock(workdir):
+    if workdir is not None and not config.checkpoint.enabled:
+      from flaxnets.training.checkpoint import check_disabled
+      check_disabled(workdir, restart)  # before anything in workdir is touched
     return _train(config, workdir, data, restart, start_time)
 
 
@@ -249,6 +254,9 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   history: list[dict[str, Any]] = []
   resumed_sums = None  # metric sums of a partly done epoch, from its checkpoint
   resumed_train_time = 0.0  # training seconds before this process (results.json adds them)
+  resumed_wall = 0.0  # wall seconds of the processes before this one, up to their checkpoint
+  resumed_step = None
+  config_changes: list[dict[str, Any]] = []  # settings changed at resumes, with their step
   early = hooks.EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta,
                               config_lib.metric_mode(config.early_stopping.metric,
                                                      config.early_stopping.mode))
@@ -264,9 +272,21 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       early.load_state_dict(extra["early_stopping"])
       resumed_sums = extra.get("epoch_sums")
       resumed_train_time = float(extra.get("train_time_s", 0.0))
+      resumed_wall = float(extra.get("wall_time_s", 0.0))
+      resumed_step = int(state.step)
       log(f"resumed from step {int(state.step)} (epoch {train_it.epoch + 1}, "
           f"batch {extra['iterator']['next_index']}) in {workdir}")
-  writer = hooks.MetricWriter(workdir, tensorboard=config.tensorboard, restart=restart)
+      config_changes = list(extra.get("config_changes", []))
+      changed = checkpoint.config_changes(ckpt.restored_config or {}, config.to_dict())
+      if changed:
+        config_changes.append({"step": resumed_step, "changes": changed})
+        log(f"resumed with changed settings, which apply from step {resumed_step} on:\n  " +
+            "\n  ".join(changed))
+  writer = hooks.MetricWriter(workdir, tensorboard=config.tensorboard, restart=restart,
+                              resume_step=resumed_step)
+
+  def run_wall_time():  # seconds since the run began, over all its processes
+    return resumed_wall + time.time() - start_time
 
   # ---- compile ---------------------------------------------------------------------
   train_step = strategy.compile_train(steps.make_train_step(
@@ -289,7 +309,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       extra = {"iterator": dict(position), "history": history,
                "early_stopping": early.state_dict(),
                "train_time_s": train_time + (time.time() - epoch_start
-                                             if position["next_index"] else 0.0)}
+                                             if position["next_index"] else 0.0),
+               "wall_time_s": run_wall_time(), "config_changes": config_changes}
       if position["next_index"] and sums is not None:  # so the resumed epoch's record is exact
         extra["epoch_sums"] = jax.device_get(strategy.unreplicate(sums))
       ckpt.save(step, strategy.get_state(state), extra, final_metrics, force=force)
@@ -368,7 +389,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                 "accuracy": train_metrics["accuracy"],
                 # examples (sequences for a language model), like the train_step records
                 "examples_per_sec": epoch_steps * config.batch_size / epoch_time,
-                "wall_time": time.time() - start_time}
+                "wall_time": run_wall_time()}
       if dataset.task == "lm":  # `count` there is the number of target tokens
         record["tokens_per_sec"] = (float(sums["count"]) - counted_before) / epoch_time
       history.append(record)
@@ -378,7 +399,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         val_metrics = run_eval(eval_step, state, dataset.val, eval_batch, strategy, buckets,
                                dataset.num_classes)
         vrec = {"split": "val", "epoch": epoch + 1, "step": step, "loss": val_metrics["loss"],
-                "accuracy": val_metrics["accuracy"], "wall_time": time.time() - start_time}
+                "accuracy": val_metrics["accuracy"], "wall_time": run_wall_time()}
         history.append(vrec)
         writer.write(vrec)
         msg += f" | val loss {vrec['loss']:.4f} acc {vrec['accuracy']:.4f}"
@@ -428,7 +449,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
     _write_json(pathlib.Path(workdir) / "results.json", {
         "config": config.to_dict(), "val": val_metrics, "test": test_metrics,
         "train_time_s": train_time, "wall_time_s": wall, "steps": step,
-        "stopped_early": stopped_early, "devices": [str(d) for d in strategy.devices],
+        "stopped_early": stopped_early, "config_changes": config_changes,
+        "devices": [str(d) for d in strategy.devices],
         "device_kind": jax.devices()[0].device_kind, "strategy": strategy.name,
         "process_count": jax.process_count(), "flaxnets_version": flaxnets.__version__,
         "label_names": list(dataset.label_names)})
