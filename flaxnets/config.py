@@ -162,7 +162,8 @@ _MODEL_RULES: list[tuple[str, Any, str]] = [
     ("hidden_size", lambda v: v >= 1, "an integer >= 1"),
     ("cell", lambda v: v in ("lstm", "gru", "simple"), "one of ('lstm', 'gru', 'simple')"),
     ("pooling", lambda v: v in POOLINGS, f"one of {POOLINGS}"),
-    ("dtype", lambda v: v in ("float32", "bfloat16", "float16"), "'float32', 'bfloat16' or 'float16'"),
+    ("dtype", lambda v: v in ("float32", "bfloat16", "float16"),
+     "'float32', 'bfloat16' or 'float16'"),
     ("param_dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
 ]
 _MODEL_RULE_KEYS = {key for key, _, _ in _MODEL_RULES}

@@ -139,9 +139,9 @@ class Predictor:
     h, w, c = shape
     try:
       with Image.open(p) as img:
-        arr = files._to_array(img, (h, w))
+        arr = files.image_to_array(img, (h, w))
         if arr.shape[-1] != c:  # e.g. a colour photo for a grayscale model
-          arr = files._to_array(img.convert("L" if c == 1 else "RGB"), (h, w))
+          arr = files.image_to_array(img.convert("L" if c == 1 else "RGB"), (h, w))
     except Exception as e:
       raise ValueError(f"cannot read image {str(p)!r}: {e}") from e
     return arr.astype(np.float32)
@@ -159,7 +159,8 @@ class Predictor:
       chunk = {k: v[start:start + BATCH_BUCKETS[-1]] for k, v in batch.items()}
       m = len(chunk["inputs"])
       size = next(b for b in BATCH_BUCKETS if b >= m)
-      padded = {k: np.concatenate([v, np.repeat(v[-1:], size - m, axis=0)]) for k, v in chunk.items()}
+      padded = {k: np.concatenate([v, np.repeat(v[-1:], size - m, axis=0)])
+                for k, v in chunk.items()}
       outs.append(np.asarray(self._predict(variables, padded))[:m])
     return np.concatenate(outs)
 
@@ -234,6 +235,9 @@ class Predictor:
     """
     from jax import export
     path = pathlib.Path(path)
+    if path.is_dir():  # checked before the (slow) export, so nothing is half written
+      raise IsADirectoryError(f"export path {str(path)!r} is a directory; expected a file "
+                              "name such as 'model.jax' (its .json is written beside it)")
     variables = jax.tree.map(jnp.asarray, {"params": self.params, "batch_stats": self.batch_stats})
     (b,) = export.symbolic_shape("b")
     if self.input_kind == "tokens":

@@ -34,7 +34,8 @@ def f1_scores(cm: np.ndarray) -> dict[str, float]:
   tp = np.diag(cm).astype(np.float64)
   precision = tp / np.maximum(cm.sum(0), 1)
   recall = tp / np.maximum(cm.sum(1), 1)
-  f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+  f1 = np.where(precision + recall > 0,
+                2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
   present = cm.sum(1) > 0
   return {"macro_f1": float(f1[present].mean()) if present.any() else 0.0,
           "per_class_f1": [float(v) for v in f1]}

@@ -186,6 +186,12 @@ def test_load_names_a_file_given_as_workdir(digits_run):
     flaxnets.load(digits_run / "results.json")
 
 
+def test_export_to_a_directory_names_it(digits_run, tmp_path):
+  with pytest.raises(IsADirectoryError, match=r"is a directory; expected a file name"):
+    flaxnets.load(digits_run).export(tmp_path)
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_errors_are_one_line(digits_run, tmp_path):
   for args, message in [(("eval", tmp_path / "nowhere"), "does not exist"),
                         (("predict", digits_run, "--top=0", "x.png"), "top=0: expected"),
@@ -303,7 +309,7 @@ def test_predicting_image_files_matches_training_decode(tmp_path, model):
   flaxnets.train(config, workdir=str(tmp_path / "wd"))
   predictor = flaxnets.load(tmp_path / "wd")
   paths = sorted(str(p) for p in (root / "test").rglob("*.jpg"))
-  decoded = np.stack([files._to_array(Image.open(p), (16, 16))
+  decoded = np.stack([files.image_to_array(Image.open(p), (16, 16))
                       for p in paths])
   np.testing.assert_array_equal(predictor.predict_proba(paths), predictor.predict_proba(decoded))
   out = _cli("predict", tmp_path / "wd", paths[0])

@@ -8,6 +8,7 @@ import io
 import json
 import pathlib
 import tarfile
+import warnings
 
 import numpy as np
 import pytest
@@ -86,6 +87,20 @@ def test_class_names_keep_train_ids(tmp_path):
   assert names == ["cat", "dog"] and y.tolist() == [1, 1]
   with pytest.raises(ValueError, match="class folder 'dog' is not among"):
     read_image_folder(root, class_names=["cat"])
+
+
+def test_empty_class_folder_is_named_in_a_warning(tmp_path):
+  root = _make_tree(tmp_path / "imgs" / "train", n=2)
+  (root / "bird").mkdir()
+  (root / "bird" / "readme.txt").write_text("no images yet")
+  (root / ".cache").mkdir()  # hidden: not a class folder
+  with pytest.warns(UserWarning, match=r"class folder\(s\) \['bird'\] hold no") as record:
+    _, _, names = read_image_folder(tmp_path / "imgs", split="train")
+  assert names == ["cat", "dog"] and len(record) == 1
+  assert str(root) in str(record[0].message)
+  with warnings.catch_warnings():  # a split read with the train classes does not warn
+    warnings.simplefilter("error")
+    read_image_folder(root, class_names=["cat", "dog", "bird"])
 
 
 def test_grayscale_and_mixed_channels(tmp_path):

@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import tarfile
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -39,8 +40,12 @@ def _is_image(parts: tuple[str, ...]) -> bool:
   return parts[-1].lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _to_array(im: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
-  """A decoded PIL image -> uint8 [H, W, 1] (grayscale) or [H, W, 3] (anything else)."""
+def image_to_array(im: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
+  """A decoded PIL image -> uint8 [H, W, 1] (grayscale) or [H, W, 3] (anything else).
+
+  The one decoder of training (read_image_folder) and inference (Predictor): a JPEG is
+  drafted (DCT-domain downscale) before the bilinear resize to image_size (height, width).
+  """
   if image_size is not None and im.format == "JPEG":
     im.draft(im.mode, (image_size[1], image_size[0]))  # DCT-domain downscale, >= target size
   if im.mode.startswith("I;16"):  # 16-bit grayscale PNG: keep the 8 high bits
@@ -63,7 +68,7 @@ def _decode_chunk(chunk: list[tuple[str, bytes | str]],
     try:
       with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data,
                       formats=_FORMATS) as im:
-        out.append(_to_array(im, image_size))
+        out.append(image_to_array(im, image_size))
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
       raise ValueError(f"cannot decode image {name}: {type(e).__name__}: {e} "
                        "(expected a readable JPEG or PNG file)") from None
@@ -145,6 +150,18 @@ class _Layout:
       raise ValueError(f"{path}: class folders sit under different parent folders ({shown}): "
                        "expected one level of class folders; pass split= to pick one of the "
                        f"top-level folders {sorted(self.top_level)}")
+
+
+def _warn_empty_classes(parent: pathlib.Path, class_names: list[str]) -> None:
+  """Warn about class folders beside the found ones that hold no images (Keras would
+  count them as classes; here a class is a folder with at least one image)."""
+  empty = sorted(d.name for d in parent.iterdir()
+                 if d.is_dir() and not d.name.startswith(".") and d.name not in class_names)
+  if empty:
+    warnings.warn(f"{parent}: class folder(s) {empty} hold no {'/'.join(IMAGE_EXTENSIONS)} "
+                  f"images, so they are not classes of this dataset; its {len(class_names)} "
+                  f"classes are {class_names[:10]}{' ...' if len(class_names) > 10 else ''}",
+                  stacklevel=3)
 
 
 def _check_image_size(image_size) -> tuple[int, int] | None:
@@ -236,6 +253,9 @@ def read_image_folder(path: str | os.PathLike,
   found_classes = sorted({k[0] for k in keys})
   if class_names is None:
     class_names = found_classes
+    if path.is_dir():
+      _warn_empty_classes(path.joinpath(*split_parts, *next(iter(layout.prefixes)).split("/")),
+                          class_names)
   else:
     class_names = list(class_names)
     for c in found_classes:

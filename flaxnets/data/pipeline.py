@@ -41,7 +41,8 @@ def input_stats(split: Split, input_kind: str) -> dict[str, np.ndarray]:
   return {"mean": mean.astype(np.float32), "std": np.maximum(std, 1e-6).astype(np.float32)}
 
 
-def _gather(split: Split, idx: np.ndarray, buckets: tuple[int, ...] | None) -> dict[str, np.ndarray]:
+def _gather(split: Split, idx: np.ndarray, buckets: tuple[int, ...] | None
+            ) -> dict[str, np.ndarray]:
   batch = {k: v[idx] for k, v in split.items()}
   if buckets and "seq_lengths" in batch:
     length = bucket_length(int(batch["seq_lengths"].max(initial=1)), buckets)

@@ -39,7 +39,8 @@ def _take(split: Split, idx: np.ndarray) -> Split:
   return {k: v[idx] for k, v in split.items()}
 
 
-def carve_validation(train: Split, fraction: float, seed: int = SPLIT_SEED) -> tuple[Split, Split | None]:
+def carve_validation(train: Split, fraction: float, seed: int = SPLIT_SEED
+                     ) -> tuple[Split, Split | None]:
   """Hold out a seeded, stratified `fraction` of train as validation."""
   if fraction <= 0:
     return train, None

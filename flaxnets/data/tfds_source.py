@@ -90,8 +90,8 @@ class MissingFeatureError(ValueError):
 def _check_key(key: str, features: Any, name: str, role: str) -> None:
   keys = list(features.keys())
   if key not in keys:
-    raise MissingFeatureError(f"TFDS dataset {name!r} has no feature {key!r} ({role}); its features "
-                     f"are {keys}")
+    raise MissingFeatureError(f"TFDS dataset {name!r} has no feature {key!r} ({role}); "
+                              f"its features are {keys}")
 
 
 def load_tfds(name: str, split: str, data_dir: str | None = None,

@@ -228,7 +228,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   model_cls = registry.MODELS[config.model.name]
   check_task(config, dataset, model_cls)
   dataset = sources.adapt(dataset, getattr(model_cls, "input_kinds", ("image", "series", "tokens")))
-  stats = pipeline.input_stats(dataset.train, dataset.input_kind) if config.dataset.normalize else {}
+  stats = (pipeline.input_stats(dataset.train, dataset.input_kind)
+           if config.dataset.normalize else {})
   buckets = buckets_for(dataset)
 
   # ---- devices and model ------------------------------------------------------------
@@ -467,8 +468,8 @@ def evaluate(result: TrainResult, split: str = "test") -> dict[str, Any]:
   """Metrics of a trained model on one split ('train', 'val' or 'test') of its dataset."""
   data = getattr(result.dataset, split, None)
   if split not in ("train", "val", "test") or data is None:
-    raise ValueError(f"split={split!r}: expected one of the dataset's splits "
-                     f"{[s for s in ('train', 'val', 'test') if getattr(result.dataset, s) is not None]}")
+    have = [s for s in ("train", "val", "test") if getattr(result.dataset, s) is not None]
+    raise ValueError(f"split={split!r}: expected one of the dataset's splits {have}")
   strategy = parallel.Strategy("single")
   eval_step = strategy.compile_eval(steps.make_eval_step(
       num_classes=result.dataset.num_classes, stats=result.stats))

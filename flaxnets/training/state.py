@@ -16,7 +16,8 @@ class TrainState(train_state.TrainState):
   rng: jax.Array = None  # base key; each step folds in its step number (and device index)
 
 
-def dummy_inputs(input_shape: tuple[int, ...], input_kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+def dummy_inputs(input_shape: tuple[int, ...], input_kind: str
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
   """A one-example batch of the right shape and dtype, for initialisation."""
   if input_kind == "tokens":
     return np.ones((1,) + tuple(input_shape), np.int32), np.full((1,), input_shape[0], np.int32)
