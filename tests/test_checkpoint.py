@@ -445,6 +445,7 @@ def test_disabled_checkpoints_over_earlier_ones_are_refused_or_restarted(tmp_pat
   results = json.loads((workdir / "results.json").read_text())
   assert results["steps"] == STEPS_PER_EPOCH
   assert list(workdir.glob("metrics.before-restart-*.jsonl"))
+  assert list(workdir.glob("results.before-restart-*.json"))  # the earlier run's, kept aside
 
 
 def test_a_fresh_start_moves_an_earlier_log_aside(tmp_path):
@@ -477,6 +478,39 @@ def test_changed_data_is_refused(tmp_path, trained):
   diffs = checkpoint_lib.meta_differences(meta, other)
   assert [d.split(" ")[0] for d in diffs] == ["input_shape", "label_names"]
   assert checkpoint_lib.meta_differences(meta, checkpoint_lib._as_json(meta)) == []
+  # other arrays of the same shape: the example count or the input statistics show it
+  fewer = dict(meta, train_examples=meta["train_examples"] - 1)
+  assert [d.split(" ")[0] for d in checkpoint_lib.meta_differences(meta, fewer)] == [
+      "train_examples"]
+  shifted = dict(meta, stats={k: (np.asarray(v) + 0.01).tolist()
+                              for k, v in meta["stats"].items()})
+  assert [d.split(" (")[0] for d in checkpoint_lib.meta_differences(meta, shifted)] == [
+      "input statistics"]
+  older = {k: v for k, v in meta.items() if k != "train_examples"}  # written before the key
+  assert checkpoint_lib.meta_differences(older, meta) == []
+
+
+def test_optimizer_state_of_another_layout_is_refused_not_moved_aside(tmp_path, trained):
+  workdir = copy_run(trained, tmp_path)
+  before = tree_digest(workdir)
+  config = small_config(**{"optimizer.clip_norm": 1.0, "num_epochs": 3})
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError) as info:
+    flaxnets.train(config, str(workdir))
+  msg = str(info.value)
+  assert "is intact but holds a training state" in msg
+  assert "optimizer.clip_norm: 0.0 -> 1.0" in msg and "--restart" in msg
+  assert tree_digest(workdir) == before and not (workdir / "damaged").exists()
+
+
+def test_a_changed_best_metric_starts_best_over(tmp_path, trained, capsys):
+  workdir = copy_run(trained, tmp_path)
+  config = small_config(**{"checkpoint.best_metric": "loss", "num_epochs": 3})
+  capsys.readouterr()
+  flaxnets.train(config, str(workdir))
+  assert "best_metric/best_mode changed from accuracy (max) to loss (min)" in \
+      capsys.readouterr().out
+  # the saved best accuracy is no bar for a loss: the next epoch takes best/
+  assert [p.name for p in (workdir / "best").iterdir()] == [str(3 * STEPS_PER_EPOCH)]
 
 
 # ---- divergence ------------------------------------------------------------------------------
@@ -544,16 +578,24 @@ def test_early_stopped_run_stays_stopped_when_resumed(tmp_path, capsys):
   # Accuracy in 'min' mode: epoch 2 is "worse" than epoch 1, so patience 1 stops there.
   config = small_config(num_epochs=4, **{"early_stopping.patience": 1,
                                          "early_stopping.metric": "accuracy",
-                                         "early_stopping.mode": "min"})
+                                         "early_stopping.mode": "min",
+                                         "early_stopping.restore_best": True})
   first = flaxnets.train(config, str(tmp_path))
   assert first.stopped_early
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+  best = sorted(p.name for p in (tmp_path / "best").iterdir())
+  assert best == [str(2 * STEPS_PER_EPOCH)]  # by checkpoint.best_metric: accuracy, max
   capsys.readouterr()
   again = flaxnets.train(config, str(tmp_path))
-  assert "resumed from step" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "resumed from step" in out
+  assert f"restored the weights of epoch 1, the best by validation accuracy (step " \
+         f"{STEPS_PER_EPOCH})" in out
   assert again.stopped_early
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == steps
   assert again.history == first.history
+  # restoring epoch 1's weights from its checkpoint leaves best/ as it was
+  assert sorted(p.name for p in (tmp_path / "best").iterdir()) == best
 
 
 def test_stop_without_workdir_says_nothing_was_saved(monkeypatch):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -42,6 +43,20 @@ _MAX_CAUSE = 400  # characters of an Orbax / TensorStore error quoted in ours
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used; the message names its path."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+  """An intact checkpoint of a state that this config does not build: refused, never moved."""
+
+
+def state_layout(tree: dict[str, Any]) -> str:
+  """Leaf count and a digest of every leaf's path and shape in a state_tree.
+
+  Not dtypes: a fresh state's step may be int64 where a trained one's is int32, and
+  Orbax casts on restore (param_dtype is a model key, refused on its own)."""
+  rows = [f"{jax.tree_util.keystr(path)}:{tuple(np.shape(leaf))}"
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+  return f"{len(rows)} arrays, {hashlib.sha256(chr(10).join(rows).encode()).hexdigest()[:16]}"
 
 
 def _ocp():
@@ -139,7 +154,9 @@ def meta_differences(saved: dict, current: dict) -> list[str]:
   """Config keys, data facts and vocabulary that differ between two `meta` items."""
   diffs = config_differences(saved["config"], current["config"])
   a, b = _as_json(saved), _as_json(current)
-  for key in RESUME_META:
+  for key in RESUME_META + ("train_examples",):
+    if key == "train_examples" and None in (a.get(key), b.get(key)):
+      continue  # written since 2026-11-28; older checkpoints lack it
     if a.get(key) != b.get(key):
       shown = [repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "..."
                for v in (a.get(key), b.get(key))]
@@ -149,6 +166,11 @@ def meta_differences(saved: dict, current: dict) -> list[str]:
                  f"{b['vocab_size']}")
   if a.get("vocab") != b.get("vocab"):
     diffs.append("vocabulary: built from different training data or settings")
+  sa, sb = a.get("stats") or {}, b.get("stats") or {}
+  if set(sa) == set(sb) and not all(
+      np.allclose(np.asarray(sa[k]), np.asarray(sb[k]), rtol=1e-5, atol=1e-7) for k in sa):
+    diffs.append("input statistics (from the training data): they differ, so the training "
+                 "inputs changed")
   return diffs
 
 
@@ -159,6 +181,7 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dic
           "label_names": list(dataset.label_names), "num_classes": dataset.num_classes,
           "input_kind": dataset.input_kind, "input_shape": list(dataset.input_shape),
           "task": dataset.task, "dataset": dataset.name,
+          "train_examples": len(dataset.train["labels"]),
           "vocab": None if dataset.vocab is None else dataset.vocab.to_dict(),
           "vocab_size": dataset.vocab_size,
           "image_shape": None if dataset.image_shape is None else list(dataset.image_shape),
@@ -286,7 +309,8 @@ class Checkpointer:
     if improved:
       self.best_value = float(val_metrics[metric])
     meta = dict(self.meta, metrics=val_metrics or {}, best_value=self.best_value,
-                best_step=step if improved else None)
+                best_step=step if improved else None,
+                state_layout=state_layout(state_tree(state)))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)),
                               extra=ocp.args.JsonSave(_jsonable(extra)),
                               meta=ocp.args.JsonSave(_jsonable(meta)))
@@ -333,21 +357,32 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.best.latest_step()
 
-  def restore_step(self, step: int | None, target: Any, manager: Any = None
-                   ) -> tuple[Any, dict] | None:
-    """(state, extra) of `step`, restored into the structure of `target`."""
+  def restore_step(self, step: int | None, target: Any, manager: Any = None,
+                   resume: bool = False) -> tuple[Any, dict] | None:
+    """(state, extra) of `step`, restored into the structure of `target`.
+
+    resume: this step is where training continues (restore_latest): take its best
+    value and redo its best/ save if that was lost.
+    """
     if step is None:
       return None
     ocp = _ocp()
     manager = manager or (self.best if step == self.best_step() and
                           step not in self.latest.all_steps() else self.latest)
     abstract = jax.tree.map(np.asarray, state_tree(jax.device_get(target)))
+    path = manager.directory / str(step)
+    saved_layout = self._read_meta(manager, step).get("state_layout")
+    if saved_layout is not None and saved_layout != state_layout(abstract):
+      raise self._incompatible(path, manager, step, f"{saved_layout} vs now "
+                               f"{state_layout(abstract)}")
     try:
       out = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore(),
           meta=ocp.args.JsonRestore()))
     except Exception as e:
-      raise damaged_error(manager.directory / str(step), e) from e
+      if "tree structures do not match" in str(e):  # older checkpoints: no state_layout
+        raise self._incompatible(path, manager, step, str(e)[:200]) from e
+      raise damaged_error(path, e) from e
     if out["extra"] is None or out["meta"] is None:  # a JSON item whose file is missing
       raise damaged_error(manager.directory / str(step),
                           FileNotFoundError("its 'extra' or 'meta' item is missing"))
@@ -355,15 +390,36 @@ class Checkpointer:
     extra = _from_json(out["extra"])
     state = target.replace(params=tree["params"], batch_stats=tree["batch_stats"],
                            opt_state=tree["opt_state"], step=tree["step"], rng=tree["rng"])
-    if manager is self.latest:
+    if resume:
       self._resume_best(step, out)
       self.restored_config = out["meta"].get("config")
     return state, extra
+
+  def _incompatible(self, path: pathlib.Path, manager: Any, step: int,
+                    detail: str) -> IncompatibleCheckpointError:
+    saved = self._read_meta(manager, step).get("config") or {}
+    changed = config_changes(saved, self.meta["config"])
+    return IncompatibleCheckpointError(
+        f"checkpoint {path} is intact but holds a training state (params and optimizer "
+        f"state) of another layout than this config builds ({detail}), so it cannot be "
+        "resumed. Settings changed since it was saved: " + ("; ".join(changed) or "none") +
+        ". Resume with its settings, use another workdir, or --restart "
+        "(train(..., restart=True)) to start over.")
 
   def _resume_best(self, step: int, restored: dict) -> None:
     """Take the best value of the restored step; redo its best/ save if that was lost."""
     meta = restored["meta"]
     self.best_value = meta.get("best_value")
+    saved = (meta.get("config") or {}).get("checkpoint") or {}
+    was = (saved.get("best_metric", "accuracy"), config_lib.metric_mode(
+        saved.get("best_metric", "accuracy"), saved.get("best_mode", "auto")))
+    now = (self.ccfg.best_metric, config_lib.metric_mode(self.ccfg.best_metric,
+                                                         self.ccfg.best_mode))
+    if was != now:  # the saved best value is of another metric: best/ starts again
+      self.best_value = None
+      _say(f"flaxnets: checkpoint.best_metric/best_mode changed from {was[0]} ({was[1]}) to "
+           f"{now[0]} ({now[1]}): best/ (step {self.best_step()}) is replaced by the next "
+           "epoch's checkpoint and then kept by the new metric")
     if meta.get("best_step") == step and step not in self.best.all_steps():
       ocp = _ocp()
       self.best.save(step, force=True, args=ocp.args.Composite(
@@ -375,7 +431,9 @@ class Checkpointer:
     skipped = []
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
-        restored = self.restore_step(step, target, self.latest)
+        restored = self.restore_step(step, target, self.latest, resume=True)
+      except IncompatibleCheckpointError:
+        raise
       except CheckpointError as e:
         skipped.append((step, self._move_aside(step), e))
         continue

@@ -28,8 +28,8 @@ class MetricWriter:
     """Opens WORKDIR/metrics.jsonl for this run.
 
     restart, or a fresh start (resume_step None) over an earlier run's log: that log
-    (and tensorboard/) is moved aside to `metrics.before-<restart->TIME.jsonl`, kept
-    and not mixed with this run's. A resume from step `resume_step` keeps the rows up
+    (and tensorboard/, results.json) is moved aside to `metrics.before-<restart->TIME.jsonl`
+    (`results.before-...json`), kept and not mixed with this run's. A resume from step `resume_step` keeps the rows up
     to it and drops the later ones, which the resumed run replays and writes again.
     """
     self.path = None
@@ -41,7 +41,7 @@ class MetricWriter:
       if restart or resume_step is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         tag = "before-restart" if restart else "before"
-        for old in (self.path, workdir / "tensorboard"):
+        for old in (self.path, workdir / "tensorboard", workdir / "results.json"):
           if old.exists():
             old.rename(old.with_name(f"{old.stem}.{tag}-{stamp}{old.suffix}"))
       elif self.path.exists():

@@ -449,7 +449,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
     import flaxnets
     _write_json(pathlib.Path(workdir) / "results.json", {
         "config": config.to_dict(), "val": val_metrics, "test": test_metrics,
-        "train_time_s": train_time, "wall_time_s": wall, "steps": step,
+        "train_time_s": train_time, "wall_time_s": run_wall_time(), "steps": step,
         "stopped_early": stopped_early, "config_changes": config_changes,
         "devices": [str(d) for d in strategy.devices],
         "device_kind": jax.devices()[0].device_kind, "strategy": strategy.name,
