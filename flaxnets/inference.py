@@ -92,6 +92,12 @@ class Predictor:
     if isinstance(inputs, (str, pathlib.Path)):
       inputs = [inputs]
     if self.input_kind == "tokens":
+      if isinstance(inputs, (list, tuple)) and inputs and not isinstance(
+          inputs[0], (str, pathlib.Path)):  # nested lists of ids, not texts
+        inputs = np.asarray(inputs)
+        if not np.issubdtype(inputs.dtype, np.integer):
+          raise ValueError(f"inputs: a list of {inputs.dtype} values; expected text strings "
+                           "or int token ids [batch, T]")
       if isinstance(inputs, np.ndarray) and np.issubdtype(inputs.dtype, np.integer):
         ids = inputs.reshape(-1, inputs.shape[-1])
         vocab_size = getattr(self.model, "vocab_size", None)
@@ -139,9 +145,9 @@ class Predictor:
     h, w, c = shape
     try:
       with Image.open(p) as img:
-        arr = files.image_to_array(img, (h, w))
-        if arr.shape[-1] != c:  # e.g. a colour photo for a grayscale model
-          arr = files.image_to_array(img.convert("L" if c == 1 else "RGB"), (h, w))
+        # e.g. a colour photo for a grayscale model: converted as training converts a
+        # split whose channels differ from the train split's
+        arr = files.match_channels(files.image_to_array(img, (h, w)), c)
     except Exception as e:
       raise ValueError(f"cannot read image {str(p)!r}: {e}") from e
     return arr.astype(np.float32)
@@ -182,23 +188,30 @@ class Predictor:
     self._check_classifier("describe")
     if top < 1:
       raise ValueError(f"top={top!r}: expected an integer >= 1")
-    items: list[Any] = []
+    # Runs of image files (or texts) are predicted together; each .npy file (one
+    # example or a batch: floats shaped like the inputs, or int token ids) on its own.
+    groups: list[tuple[list[str], Any]] = []
     for s in inputs:
-      if self.input_kind != "tokens" and s.endswith(".npy"):
-        try:  # one example or a batch, shaped as prepare() accepts them
-          items.extend(self.prepare(np.load(s, allow_pickle=False))["inputs"])
+      if s.endswith(".npy") and pathlib.Path(s).is_file():
+        try:
+          arr = np.load(s, allow_pickle=False)
+          if self.input_kind == "tokens" and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"an array of {arr.dtype}: expected int token ids [batch, T]")
+          n = len(self.prepare(arr)["inputs"])
         except ValueError as e:
           raise ValueError(f"{s}: {e}") from None
+        groups.append(([s] if n == 1 else [f"{s}#{i}" for i in range(n)], arr))
+      elif groups and isinstance(groups[-1][1], list):
+        groups[-1][0].append(s)
+        groups[-1][1].append(s)
       else:
-        items.append(s)
-    raw = np.stack(items) if items and isinstance(items[0], np.ndarray) else items
-    proba = self.predict_proba(raw)
+        groups.append(([s], [s]))
     lines = []
-    for i, p in enumerate(proba):
-      order = np.argsort(-p)[:top]
-      name = inputs[i] if len(inputs) == len(proba) else f"#{i}"
-      tops = ", ".join(f"{self.label_names[j]}={p[j]:.3f}" for j in order)
-      lines.append(f"{name}\t{self.label_names[order[0]]}\t{tops}")
+    for names, raw in groups:
+      for name, p in zip(names, self.predict_proba(raw)):
+        order = np.argsort(-p)[:top]
+        tops = ", ".join(f"{self.label_names[j]}={p[j]:.3f}" for j in order)
+        lines.append(f"{name}\t{self.label_names[order[0]]}\t{tops}")
     return lines
 
   def evaluate(self, split: str = "test") -> dict[str, Any]:

@@ -64,6 +64,21 @@ def test_bad_sequence_lengths_and_token_ids_raise():
     sources.from_arrays((np.where(ids == 8, -1, ids), y))
 
 
+def test_unlabelled_split_from_any_source_is_refused():
+  # TFDS test splits such as GLUE's mark missing labels -1; one-hot of -1 scores 0.
+  from flaxnets.data.types import Dataset
+  split = lambda labels: {"inputs": np.zeros((len(labels), 4), np.float32),
+                          "labels": np.asarray(labels, np.int32)}
+  with pytest.raises(ValueError, match=r"split 'test': 3 label\(s\) outside \[0, 2\) "
+                     r"\(e\.g\. -1\); a split without labels .*\.test_split=''"):
+    Dataset(train=split([0, 1]), val=None, test=split([-1, -1, -1]), num_classes=2,
+            label_names=["a", "b"], input_kind="series", name="glue")
+  with pytest.raises(ValueError, match=r"split 'train': 1 label\(s\) outside \[0, 2\) "
+                     r"\(e\.g\. 2\)$"):
+    Dataset(train=split([0, 2]), val=None, test=None, num_classes=2,
+            label_names=["a", "b"], input_kind="series", name="x")
+
+
 def test_unknown_data_keys_and_duplicate_label_names_raise():
   x, y = _xy()
   config = _quiet(num_epochs=1, **{"dataset.name": "arrays"})
@@ -179,6 +194,23 @@ def test_cli_predict_checks_npy_shapes(digits_run, tmp_path):
   assert f"{tmp_path / 'flat.npy'}: inputs of shape (128,): expected [batch, 8, 8, 1]" in out.stderr
   out = _cli("predict", digits_run, tmp_path / "two.npy")
   assert out.returncode == 0 and len(out.stdout.splitlines()) == 2
+
+
+def test_cli_predict_takes_image_files_and_npy_batches_together(digits_run, tmp_path):
+  from PIL import Image
+  predictor = flaxnets.load(digits_run)
+  pixels = np.random.default_rng(0).integers(0, 17, (3, 8, 8, 1)).astype(np.float32)
+  Image.fromarray(pixels[0, ..., 0].astype(np.uint8)).save(tmp_path / "one.png")
+  np.save(tmp_path / "two.npy", pixels[1:])
+  args = [str(tmp_path / "two.npy"), str(tmp_path / "one.png"), str(tmp_path / "two.npy")]
+  lines = predictor.describe(args)
+  names = [line.split("\t")[0] for line in lines]
+  assert names == [f"{args[0]}#0", f"{args[0]}#1", args[1], f"{args[0]}#0", f"{args[0]}#1"]
+  labels = predictor.predict_labels(pixels)
+  assert [line.split("\t")[1] for line in lines] == [labels[1], labels[2], labels[0],
+                                                     labels[1], labels[2]]
+  out = _cli("predict", digits_run, tmp_path / "one.png", tmp_path / "two.npy")
+  assert out.returncode == 0 and len(out.stdout.splitlines()) == 3, out.stderr
 
 
 def test_load_names_a_file_given_as_workdir(digits_run):
@@ -314,6 +346,36 @@ def test_predicting_image_files_matches_training_decode(tmp_path, model):
   np.testing.assert_array_equal(predictor.predict_proba(paths), predictor.predict_proba(decoded))
   out = _cli("predict", tmp_path / "wd", paths[0])
   assert out.returncode == 0 and out.stdout.startswith(paths[0]), out.stderr
+
+
+@pytest.mark.parametrize("train_mode,test_mode", [("RGB", "L"), ("L", "RGB")])
+def test_test_split_takes_the_train_splits_channels_and_size(tmp_path, train_mode, test_mode):
+  from PIL import Image
+  from flaxnets.data import files
+  rng = np.random.default_rng(0)
+  root = tmp_path / "imgs"
+  for split, mode, size in (("train", train_mode, (8, 8)), ("test", test_mode, (12, 10))):
+    for c in ("a", "b"):
+      (root / split / c).mkdir(parents=True)
+      for i in range(6):
+        shape = size + ((3,) if mode == "RGB" else ())
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(
+            root / split / c / f"{i}.png")
+  # a 16-bit grayscale PNG too: training keeps its high byte, and so must predict
+  Image.fromarray(rng.integers(0, 65536, (12, 10), dtype=np.uint16)).save(
+      root / "test" / "a" / "wide.png")
+  config = _quiet(num_epochs=1, batch_size=8, **{
+      "dataset.name": "image_folder", "dataset.path": str(root)})
+  result = flaxnets.train(config, workdir=str(tmp_path / "wd"))
+  channels = 3 if train_mode == "RGB" else 1
+  x = result.dataset.test["inputs"]
+  assert x.shape == (13, 8, 8, channels)
+  paths = sorted(str(p) for p in (root / "test").rglob("*.png"))  # the reader's order
+  want = np.stack([files.match_channels(files.image_to_array(Image.open(p), (8, 8)), channels)
+                   for p in paths])
+  np.testing.assert_array_equal(x, want)
+  predictor = flaxnets.load(tmp_path / "wd")
+  np.testing.assert_array_equal(predictor.predict_proba(paths), predictor.predict_proba(x))
 
 
 @pytest.mark.parametrize("lowercase,split_punctuation", [(True, False), (False, True)])

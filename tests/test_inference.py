@@ -272,6 +272,11 @@ def test_text_model_predicts_raw_strings(tmp_path):
   assert predictor.predict_labels(texts)[:3] == ["1", "0", "1"]
   ids, lengths = predictor.vocab.encode(texts, predictor.input_shape[0])
   np.testing.assert_array_equal(predictor.predict(ids), predictor.predict(texts))
+  # a list of id lists is ids, not texts (it was read as strings: every token <unk>)
+  np.testing.assert_array_equal(predictor.predict_proba(ids.tolist()),
+                                predictor.predict_proba(ids))
+  with pytest.raises(ValueError, match="a list of float64 values; expected text strings"):
+    predictor.predict([[0.5, 1.5]])
 
 
 def test_load_accepts_a_relative_workdir(tmp_path, monkeypatch):

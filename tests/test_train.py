@@ -140,6 +140,14 @@ def test_int_token_arrays_get_an_embedding_and_restore(tmp_path):
   assert hits == round(result.test_metrics["accuracy"] * 80)
   with pytest.raises(ValueError, match="trained on int token arrays without a vocabulary"):
     predictor.predict(["a text"])
+  # ids as nested lists, and as a .npy file on the command line, read as ids
+  np.testing.assert_array_equal(predictor.predict_proba(x[400:403].tolist()),
+                                predictor.predict_proba(x[400:403]))
+  np.save(tmp_path / "ids.npy", x[400:403])
+  lines = predictor.describe([str(tmp_path / "ids.npy")])
+  assert [line.split("\t")[0] for line in lines] == [f"{tmp_path / 'ids.npy'}#{i}"
+                                                      for i in range(3)]
+  assert [line.split("\t")[1] for line in lines] == predictor.predict_labels(x[400:403])
   path = predictor.export(tmp_path / "model.jax")
   info = json.loads(path.with_suffix(".jax.json").read_text())
   assert [i["shape"] for i in info["inputs"]] == [["batch", 12], ["batch"]]

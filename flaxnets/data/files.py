@@ -60,6 +60,18 @@ def image_to_array(im: Image.Image, image_size: tuple[int, int] | None) -> np.nd
   return arr[..., None] if arr.ndim == 2 else arr
 
 
+def match_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+  """uint8 [..., H, W, C] with `channels` channels: grayscale repeated into RGB, RGB to
+  grayscale as PIL's convert('L') computes it (ITU-R 601-2 luma)."""
+  if arr.shape[-1] == channels:
+    return arr
+  if channels == 3:
+    return np.repeat(arr, 3, axis=-1)
+  rgb = arr.astype(np.uint32)
+  luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+  return luma.astype(np.uint8)[..., None]
+
+
 def _decode_chunk(chunk: list[tuple[str, bytes | str]],
                   image_size: tuple[int, int] | None) -> list[np.ndarray]:
   """Decodes (display name, file bytes or file path) pairs; names the first bad one."""

@@ -29,17 +29,34 @@ def _path(dcfg: Any) -> pathlib.Path:
 
 # ---- images ----------------------------------------------------------------------------
 def _read_images(path: pathlib.Path, split: str, image_size, class_names=None):
-  """A split of an image dataset laid out as <path>/<split>/ or <path>/<split>.tar.gz."""
+  """A split of an image dataset laid out as <path>/<split>/ or <path>/<split>.tar.gz.
+
+  With class_names (a split read after train): converted to the train split's
+  channels, as the Predictor converts an image file.
+  """
+  got = None
   if path.is_dir():
     if (path / split).is_dir():
-      return files.read_image_folder(path / split, image_size=image_size, class_names=class_names)
-    for suffix in _ARCHIVE_SUFFIXES:
+      got = files.read_image_folder(path / split, image_size=image_size,
+                                    class_names=class_names)
+    for suffix in _ARCHIVE_SUFFIXES if got is None else ():
       archive = path / f"{split}{suffix}"
       if archive.is_file():
-        return files.read_image_folder(archive, split=split, image_size=image_size,
-                                       class_names=class_names)
+        got = files.read_image_folder(archive, split=split, image_size=image_size,
+                                      class_names=class_names)
+        break
+  else:
+    got = files.read_image_folder(path, split=split, image_size=image_size,
+                                  class_names=class_names)
+  return got
+
+
+def _like_train(got, train_x: np.ndarray):
+  """A val/test split's images with the train split's channel count."""
+  if got is None:
     return None
-  return files.read_image_folder(path, split=split, image_size=image_size, class_names=class_names)
+  x, y, names = got
+  return files.match_channels(x, train_x.shape[-1]), y, names
 
 
 def image_folder_dataset(dcfg: Any) -> Dataset:
@@ -53,15 +70,16 @@ def image_folder_dataset(dcfg: Any) -> Dataset:
     x, y, names = _read_images(path, dcfg.train_split, size)
     train = {"inputs": x, "labels": y}
     test = None
+    size = size or x.shape[1:3]  # other splits are read at the train split's size
     if dcfg.test_split:
-      got = _read_images(path, dcfg.test_split, size, names)
+      got = _like_train(_read_images(path, dcfg.test_split, size, names), x)
       if got is None and dcfg.test_split != "test":  # a named split must exist
         raise ValueError(f"config.dataset.test_split={dcfg.test_split!r}: not found in "
                          f"{str(path)!r}")
       test = None if got is None else {"inputs": got[0], "labels": got[1]}
   val = None
   if dcfg.val_split:
-    got = _read_images(path, dcfg.val_split, size, names)
+    got = _like_train(_read_images(path, dcfg.val_split, size, names), train["inputs"])
     if got is None:
       raise ValueError(f"config.dataset.val_split={dcfg.val_split!r}: not found in {str(path)!r}")
     val = {"inputs": got[0], "labels": got[1]}

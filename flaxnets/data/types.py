@@ -52,6 +52,15 @@ class Dataset:
         raise ValueError(f"dataset {self.name!r} split {split_name!r}: inputs of shape "
                          f"{shape} per example; expected {self.train['inputs'].shape[1:]}, "
                          "as in the train split")
+      labels = np.asarray(split["labels"])
+      if self.task == "classification" and labels.size and (
+          labels.min() < 0 or labels.max() >= self.num_classes):
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        hint = (f"; a split without labels (marked -1) cannot be scored: set "
+                f"config.dataset.{split_name}_split=''" if split_name != "train" and
+                (bad < 0).all() else "")
+        raise ValueError(f"dataset {self.name!r} split {split_name!r}: {bad.size} label(s) "
+                         f"outside [0, {self.num_classes}) (e.g. {int(bad[0])}){hint}")
 
   @property
   def vocab_size(self) -> int | None:
