@@ -444,6 +444,7 @@ def test_disabled_checkpoints_over_earlier_ones_are_refused_or_restarted(tmp_pat
     flaxnets.load(workdir)
   results = json.loads((workdir / "results.json").read_text())
   assert results["steps"] == STEPS_PER_EPOCH
+  assert results["evaluated_weights"] == f"final (step {STEPS_PER_EPOCH})"
   assert list(workdir.glob("metrics.before-restart-*.jsonl"))
   assert list(workdir.glob("results.before-restart-*.json"))  # the earlier run's, kept aside
 
@@ -579,7 +580,8 @@ def test_early_stopped_run_stays_stopped_when_resumed(tmp_path, capsys):
   config = small_config(num_epochs=4, **{"early_stopping.patience": 1,
                                          "early_stopping.metric": "accuracy",
                                          "early_stopping.mode": "min",
-                                         "early_stopping.restore_best": True})
+                                         "early_stopping.restore_best": True,
+                                         "checkpoint.max_to_keep": 50})  # epoch 1's stays
   first = flaxnets.train(config, str(tmp_path))
   assert first.stopped_early
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
@@ -594,6 +596,8 @@ def test_early_stopped_run_stays_stopped_when_resumed(tmp_path, capsys):
   assert again.stopped_early
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == steps
   assert again.history == first.history
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["evaluated_weights"] == "epoch 1 (early_stopping.restore_best)"
   # restoring epoch 1's weights from its checkpoint leaves best/ as it was
   assert sorted(p.name for p in (tmp_path / "best").iterdir()) == best
 

@@ -157,7 +157,7 @@ def test_corrupt_image_named_in_folder_and_tar(tmp_path):
 
 
 def test_read_tsv_keeps_quotes_and_reads_gzip(tmp_path):
-  body = 'label\tsentence\n1\tit \'s a "great" film\n0\t" unbalanced quote\n\n1\tok\n'
+  body = 'label\tsentence\n1\tit \'s a "great" film\n0\t" unbalanced quote\n\n  \n1\tok\n'
   (tmp_path / "t.tsv").write_text(body, "utf-8")
   with gzip.open(tmp_path / "t.tsv.gz", "wt", encoding="utf-8") as f:
     f.write(body)

@@ -231,3 +231,20 @@ def test_validation_carve_of_a_tiny_set_is_never_empty():
   np.testing.assert_array_equal(again_val["inputs"], val["inputs"])
   with pytest.raises(ValueError, match=r"val_fraction=0.5: the training split has 1 example"):
     sources.carve_validation({k: v[:1] for k, v in split.items()}, 0.5)
+
+
+@pytest.mark.parametrize("counts,fraction,per_class", [
+    ([5] * 9 + [6], 0.1, [1, 1, 1, 1, 0, 0, 0, 0, 0, 1]),  # 51 examples: 5 (was 1)
+    ([4] * 29 + [6], 0.1, [1] * 11 + [0] * 18 + [1]),      # 122 examples: 12 (was 1)
+    ([2] * 10, 0.3, [1] * 6 + [0] * 4),                    # 20 examples: 6 (was 10)
+    ([1000, 10], 0.1, [100, 1]),
+])
+def test_validation_carve_holds_out_the_fraction_over_unbalanced_classes(counts, fraction,
+                                                                          per_class):
+  from flaxnets.data import sources
+  labels = np.repeat(np.arange(len(counts)), counts).astype(np.int32)
+  split = {"inputs": np.arange(len(labels), dtype=np.float32)[:, None], "labels": labels}
+  train, val = sources.carve_validation(split, fraction)
+  assert len(val["labels"]) == round(fraction * len(labels))
+  assert np.bincount(val["labels"], minlength=len(counts)).tolist() == per_class
+  assert sorted(np.concatenate([train["inputs"], val["inputs"]])[:, 0]) == list(range(len(labels)))

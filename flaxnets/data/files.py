@@ -326,7 +326,7 @@ def read_text_table(path: str | os.PathLike,
 
   The delimiter defaults from the suffix: TAB for .tsv[.gz], ',' for .csv[.gz]. TAB-
   separated files are read without quote handling (texts contain quote characters);
-  others with normal CSV quoting. Blank lines are skipped. label_column=None returns an
+  others with normal CSV quoting. Blank (or whitespace-only) lines are skipped. label_column=None returns an
   empty label list (unlabelled text, e.g. for prediction).
   """
   path = pathlib.Path(path)
@@ -347,7 +347,8 @@ def read_text_table(path: str | os.PathLike,
   try:
     with _open_text(path) as f:
       reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-      rows = (row for row in reader if row)  # skip blank lines
+      # skip blank lines, whitespace-only ones too (a row of one empty-looking field)
+      rows = (row for row in reader if row and not (len(row) == 1 and not row[0].strip()))
       first = next(rows, None)
       if first is None:
         raise ValueError(f"{path} is empty: expected a "

@@ -49,17 +49,24 @@ def carve_validation(train: Split, fraction: float, seed: int = SPLIT_SEED
     idx = np.random.default_rng(seed).permutation(len(labels))
     n_val = max(1, int(round(fraction * len(labels))))
     return _take(train, np.sort(idx[n_val:])), _take(train, np.sort(idx[:n_val]))
-  val_idx, train_idx = _stratified_split(labels, (fraction, 1.0 - fraction), seed)
-  if len(val_idx) == 0:
-    # Every class too small for its share to round to one example (a tiny or very
-    # unbalanced set): hold out round(fraction * N), at least one, without stratifying.
-    n = len(labels)
-    if n < 2:
-      raise ValueError(f"dataset.val_fraction={fraction}: the training split has {n} example(s), "
-                       "too few to hold any out for validation; set val_fraction=0")
-    idx = np.random.default_rng(seed).permutation(n)
-    n_val = min(n - 1, max(1, int(round(fraction * n))))
-    val_idx, train_idx = np.sort(idx[:n_val]), np.sort(idx[n_val:])
+  n = len(labels)
+  if n < 2:
+    raise ValueError(f"dataset.val_fraction={fraction}: the training split has {n} example(s), "
+                     "too few to hold any out for validation; set val_fraction=0")
+  # round(fraction * N) examples (at least one, never all), shared out over the classes
+  # by largest remainder: rounding each class's share alone gave 1 of 122 examples, or
+  # half of a set of pairs, as validation.
+  rng = np.random.default_rng(seed)
+  classes = np.unique(labels)
+  perms = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+  sizes = np.array([len(p) for p in perms])
+  quota = fraction * sizes
+  take = np.floor(quota).astype(np.int64)
+  n_val = min(n - 1, max(1, int(round(fraction * n))))
+  order = np.argsort(-(quota - take), kind="stable")  # ties: the lower class id
+  take[order[:n_val - int(take.sum())]] += 1
+  val_idx = np.sort(np.concatenate([p[:k] for p, k in zip(perms, take)]))
+  train_idx = np.sort(np.concatenate([p[k:] for p, k in zip(perms, take)]))
   return _take(train, train_idx), _take(train, val_idx)
 
 

@@ -104,29 +104,30 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
 
 
 def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, history: list,
-                 ckpt: Any, strategy: parallel.Strategy, metric: str) -> Any:
-  """The weights of the epoch early stopping found best by its own metric.
+                 ckpt: Any, strategy: parallel.Strategy, metric: str) -> tuple[Any, bool]:
+  """The weights of the epoch early stopping found best by its own metric, and whether
+  they were restored.
 
   From memory when this process ran that epoch, else from its checkpoint when one is
   still kept; otherwise the last epoch's weights stay, with a warning.
   """
   if best_epoch is None:
-    return state
+    return state, False
   what = f"epoch {best_epoch}, the best by validation {metric}"
   if best_in_memory is not None and best_in_memory[0] == best_epoch:
     log(f"restored the weights of {what}")
-    return strategy.put_state(best_in_memory[1])
+    return strategy.put_state(best_in_memory[1]), True
   step = next((h["step"] for h in history
                if h["split"] == "train" and h["epoch"] == best_epoch), None)
   if ckpt is not None and step is not None and (
       step in ckpt.latest.all_steps() or step == ckpt.best_step()):
     restored = ckpt.restore_step(step, strategy.get_state(state))
     log(f"restored the weights of {what} (step {step})")
-    return strategy.put_state(restored[0])
+    return strategy.put_state(restored[0]), True
   log(f"flaxnets: warning: the weights of {what} are gone (this run resumed after that "
       "epoch and its checkpoint was pruned; a larger checkpoint.max_to_keep keeps it); "
       "the last epoch's weights stay")
-  return state
+  return state, False
 
 
 def check_task(config: Any, dataset: Dataset, model_cls: type) -> None:
@@ -426,9 +427,12 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   # ---- final evaluation ----------------------------------------------------------------
   if ckpt is not None:
     ckpt.wait()
+  evaluated = f"final (step {step})"  # the weights the val/test metrics below are of
   if stopped_early and config.early_stopping.restore_best:
-    state = restore_best(state, early.best_epoch, best_in_memory, history, ckpt, strategy,
-                         config.early_stopping.metric)
+    state, restored = restore_best(state, early.best_epoch, best_in_memory, history, ckpt,
+                                   strategy, config.early_stopping.metric)
+    if restored:
+      evaluated = f"epoch {early.best_epoch} (early_stopping.restore_best)"
   if dataset.val is not None:
     val_metrics = run_eval(eval_step, state, dataset.val, eval_batch, strategy, buckets,
                            dataset.num_classes)
@@ -451,6 +455,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         "config": config.to_dict(), "val": val_metrics, "test": test_metrics,
         "train_time_s": train_time, "wall_time_s": run_wall_time(), "steps": step,
         "stopped_early": stopped_early, "config_changes": config_changes,
+        "evaluated_weights": evaluated,
         "devices": [str(d) for d in strategy.devices],
         "device_kind": jax.devices()[0].device_kind, "strategy": strategy.name,
         "process_count": jax.process_count(), "flaxnets_version": flaxnets.__version__,
