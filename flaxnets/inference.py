@@ -115,6 +115,10 @@ class Predictor:
       inputs = np.stack([self._read_image(p) for p in inputs])
     x = np.asarray(inputs)
     want = self.input_shape
+    image_shape = tuple(self.meta.get("image_shape") or ())
+    if self.input_kind == "series" and (
+        x.shape == image_shape or (want[-1] == 1 and x.shape == want[:-1])):
+      x = x[None]  # one example: an image read as rows, or a series without its channel
     if self.input_kind == "series" and x.ndim >= 3 and x.shape[1:] != want:
       x = x.reshape(x.shape[0], x.shape[1], -1)  # images fed row by row
     if x.shape == want:

@@ -406,3 +406,36 @@ def test_carved_validation_does_not_shape_the_vocabulary(tmp_path):
   assert first(ds.train) <= vocab - {"<unk>"} and len(first(ds.train)) == 30
   assert first(ds.val) == {"<unk>"}  # each held-out row's own word is unknown
   assert not any(t.startswith("word") and t not in first(ds.train) for t in vocab)
+
+
+def test_short_text_file_names_the_part_and_the_setting(tmp_path):
+  from flaxnets.data import local
+  corpus = tmp_path / "tiny.txt"
+  corpus.write_text("hello world, this is a tiny corpus!", encoding="utf-8")
+  dcfg = _quiet(**{"dataset.name": "text_file", "dataset.path": str(corpus),
+                   "dataset.seq_len": 8, "dataset.vocab_level": "char"}).dataset
+  with pytest.raises(ValueError, match=r"its validation part \(the last 10%, val_fraction\) is "
+                     r"too short for config\.dataset\.seq_len=8 .* or a larger val_fraction"):
+    local.text_file_dataset(dcfg)
+  dcfg.seq_len = 40
+  with pytest.raises(ValueError, match=r"its training part \(the first 90%\) is too short"):
+    local.text_file_dataset(dcfg)
+
+
+def test_one_example_without_a_batch_axis_predicts_like_a_batch_of_one(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(64, 20)).astype(np.float32)
+  y = (x[:, :10].sum(1) > 0).astype(np.int32)
+  config = _quiet(num_epochs=1, batch_size=16, **{"dataset.name": "arrays",
+                                                  "model.name": "conv1d"})
+  flaxnets.train(config, workdir=str(tmp_path / "series"), data={"train": (x, y)})
+  series = flaxnets.load(tmp_path / "series")
+  np.testing.assert_array_equal(series.predict_proba(x[3]), series.predict_proba(x[3:4]))
+  # an RNN reading images row by row takes one image as it is
+  config = _quiet(num_epochs=1, **{"model.name": "rnn", "model.hidden_size": 8})
+  result = flaxnets.train(config, workdir=str(tmp_path / "rows"))
+  rows = flaxnets.load(tmp_path / "rows")
+  image = result.dataset.test["inputs"][0].reshape(8, 8, 1)
+  np.testing.assert_array_equal(rows.predict_proba(image), rows.predict_proba(image[None]))
+  with pytest.raises(ValueError, match=r"inputs of shape \(7, 8, 1\): expected \[batch, 8, 8\]"):
+    rows.predict_proba(np.zeros((7, 8, 1), np.float32))

@@ -426,3 +426,22 @@ def test_image_folder_named_test_split_must_exist(tmp_path):
   dcfg.test_split = "tset"
   with pytest.raises(ValueError, match=r"config\.dataset\.test_split='tset': not found in"):
     local.image_folder_dataset(dcfg)
+
+
+def test_one_archive_with_or_without_split_folders(tmp_path):
+  from flaxnets.data import local
+  dcfg = flaxnets.get_config().dataset
+  dcfg.name, dcfg.val_fraction = "image_folder", 0.0
+  # class folders at the archive's top, as a directory may have them
+  flat = _tar(_make_tree(tmp_path / "flat", n=2), tmp_path / "flat.tar.gz")
+  dcfg.path = str(flat)
+  ds = local.image_folder_dataset(dcfg)
+  assert ds.label_names == ["cat", "dog"] and len(ds.train["labels"]) == 4 and ds.test is None
+  # only a train/ folder: the default test split may be absent, as in a directory
+  _make_tree(tmp_path / "split" / "train", n=2)
+  dcfg.path = str(_tar(tmp_path / "split", tmp_path / "train_only.tar.gz"))
+  ds = local.image_folder_dataset(dcfg)
+  assert len(ds.train["labels"]) == 4 and ds.test is None
+  dcfg.train_split = "training"
+  with pytest.raises(ValueError, match=r"train_split='training': not found in .*'train'\]"):
+    local.image_folder_dataset(dcfg)

@@ -111,6 +111,22 @@ def _scan_tar(archive: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, byt
                      f"(expected a {'/'.join(ARCHIVE_SUFFIXES)} archive)") from None
 
 
+def archive_split_folders(archive: str | os.PathLike) -> set[str]:
+  """Top-level folders of an archive that hold `<class>/<image>` trees (its splits).
+
+  Lists member names only (no image is decoded); empty when the class folders sit at
+  the archive's top.
+  """
+  try:
+    with tarfile.open(archive, "r|*") as tf:
+      return {parts[0] for parts in (
+          tuple(p for p in m.name.split("/") if p not in ("", ".")) for m in tf if m.isfile())
+              if len(parts) >= 3 and _is_image(parts)}
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise ValueError(f"cannot read archive {archive}: {type(e).__name__}: {e} "
+                     f"(expected a {'/'.join(ARCHIVE_SUFFIXES)} archive)") from None
+
+
 class _Layout:
   """Picks the images of `[<split>/][<prefix>/]<class>/<file>` and checks the layout."""
 

@@ -45,10 +45,22 @@ def _read_images(path: pathlib.Path, split: str, image_size, class_names=None):
         got = files.read_image_folder(archive, split=split, image_size=image_size,
                                       class_names=class_names)
         break
-  else:
+  elif split in _archive_splits(path):
     got = files.read_image_folder(path, split=split, image_size=image_size,
                                   class_names=class_names)
   return got
+
+
+def _archive_splits(path: pathlib.Path) -> set[str]:
+  """The split folders of one archive given as dataset.path (listed once per file state)."""
+  stat = path.stat()
+  key = (str(path.absolute()), stat.st_mtime_ns, stat.st_size)
+  if key not in _ARCHIVE_SPLITS:
+    _ARCHIVE_SPLITS[key] = files.archive_split_folders(path)
+  return _ARCHIVE_SPLITS[key]
+
+
+_ARCHIVE_SPLITS: dict[tuple, set[str]] = {}
 
 
 def _like_train(got, train_x: np.ndarray):
@@ -62,9 +74,17 @@ def _like_train(got, train_x: np.ndarray):
 def image_folder_dataset(dcfg: Any) -> Dataset:
   path = _path(dcfg)
   size = (dcfg.image_size, dcfg.image_size) if dcfg.image_size else None
-  if path.is_dir() and not (path / dcfg.train_split).exists() and not any(
-      (path / f"{dcfg.train_split}{s}").exists() for s in _ARCHIVE_SUFFIXES):
-    x, y, names = files.read_image_folder(path, image_size=size)  # class folders at the top
+  if path.is_dir():
+    flat = not (path / dcfg.train_split).exists() and not any(
+        (path / f"{dcfg.train_split}{s}").exists() for s in _ARCHIVE_SUFFIXES)
+  else:  # one archive: splits are its top-level folders, if it has any
+    splits = _archive_splits(path)
+    flat = not splits
+    if splits and dcfg.train_split not in splits:
+      raise ValueError(f"config.dataset.train_split={dcfg.train_split!r}: not found in "
+                       f"{str(path)!r}; its split folders are {sorted(splits)}")
+  if flat:  # class folders at the top: validation is carved from them, no test split
+    x, y, names = files.read_image_folder(path, image_size=size)
     train, test = {"inputs": x, "labels": y}, None
   else:
     x, y, names = _read_images(path, dcfg.train_split, size)
@@ -164,14 +184,22 @@ def text_file_dataset(dcfg: Any) -> Dataset:
                            min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
                            split_punctuation=dcfg.split_punctuation)
 
-  def windows(part: str, stride: int | None) -> dict[str, np.ndarray]:
+  def windows(part: str, stride: int | None, what: str) -> dict[str, np.ndarray]:
     ids = vocab.token_ids(part)
-    x, y = lm_windows(ids, dcfg.seq_len, stride)
+    try:
+      x, y = lm_windows(ids, dcfg.seq_len, stride)
+    except ValueError as e:
+      raise ValueError(f"text file {str(path)!r}: its {what} is too short for "
+                       f"config.dataset.seq_len={dcfg.seq_len} ({e}); use a shorter seq_len"
+                       f"{' or a larger val_fraction' if what.startswith('validation') else ''}"
+                       ) from None
     return {"inputs": x, "labels": y}
 
   # Training windows overlap by half so each position is seen with two contexts.
-  train = windows(text[:cut], dcfg.seq_len // 2)
-  val = windows(text[cut:], None) if dcfg.val_fraction > 0 else None
+  train = windows(text[:cut], dcfg.seq_len // 2,
+                  f"training part (the first {1 - dcfg.val_fraction:.0%})")
+  val = (windows(text[cut:], None, f"validation part (the last {dcfg.val_fraction:.0%}, "
+                 "val_fraction)") if dcfg.val_fraction > 0 else None)
   return Dataset(train=train, val=val, test=None, num_classes=len(vocab),
                  label_names=list(vocab.tokens), input_kind="tokens", vocab=vocab, task="lm",
                  name=path.name)
