@@ -44,12 +44,13 @@ def get_config() -> ml_collections.ConfigDict:
   d.path = ""                     # image_folder / text_table / text_file: file or folder
   d.train_split = "train"         # tfds split names, or image-folder subfolders / table files
   d.val_split = ""                # "" -> carve val_fraction out of train
-  d.test_split = "test"
-  d.val_fraction = 0.1
+  d.test_split = "test"           # "" -> none; the default 'test' may be absent
+  d.val_fraction = 0.1            # stratified, round(fraction * N) examples in all
   d.data_dir = ""                 # tfds data_dir
   d.text_column = "sentence"
   d.label_column = "label"
-  d.image_size = 0                # resize image folders to this square size; 0 keeps sizes
+  d.image_size = 0                # resize image folders to this square size; 0 keeps
+                                  # the train split's size (other splits are resized to it)
   d.vocab_level = "word"          # "word" | "char"
   d.lowercase = True
   d.split_punctuation = False     # word level: also split punctuation off words (raw text)
