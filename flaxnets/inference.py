@@ -94,7 +94,12 @@ class Predictor:
     if self.input_kind == "tokens":
       if isinstance(inputs, (list, tuple)) and inputs and not isinstance(
           inputs[0], (str, pathlib.Path)):  # nested lists of ids, not texts
-        inputs = np.asarray(inputs)
+        try:
+          inputs = np.asarray(inputs)
+        except ValueError:  # ragged: numpy's "inhomogeneous shape"
+          raise ValueError(f"inputs: lists of {sorted({len(i) if hasattr(i, '__len__') else 1 for i in inputs})} ids; expected "
+                           "id lists of one length (pad the end with 0), or text strings"
+                           ) from None
         if not np.issubdtype(inputs.dtype, np.integer):
           raise ValueError(f"inputs: a list of {inputs.dtype} values; expected text strings "
                            "or int token ids [batch, T]")
@@ -196,7 +201,9 @@ class Predictor:
     # example or a batch: floats shaped like the inputs, or int token ids) on its own.
     groups: list[tuple[list[str], Any]] = []
     for s in inputs:
-      if s.endswith(".npy") and pathlib.Path(s).is_file():
+      if s.endswith(".npy") and not pathlib.Path(s).is_file():
+        raise FileNotFoundError(f"array file {s!r} does not exist")
+      if s.endswith(".npy"):
         try:
           arr = np.load(s, allow_pickle=False)
           if self.input_kind == "tokens" and not np.issubdtype(arr.dtype, np.integer):

@@ -27,7 +27,8 @@ def plot_curves(rows: list[dict], out: pathlib.Path) -> pathlib.Path:
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
   for split, style in (("train", "-o"), ("val", "-s")):
-    # A resumed run can repeat an epoch: the last record of each epoch wins.
+    # One record per epoch (a resume drops the rows it replays); logs written before
+    # 2026-11-28 can repeat an epoch after a resume: the last record of each wins.
     by_epoch = {r["epoch"]: r for r in rows if r.get("split") == split}
     if not by_epoch:
       continue

@@ -70,7 +70,7 @@ def test_unlabelled_split_from_any_source_is_refused():
   split = lambda labels: {"inputs": np.zeros((len(labels), 4), np.float32),
                           "labels": np.asarray(labels, np.int32)}
   with pytest.raises(ValueError, match=r"split 'test': 3 label\(s\) outside \[0, 2\) "
-                     r"\(e\.g\. -1\); a split without labels .*\.test_split=''"):
+                     r"\(e\.g\. -1\); a split without labels .*\.test_split=''\)"):
     Dataset(train=split([0, 1]), val=None, test=split([-1, -1, -1]), num_classes=2,
             label_names=["a", "b"], input_kind="series", name="glue")
   with pytest.raises(ValueError, match=r"split 'train': 1 label\(s\) outside \[0, 2\) "

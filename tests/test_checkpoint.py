@@ -489,6 +489,10 @@ def test_changed_data_is_refused(tmp_path, trained):
       "input statistics"]
   older = {k: v for k, v in meta.items() if k != "train_examples"}  # written before the key
   assert checkpoint_lib.meta_differences(older, meta) == []
+  # statistics of another shape (more features): a refusal, not a numpy error
+  wider = dict(meta, input_shape=[8, 8, 3], stats={k: [0.0, 0.0, 0.0] for k in meta["stats"]})
+  assert [d.split(" ")[0] for d in checkpoint_lib.meta_differences(meta, wider)] == [
+      "input_shape", "input"]
 
 
 def test_optimizer_state_of_another_layout_is_refused_not_moved_aside(tmp_path, trained):
@@ -503,15 +507,34 @@ def test_optimizer_state_of_another_layout_is_refused_not_moved_aside(tmp_path, 
   assert tree_digest(workdir) == before and not (workdir / "damaged").exists()
 
 
-def test_a_changed_best_metric_starts_best_over(tmp_path, trained, capsys):
+def test_a_changed_best_mode_or_early_stopping_metric_starts_them_over(tmp_path, trained,
+                                                                       capsys):
   workdir = copy_run(trained, tmp_path)
-  config = small_config(**{"checkpoint.best_metric": "loss", "num_epochs": 3})
+  # accuracy kept by 'min' now: the saved best (the highest accuracy so far) would bar
+  # every later epoch; reset, the next epoch takes best/
+  config = small_config(**{"checkpoint.best_mode": "min", "num_epochs": 3,
+                           "early_stopping.metric": "accuracy"})
   capsys.readouterr()
-  flaxnets.train(config, str(workdir))
-  assert "best_metric/best_mode changed from accuracy (max) to loss (min)" in \
-      capsys.readouterr().out
-  # the saved best accuracy is no bar for a loss: the next epoch takes best/
+  result = flaxnets.train(config, str(workdir))
+  out = capsys.readouterr().out
+  assert "best_metric/best_mode changed from accuracy (max) to accuracy (min)" in out
   assert [p.name for p in (workdir / "best").iterdir()] == [str(3 * STEPS_PER_EPOCH)]
+  assert "early_stopping.metric/mode changed from loss (min) to accuracy (max)" in out
+  assert result.history[-1]["split"] == "val"
+
+
+def test_an_older_checkpoint_of_another_layout_is_refused_too(tmp_path, trained):
+  # Checkpoints written before meta held state_layout: Orbax's own structure error.
+  workdir = copy_run(trained, tmp_path)
+  for meta_file in workdir.glob("checkpoints/*/meta/metadata"):
+    meta = json.loads(meta_file.read_text())
+    del meta["state_layout"]
+    meta_file.write_text(json.dumps(meta))
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
+                     match=r"optimizer\.clip_norm: 0\.0 -> 1\.0"):
+    flaxnets.train(small_config(**{"optimizer.clip_norm": 1.0}), str(workdir))
+  assert not (workdir / "damaged").exists()
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["75", "78"]
 
 
 # ---- divergence ------------------------------------------------------------------------------

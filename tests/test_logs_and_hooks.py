@@ -9,6 +9,7 @@ import pytest
 
 import flaxnets
 from flaxnets.tensorboard import EventWriter, crc32c
+from flaxnets.training import hooks
 from flaxnets.training.hooks import EarlyStopping
 
 
@@ -110,3 +111,21 @@ def test_restore_best_takes_the_early_stopping_metrics_best_epoch(tmp_path, work
   cut = flaxnets.train(config)
   for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(cut.state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_metric_writer_resume_and_fresh_starts_keep_every_row(tmp_path):
+  log = tmp_path / "metrics.jsonl"
+  # a kill left the last row without its newline; the resume keeps rows up to step 10
+  log.write_text('{"split": "train", "step": 5}\n{"split": "train", "step": 10}')
+  writer = hooks.MetricWriter(tmp_path, resume_step=10)
+  writer.write({"split": "train", "step": 11})
+  assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [5, 10, 11]
+  writer = hooks.MetricWriter(tmp_path, resume_step=5)  # replayed rows are dropped
+  assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [5]
+  # two fresh starts within one second: both earlier logs are kept, under two names
+  hooks.MetricWriter(tmp_path).write({"split": "train", "step": 1})
+  hooks.MetricWriter(tmp_path).write({"split": "train", "step": 2})
+  kept = sorted(tmp_path.glob("metrics.before-*.jsonl"))
+  assert len(kept) == 2
+  assert sorted(p.read_text() for p in kept) == sorted(
+      ['{"split": "train", "step": 5}\n', '{"split": "train", "step": 1}\n'])

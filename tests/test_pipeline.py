@@ -238,6 +238,8 @@ def test_validation_carve_of_a_tiny_set_is_never_empty():
     ([4] * 29 + [6], 0.1, [1] * 11 + [0] * 18 + [1]),      # 122 examples: 12 (was 1)
     ([2] * 10, 0.3, [1] * 6 + [0] * 4),                    # 20 examples: 6 (was 10)
     ([1000, 10], 0.1, [100, 1]),
+    ([1, 1, 1, 1, 4], 0.25, [0, 0, 0, 0, 2]),   # a class's only example stays in train
+    ([1] * 12, 0.1, [1] + [0] * 11),            # unless validation would be empty
 ])
 def test_validation_carve_holds_out_the_fraction_over_unbalanced_classes(counts, fraction,
                                                                           per_class):

@@ -342,8 +342,8 @@ def read_text_table(path: str | os.PathLike,
 
   The delimiter defaults from the suffix: TAB for .tsv[.gz], ',' for .csv[.gz]. TAB-
   separated files are read without quote handling (texts contain quote characters);
-  others with normal CSV quoting. Blank (or whitespace-only) lines are skipped. label_column=None returns an
-  empty label list (unlabelled text, e.g. for prediction).
+  others with normal CSV quoting. Blank (or whitespace-only) lines are skipped.
+  label_column=None returns an empty label list (unlabelled text, e.g. for prediction).
   """
   path = pathlib.Path(path)
   if not path.is_file():

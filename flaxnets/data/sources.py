@@ -64,7 +64,12 @@ def carve_validation(train: Split, fraction: float, seed: int = SPLIT_SEED
   take = np.floor(quota).astype(np.int64)
   n_val = min(n - 1, max(1, int(round(fraction * n))))
   order = np.argsort(-(quota - take), kind="stable")  # ties: the lower class id
-  take[order[:n_val - int(take.sum())]] += 1
+  # the extra examples go to classes that keep one for training; only when that leaves
+  # validation empty (every class a single example) may a class give its only one
+  keeps = [c for c in order if sizes[c] - take[c] >= 2]
+  take[keeps[:n_val - int(take.sum())]] += 1
+  if not take.sum():
+    take[order[:n_val]] += 1
   val_idx = np.sort(np.concatenate([p[:k] for p, k in zip(perms, take)]))
   train_idx = np.sort(np.concatenate([p[k:] for p, k in zip(perms, take)]))
   return _take(train, train_idx), _take(train, val_idx)

@@ -56,8 +56,8 @@ class Dataset:
       if self.task == "classification" and labels.size and (
           labels.min() < 0 or labels.max() >= self.num_classes):
         bad = labels[(labels < 0) | (labels >= self.num_classes)]
-        hint = (f"; a split without labels (marked -1) cannot be scored: set "
-                f"config.dataset.{split_name}_split=''" if split_name != "train" and
+        hint = (f"; a split without labels (marked -1) cannot be scored: leave it out "
+                f"(config.dataset.{split_name}_split='')" if split_name != "train" and
                 (bad < 0).all() else "")
         raise ValueError(f"dataset {self.name!r} split {split_name!r}: {bad.size} label(s) "
                          f"outside [0, {self.num_classes}) (e.g. {int(bad[0])}){hint}")

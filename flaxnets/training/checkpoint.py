@@ -167,10 +167,15 @@ def meta_differences(saved: dict, current: dict) -> list[str]:
   if a.get("vocab") != b.get("vocab"):
     diffs.append("vocabulary: built from different training data or settings")
   sa, sb = a.get("stats") or {}, b.get("stats") or {}
-  if set(sa) == set(sb) and not all(
-      np.allclose(np.asarray(sa[k]), np.asarray(sb[k]), rtol=1e-5, atol=1e-7) for k in sa):
+
+  def same(u, v):
+    u, v = np.asarray(u), np.asarray(v)
+    return u.shape == v.shape and np.allclose(u, v, rtol=1e-5, atol=1e-7)
+
+  if set(sa) == set(sb) and not all(same(sa[k], sb[k]) for k in sa):
     diffs.append("input statistics (from the training data): they differ, so the training "
-                 "inputs changed")
+                 "examples changed (the data, or how flaxnets prepares it: e.g. its "
+                 "validation carve changed on 2026-11-28)")
   return diffs
 
 
@@ -418,8 +423,9 @@ class Checkpointer:
     if was != now:  # the saved best value is of another metric: best/ starts again
       self.best_value = None
       _say(f"flaxnets: checkpoint.best_metric/best_mode changed from {was[0]} ({was[1]}) to "
-           f"{now[0]} ({now[1]}): best/ (step {self.best_step()}) is replaced by the next "
-           "epoch's checkpoint and then kept by the new metric")
+           f"{now[0]} ({now[1]}): the saved best value is of the old one, so the next epoch "
+           f"this run saves replaces best/ (step {self.best_step()}), which the new metric "
+           "keeps from then on")
     if meta.get("best_step") == step and step not in self.best.all_steps():
       ocp = _ocp()
       self.best.save(step, force=True, args=ocp.args.Composite(

@@ -28,9 +28,10 @@ class MetricWriter:
     """Opens WORKDIR/metrics.jsonl for this run.
 
     restart, or a fresh start (resume_step None) over an earlier run's log: that log
-    (and tensorboard/, results.json) is moved aside to `metrics.before-<restart->TIME.jsonl`
-    (`results.before-...json`), kept and not mixed with this run's. A resume from step `resume_step` keeps the rows up
-    to it and drops the later ones, which the resumed run replays and writes again.
+    (and tensorboard/, results.json) is moved aside to
+    `metrics.before-[restart-]TIME.jsonl` (`results.before-...json`), kept and not
+    mixed with this run's. A resume from step `resume_step` keeps the rows up to it
+    and drops the later ones, which the resumed run replays and writes again.
     """
     self.path = None
     self.tb = None
@@ -43,7 +44,7 @@ class MetricWriter:
         tag = "before-restart" if restart else "before"
         for old in (self.path, workdir / "tensorboard", workdir / "results.json"):
           if old.exists():
-            old.rename(old.with_name(f"{old.stem}.{tag}-{stamp}{old.suffix}"))
+            old.rename(_free_name(old, f"{tag}-{stamp}"))
       elif self.path.exists():
         _truncate_log(self.path, resume_step)
       if tensorboard:
@@ -66,18 +67,27 @@ class MetricWriter:
       self.tb.close()
 
 
+def _free_name(path: pathlib.Path, tag: str) -> pathlib.Path:
+  """`<stem>.<tag><suffix>`, or with -2, -3, ... when that exists (two starts in a second)."""
+  for i in range(1, 1000):
+    name = path.with_name(f"{path.stem}.{tag}{'' if i == 1 else f'-{i}'}{path.suffix}")
+    if not name.exists():
+      return name
+  raise FileExistsError(f"{path}: no free name to move it aside to")
+
+
 def _truncate_log(path: pathlib.Path, step: int) -> None:
   """Drop the rows of metrics.jsonl after `step` (atomically; other lines are kept)."""
-  lines = path.read_text().splitlines(keepends=True)
+  text = path.read_text()
   kept = []
-  for line in lines:
+  for line in text.splitlines(keepends=True):
     try:
       row_step = json.loads(line).get("step")
     except (ValueError, AttributeError):  # a line cut short by a kill: not a row
       continue
     if not isinstance(row_step, int) or row_step <= step:
       kept.append(line if line.endswith("\n") else line + "\n")
-  if len(kept) != len(lines):
+  if "".join(kept) != text:  # rows dropped, or a last line without its newline
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(kept))
     tmp.replace(path)

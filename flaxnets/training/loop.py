@@ -271,7 +271,16 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       state, extra = restored
       train_it.set_state(extra["iterator"])
       history = extra["history"]
-      early.load_state_dict(extra["early_stopping"])
+      saved_es = (ckpt.restored_config or {}).get("early_stopping") or {}
+      defaults = config_lib.get_config().early_stopping
+      was = (saved_es.get("metric", defaults.metric), config_lib.metric_mode(
+          saved_es.get("metric", defaults.metric), saved_es.get("mode", defaults.mode)))
+      now = (config.early_stopping.metric, early.mode)
+      if was == now:
+        early.load_state_dict(extra["early_stopping"])
+      else:  # its best value is of another metric or direction: count afresh from here
+        log(f"early_stopping.metric/mode changed from {was[0]} ({was[1]}) to {now[0]} "
+            f"({now[1]}): early stopping counts from this resume on")
       resumed_sums = extra.get("epoch_sums")
       resumed_train_time = float(extra.get("train_time_s", 0.0))
       resumed_wall = float(extra.get("wall_time_s", 0.0))
