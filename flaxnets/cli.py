@@ -8,8 +8,9 @@
     flaxnets plot runs/mnist1d                        # PNG curves and confusion matrix
     flaxnets prepare tfds:mnist [--data_dir DIR]
 
-A bad value, a missing file or a damaged checkpoint ends a command with one line on
-stderr and exit status 2; set FLAXNETS_TRACEBACK=1 for the full traceback.
+`flaxnets COMMAND --help` lists a command's flags. A bad value, a missing file or a
+damaged checkpoint ends a command with one line on stderr and exit status 2; set
+FLAXNETS_TRACEBACK=1 for the full traceback.
 """
 from __future__ import annotations
 
@@ -21,6 +22,33 @@ import sys
 from absl import flags
 
 USAGE = __doc__
+
+
+class UsageError(Exception):
+  """A command line that does not parse: reported as one line, exit status 2."""
+
+
+def _parse(argv: list[str], fv: flags.FlagValues, name: str, usage: str) -> list[str] | None:
+  """Parse `argv` into fv and return the positional arguments; None after printing --help."""
+  if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+    lines = fv.get_help(include_special_flags=False).splitlines()
+    flag_help = "\n".join(line for line in lines if line.startswith(" ")).rstrip()
+    print(f"usage: {usage}\n" + (f"\nflags:\n{flag_help}" if flag_help else ""))
+    return None
+  try:
+    return fv([f"flaxnets {name}"] + argv)[1:]
+  except flags.Error as e:
+    raise UsageError(f"{e}; usage: {usage}") from None
+
+
+def _load_config_error(argv: list[str], e: Exception) -> str:
+  """One line for a config file that fails to load (syntax error, no get_config, ...)."""
+  path = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
+               for i, a in enumerate(argv)
+               if (a == "--config" and i + 1 < len(argv)) or a.startswith("--config=")),
+              "the default config")
+  message = " ".join(str(e).split())  # one line
+  return f"config file {path} did not load: {type(e).__name__}: {message}"
 
 
 def _train(argv: list[str]) -> int:
@@ -44,11 +72,29 @@ def _train(argv: list[str]) -> int:
                        flag_values=fv)
   flags.DEFINE_float("init_timeout", 60.0, "seconds to wait for the coordinator",
                      flag_values=fv)
+  usage = "flaxnets train [--config FILE] [--config.KEY=VALUE ...] [--workdir DIR]"
+  # config_flags executes a config file into sys.modules["config_config"], reusing the
+  # module there (the default config's, loaded at definition): a file without
+  # get_config() would silently run the default's get_config().
+  sys.modules.pop("config_config", None)
   try:
-    fv(["flaxnets"] + argv)
-  except flags.Error as e:
-    print(f"flaxnets train: {e}", file=sys.stderr)
-    return 2
+    rest = _parse(argv, fv, "train", usage)
+  except UsageError:
+    raise
+  except Exception as e:  # the config file is executed while the flags parse
+    if os.environ.get("FLAXNETS_TRACEBACK"):
+      raise
+    raise UsageError(_load_config_error(argv, e)) from None
+  if rest is None:
+    return 0
+  try:  # a config file that cannot be read parses into a placeholder that raises on use
+    config_flag.value.keys()
+  except OSError as e:
+    cause = e.__cause__ or e
+    raise UsageError(_load_config_error(argv, cause)) from None
+  if rest:
+    raise UsageError(f"unexpected argument(s) {rest}: train takes only flags "
+                     f"(did you mean --workdir {rest[0]}?); usage: {usage}")
   if fv.distributed:
     from flaxnets.training.distributed import DistributedInitError, initialize
     try:
@@ -61,22 +107,16 @@ def _train(argv: list[str]) -> int:
   return 0
 
 
-def _positional(argv: list[str], fv: flags.FlagValues, name: str) -> list[str]:
-  try:
-    rest = fv([f"flaxnets {name}"] + argv)[1:]
-  except flags.Error as e:
-    raise SystemExit(f"flaxnets {name}: {e}")
-  return rest
-
-
 def _eval(argv: list[str]) -> int:
   fv = flags.FlagValues()
   flags.DEFINE_string("split", "test", "train | val | test", flag_values=fv)
   flags.DEFINE_string("step", "best", "best | latest | a step number", flag_values=fv)
-  rest = _positional(argv, fv, "eval")
+  usage = "flaxnets eval WORKDIR [--split test] [--step best]"
+  rest = _parse(argv, fv, "eval", usage)
+  if rest is None:
+    return 0
   if len(rest) != 1:
-    print("usage: flaxnets eval WORKDIR [--split test] [--step best]", file=sys.stderr)
-    return 2
+    raise UsageError(f"expected one WORKDIR, got {rest}; usage: {usage}")
   from flaxnets import inference
   predictor = inference.load(rest[0], step=fv.step)
   metrics = predictor.evaluate(fv.split)
@@ -88,11 +128,12 @@ def _predict(argv: list[str]) -> int:
   fv = flags.FlagValues()
   flags.DEFINE_string("step", "best", "best | latest | a step number", flag_values=fv)
   flags.DEFINE_integer("top", 3, "probabilities to print per input", flag_values=fv)
-  rest = _positional(argv, fv, "predict")
+  usage = "flaxnets predict WORKDIR INPUT... (image files, .npy arrays, or text)"
+  rest = _parse(argv, fv, "predict", usage)
+  if rest is None:
+    return 0
   if len(rest) < 2:
-    print("usage: flaxnets predict WORKDIR INPUT... (image files, .npy arrays, or text)",
-          file=sys.stderr)
-    return 2
+    raise UsageError(f"expected WORKDIR and at least one INPUT, got {rest}; usage: {usage}")
   from flaxnets import inference
   predictor = inference.load(rest[0], step=fv.step)
   for line in predictor.describe(rest[1:], top=fv.top):
@@ -102,10 +143,12 @@ def _predict(argv: list[str]) -> int:
 
 def _plot(argv: list[str]) -> int:
   fv = flags.FlagValues()
-  rest = _positional(argv, fv, "plot")
+  usage = "flaxnets plot WORKDIR"
+  rest = _parse(argv, fv, "plot", usage)
+  if rest is None:
+    return 0
   if len(rest) != 1:
-    print("usage: flaxnets plot WORKDIR", file=sys.stderr)
-    return 2
+    raise UsageError(f"expected one WORKDIR, got {rest}; usage: {usage}")
   from flaxnets import plots
   for path in plots.plot_workdir(rest[0]):
     print(path)
@@ -115,10 +158,12 @@ def _plot(argv: list[str]) -> int:
 def _prepare(argv: list[str]) -> int:
   fv = flags.FlagValues()
   flags.DEFINE_string("data_dir", None, "TFDS data_dir", flag_values=fv)
-  rest = _positional(argv, fv, "prepare")
+  usage = "flaxnets prepare tfds:NAME[:VERSION] [--data_dir DIR]"
+  rest = _parse(argv, fv, "prepare", usage)
+  if rest is None:
+    return 0
   if len(rest) != 1 or not rest[0].startswith("tfds:"):
-    print("usage: flaxnets prepare tfds:NAME[:VERSION] [--data_dir DIR]", file=sys.stderr)
-    return 2
+    raise UsageError(f"expected one tfds:NAME, got {rest}; usage: {usage}")
   from flaxnets.data import tfds_source
   tfds_source.prepare_tfds(rest[0][len("tfds:"):], data_dir=fv.data_dir)
   return 0
@@ -141,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
   from flaxnets.training.checkpoint import CheckpointError
   try:
     return command(argv[1:])
+  except UsageError as e:
+    print(f"flaxnets {argv[0]}: {e}", file=sys.stderr)
+    return 2
   except (ValueError, OSError, ImportError, CheckpointError, FloatingPointError) as e:
     # Bad input (ConfigError is a ValueError), missing files, damaged checkpoints, a
     # diverged run: one line naming the problem. FLAXNETS_TRACEBACK=1 shows where.

@@ -97,9 +97,9 @@ class Predictor:
         try:
           inputs = np.asarray(inputs)
         except ValueError:  # ragged: numpy's "inhomogeneous shape"
-          raise ValueError(f"inputs: lists of {sorted({len(i) if hasattr(i, '__len__') else 1 for i in inputs})} ids; expected "
-                           "id lists of one length (pad the end with 0), or text strings"
-                           ) from None
+          lengths = sorted({len(i) if hasattr(i, "__len__") else 1 for i in inputs})
+          raise ValueError(f"inputs: lists of {lengths} ids; expected id lists of one "
+                           "length (pad the end with 0), or text strings") from None
         if not np.issubdtype(inputs.dtype, np.integer):
           raise ValueError(f"inputs: a list of {inputs.dtype} values; expected text strings "
                            "or int token ids [batch, T]")
@@ -121,15 +121,15 @@ class Predictor:
     x = np.asarray(inputs)
     want = self.input_shape
     image_shape = tuple(self.meta.get("image_shape") or ())
-    if self.input_kind == "series" and (
-        x.shape == image_shape or (want[-1] == 1 and x.shape == want[:-1])):
-      x = x[None]  # one example: an image read as rows, or a series without its channel
+    if (self.input_kind == "series" and x.shape == image_shape) or (
+        want[-1] == 1 and x.shape == want[:-1]):
+      x = x[None]  # one example: an image read as rows, or one without its channel axis
     if self.input_kind == "series" and x.ndim >= 3 and x.shape[1:] != want:
       x = x.reshape(x.shape[0], x.shape[1], -1)  # images fed row by row
     if x.shape == want:
       x = x[None]
-    if self.input_kind == "series" and x.ndim == len(want) and x.shape[1:] == want[:-1]:
-      x = x[..., None]
+    if want[-1] == 1 and x.ndim == len(want) and x.shape[1:] == want[:-1]:
+      x = x[..., None]  # grayscale images or univariate series without the channel axis
     if x.shape[1:] != want:
       raise ValueError(f"inputs of shape {x.shape}: expected [batch, {', '.join(map(str, want))}] "
                        f"(or one example {want})")

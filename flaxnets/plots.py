@@ -8,13 +8,28 @@ from __future__ import annotations
 
 import json
 import pathlib
+import warnings
 
 
 def _rows(workdir: pathlib.Path) -> list[dict]:
   path = workdir / "metrics.jsonl"
   if not path.is_file():
     raise FileNotFoundError(f"{str(path)!r} does not exist: train with this workdir first")
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  rows, bad = [], []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:  # a line cut short by a kill, or not a metrics row
+      row = None
+    if isinstance(row, dict):
+      rows.append(row)
+    else:
+      bad.append(number)
+  if bad:
+    warnings.warn(f"{str(path)!r}: skipped line(s) {bad} that are not JSON records "
+                  f"(a run killed while writing cuts its last line short)", stacklevel=2)
   if not any(r.get("split") == "train" for r in rows):
     raise ValueError(f"{str(path)!r} has no per-epoch train rows to plot")
   return rows

@@ -2,8 +2,10 @@
 
 Writes the TFRecord-framed `Event` protocol buffers TensorBoard reads
 (events.out.tfevents.*), encoding the few fields scalars need by hand: an event's
-wall_time (1, double), step (2, int64), file_version (3, string) and summary (5),
-whose values carry a tag (1, string) and a simple_value (2, float).
+wall_time (1, double), step (2, int64), file_version (3, string), summary (5),
+whose values carry a tag (1, string) and a simple_value (2, float), and session_log
+(7), whose status (1) START tells TensorBoard to drop the earlier files' events from
+that step on (a resumed run replays them).
 """
 from __future__ import annotations
 
@@ -56,12 +58,14 @@ def _bytes_field(number: int, data: bytes) -> bytes:
 
 
 def _event(wall_time: float, step: int, *, file_version: str | None = None,
-           summary: bytes | None = None) -> bytes:
+           summary: bytes | None = None, session_start: bool = False) -> bytes:
   msg = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
   if file_version is not None:
     msg += _bytes_field(3, file_version.encode())
   if summary is not None:
     msg += _bytes_field(5, summary)
+  if session_start:
+    msg += _bytes_field(7, _field(1, 0, _varint(1)))  # SessionLog.status = START
   return msg
 
 
@@ -85,6 +89,10 @@ class EventWriter:
   def scalar(self, tag: str, value: float, step: int) -> None:
     value_msg = _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", float(value)))
     self._write(_event(time.time(), int(step), summary=_bytes_field(1, value_msg)))
+
+  def session_start(self, step: int) -> None:
+    """Mark a resume: TensorBoard discards events at steps >= `step` written before it."""
+    self._write(_event(time.time(), int(step), session_start=True))
 
   def flush(self) -> None:
     self._file.flush()

@@ -439,3 +439,14 @@ def test_one_example_without_a_batch_axis_predicts_like_a_batch_of_one(tmp_path)
   np.testing.assert_array_equal(rows.predict_proba(image), rows.predict_proba(image[None]))
   with pytest.raises(ValueError, match=r"inputs of shape \(7, 8, 1\): expected \[batch, 8, 8\]"):
     rows.predict_proba(np.zeros((7, 8, 1), np.float32))
+
+
+def test_grayscale_images_without_a_channel_axis_predict_like_with_it(digits_run):
+  predictor = flaxnets.load(digits_run)
+  images = np.random.default_rng(0).integers(0, 17, (3, 8, 8)).astype(np.float32)
+  expected = predictor.predict_proba(images[..., None])
+  np.testing.assert_array_equal(predictor.predict_proba(images), expected)  # a batch
+  # one image (a batch of one compiles apart: equal to float32 rounding)
+  np.testing.assert_allclose(predictor.predict_proba(images[1]), expected[1:2], rtol=1e-5)
+  with pytest.raises(ValueError, match=r"shape \(3, 8, 7\): expected \[batch, 8, 8, 1\]"):
+    predictor.predict_proba(images[..., :7])

@@ -182,3 +182,40 @@ def test_model_fields_at_their_limits_pass(model, fields):
     for key, value in fields.items():
       config.model[key] = value
   assert validate(config).model.name == model
+
+
+def test_cli_command_line_mistakes_are_one_line_with_exit_status_2(tmp_path, capsys):
+  from flaxnets import cli
+  (tmp_path / "syntax.py").write_text("def get_config(:\n")
+  (tmp_path / "no_get_config.py").write_text("x = 1\n")
+  (tmp_path / "returns_dict.py").write_text("def get_config():\n  return {'seed': 1}\n")
+  cases = [
+      (["train", "runs/x"], "unexpected argument(s) ['runs/x']: train takes only flags "
+       "(did you mean --workdir runs/x?)"),
+      (["train", f"--config={tmp_path / 'syntax.py'}"], "did not load: SyntaxError"),
+      (["train", "--config", str(tmp_path / "no_get_config.py")],
+       "did not load: AttributeError"),
+      (["train", "--config", str(tmp_path / "missing.py")], "did not load: OSError"),
+      (["train", "--config", str(tmp_path / "returns_dict.py")],
+       "config: expected an ml_collections.ConfigDict"),
+      (["eval", "--bogus=1", str(tmp_path)], "Unknown command line flag 'bogus'"),
+      (["eval"], "expected one WORKDIR, got []"),
+      (["predict", str(tmp_path)], "expected WORKDIR and at least one INPUT"),
+      (["plot", "a", "b"], "expected one WORKDIR, got ['a', 'b']"),
+      (["prepare", "mnist"], "expected one tfds:NAME, got ['mnist']"),
+  ]
+  for argv, message in cases:
+    assert cli.main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "no_get_config.py", "returns_dict.py", "syntax.py"]  # nothing else written
+
+
+@pytest.mark.parametrize("command,flag", [("train", "--workdir"), ("eval", "--split"),
+                                          ("predict", "--top"), ("prepare", "--data_dir")])
+def test_cli_command_help_lists_its_flags(command, flag, capsys):
+  from flaxnets import cli
+  assert cli.main([command, "--help"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith(f"usage: flaxnets {command}") and flag in out

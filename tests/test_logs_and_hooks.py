@@ -129,3 +129,35 @@ def test_metric_writer_resume_and_fresh_starts_keep_every_row(tmp_path):
   assert len(kept) == 2
   assert sorted(p.read_text() for p in kept) == sorted(
       ['{"split": "train", "step": 5}\n', '{"split": "train", "step": 1}\n'])
+
+
+def test_plot_skips_a_line_cut_short_by_a_kill(plateau_run, tmp_path):
+  import shutil
+  from flaxnets import plots
+  workdir, _ = plateau_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("plots", "checkpoints"))
+  with open(copy / "metrics.jsonl", "a") as f:
+    f.write('{"split": "train", "epoch": 9, "lo')  # the kill came mid-line
+  with pytest.warns(UserWarning, match=r"metrics\.jsonl'.*skipped line\(s\) \[\d+\]"):
+    rows = plots._rows(copy)
+  assert len(rows) == len((workdir / "metrics.jsonl").read_text().splitlines())
+  with pytest.warns(UserWarning, match="skipped line"):
+    paths = plots.plot_workdir(copy)
+  assert [p.name for p in paths] == ["curves.png", "confusion_matrix.png"]
+
+
+def test_tensorboard_drops_the_rows_a_resume_replays(tmp_path):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  writer = hooks.MetricWriter(tmp_path, tensorboard=True)
+  for step in (5, 10, 15):  # the run is killed after logging step 15, saved at step 10
+    writer.write({"split": "train", "step": step, "loss": float(step)})
+  writer.close()
+  writer = hooks.MetricWriter(tmp_path, tensorboard=True, resume_step=10)
+  writer.write({"split": "train", "step": 15, "loss": 15.5})  # replayed: a new value
+  writer.write({"split": "train", "step": 20, "loss": 20.0})
+  writer.close()
+  acc = EventAccumulator(str(tmp_path / "tensorboard"))
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [
+      (5, 5.0), (10, 10.0), (15, 15.5), (20, 20.0)]

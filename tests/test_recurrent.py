@@ -264,3 +264,13 @@ def test_bad_arguments_raise_clear_errors():
     recurrent.StackedRNN("simple", H).init(jax.random.key(0), x[0])
   with pytest.raises(ValueError, match="dropout=1.5"):
     recurrent.StackedRNN("simple", H, dropout=1.5).init(jax.random.key(0), x)
+
+
+def test_model_summary_names_nested_parameters_by_path():
+  from flaxnets.training.state import summary
+  params = {"RNN_0": {"cell": {"hi": {"kernel": jnp.zeros((3, 4)), "bias": jnp.zeros(4)}}},
+            "Dense_0": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)}}
+  lines = summary(params).splitlines()
+  assert lines[2].split() == ["RNN_0", "16", "cell/hi/bias:(4,),", "cell/hi/kernel:(3,", "4)"]
+  assert lines[3].split()[:3] == ["Dense_0", "10", "bias:(2,),"]
+  assert lines[-1].split()[:2] == ["total", "26"]

@@ -50,6 +50,9 @@ class MetricWriter:
       if tensorboard:
         from flaxnets.tensorboard import EventWriter
         self.tb = EventWriter(workdir / "tensorboard")
+        if resume_step is not None:  # the rows after it are replayed: TensorBoard drops
+          self.tb.session_start(resume_step + 1)  # the earlier files' copies of them
+          self.tb.flush()
 
   def write(self, record: dict[str, Any]) -> None:
     if self.path is not None:

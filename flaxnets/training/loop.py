@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import jax
 import numpy as np
+import ml_collections
 
 from flaxnets import config as config_lib
 from flaxnets import metrics as metrics_lib
@@ -209,6 +210,10 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
     False while it holds checkpoints (without restart).
   """
   start_time = time.time()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise config_lib.ConfigError(
+        f"config: expected an ml_collections.ConfigDict (flaxnets.get_config(), or a task "
+        f"config file's get_config()), got {type(config).__name__}")
   config = config_lib.validate(config.copy_and_resolve_references())
   for key in ("path", "data_dir"):  # checkpoints record where the data is, from anywhere
     if config.dataset[key]:

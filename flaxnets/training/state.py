@@ -53,14 +53,18 @@ def param_count(params: Any) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
+def _path_name(path: tuple) -> str:
+  """'cell/kernel' for the key path [DictKey('cell'), DictKey('kernel')]."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
 def summary(params: Any, batch_stats: Any = None) -> str:
   """A table of parameters per top-level layer, with shapes, and the total."""
   rows = []
   for name in params:
     leaves = jax.tree_util.tree_leaves_with_path(params[name])
     count = sum(int(np.prod(l.shape)) for _, l in leaves)
-    shapes = ", ".join(f"{jax.tree_util.keystr(p).strip('[]')}:{tuple(l.shape)}"
-                       for p, l in leaves[:3]).replace("'", "")
+    shapes = ", ".join(f"{_path_name(p)}:{tuple(l.shape)}" for p, l in leaves[:3])
     if len(leaves) > 3:
       shapes += f", ... ({len(leaves)} arrays)"
     rows.append((name, count, shapes))
