@@ -195,6 +195,8 @@ class Predictor:
   def describe(self, inputs: Sequence[str], top: int = 3) -> list[str]:
     """CLI lines: input, predicted label and the top probabilities."""
     self._check_classifier("describe")
+    if isinstance(inputs, (str, pathlib.Path)):  # one path, not its characters
+      inputs = [str(inputs)]
     if top < 1:
       raise ValueError(f"top={top!r}: expected an integer >= 1")
     # Runs of image files (or texts) are predicted together; each .npy file (one

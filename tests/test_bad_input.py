@@ -46,11 +46,44 @@ def test_labels_n_by_1_are_class_ids():
      r"data\['train'\] inputs: 1 example\(s\) hold NaN or infinity"),
     (lambda x, y: ((x, y), None, (x[:, :7], y)),
      r"split 'test': inputs of shape \(7, 8, 1\) per example; expected \(8, 8, 1\)"),
+    (lambda x, y: ((x, np.eye(3, dtype=np.float32)[y]),),
+     r"labels of dtype float32 and shape \(40, 3\): expected integer class ids \[N\] "
+     r"\(for one-hot labels pass labels\.argmax\(-1\)\)"),
+    (lambda x, y: ((x, y.astype(np.float64)),),
+     r"labels of dtype float64 and shape \(40,\): .*\(whole numbers: pass labels\.astype"),
+    (lambda x, y: ((x,),), r"data\['train'\]: expected a tuple .*, got a tuple of 1"),
+    (lambda x, y: (([[1, 2], [3]], y[:2]),), r"inputs: rows of different lengths"),
+    (lambda x, y: ((np.array([[1, 2], [3]], dtype=object), y[:2]),),
+     r"inputs of dtype object and shape \(2,\): expected a numeric array"),
+    (lambda x, y: ((np.array(["a b", "c d"]), y[:2]),),
+     r"inputs of dtype <U3 .*config\.dataset\.name='text_table'"),
 ])
 def test_bad_arrays_raise(make, message):
   x, y = _xy()
   with pytest.raises(ValueError, match=message):
     sources.from_arrays(*make(x, y))
+
+
+@pytest.mark.parametrize("model,x,message", [
+    ("simple_cnn", np.zeros((40, 8, 8), np.float32),
+     r"gives series inputs of shape \(8, 8\) per example; the model reads image; for "
+     r"grayscale images pass them with a channel axis, x\[\.\.\., None\] \(\(8, 8, 1\)\)"),
+    ("simple_cnn", np.zeros((40, 64), np.uint8),
+     r"gives tokens inputs .*read as token ids: pass numbers as floats, x\.astype\(np\.float32\)"
+     r" and images as \[N, H, W, C\]"),
+    # used to fail inside jnp.max over an empty pooled axis
+    ("fast_cnn", np.zeros((40, 8, 8, 1), np.float32),
+     r"fast_cnn: images of 8x8 px; expected at least 9x9"),
+])
+def test_inputs_the_model_cannot_read_say_what_to_pass(model, x, message):
+  config = _quiet(**{"dataset.name": "arrays", "model.name": model, "num_epochs": 1})
+  with pytest.raises(ValueError, match=message):
+    flaxnets.train(config, data={"train": (x, np.arange(40) % 2)})
+
+
+def test_evaluate_names_what_it_was_given():
+  with pytest.raises(TypeError, match=r"result: expected the TrainResult .*got NoneType"):
+    flaxnets.evaluate(None)
 
 
 def test_bad_sequence_lengths_and_token_ids_raise():
@@ -171,6 +204,15 @@ def digits_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("digits")
   flaxnets.train(_quiet(num_epochs=1), workdir=str(workdir))
   return workdir
+
+
+def test_describe_takes_one_path_as_one_input(digits_run, tmp_path):
+  predictor = flaxnets.load(digits_run)
+  path = tmp_path / "one.npy"
+  np.save(path, np.zeros((8, 8, 1), np.float32))
+  lines = predictor.describe(str(path))  # used to read the string's characters as inputs
+  assert lines == predictor.describe([str(path)]) and len(lines) == 1
+  assert lines[0].startswith(f"{path}\t")
 
 
 def test_predictor_refuses_non_finite_inputs(digits_run):

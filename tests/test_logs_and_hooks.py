@@ -88,6 +88,26 @@ def test_plot_without_metrics_is_a_clear_error(tmp_path):
     plots.plot_workdir(tmp_path)
 
 
+def test_early_stopping_settings_that_cannot_work_are_named(capsys):
+  from types import SimpleNamespace
+  from flaxnets.training import loop
+  config = flaxnets.get_config()
+  config.early_stopping.patience = 2
+  loop.warn_early_stopping(config, SimpleNamespace(name="arrays", val=None), None)
+  assert ("early_stopping.patience=2 has no effect: dataset 'arrays' has no validation split"
+          in capsys.readouterr().out)
+  with_val = SimpleNamespace(name="digits", val={})
+  config.early_stopping.restore_best = True  # by val loss; best/ (load's default): accuracy
+  loop.warn_early_stopping(config, with_val, "/tmp/run")
+  out = capsys.readouterr().out
+  assert "restore_best evaluates the epoch best by validation loss (min)" in out
+  assert "load(workdir) restores the checkpoint best by validation accuracy (max)" in out
+  loop.warn_early_stopping(config, with_val, None)  # no checkpoints: nothing to mismatch
+  config.checkpoint.best_metric = "loss"
+  loop.warn_early_stopping(config, with_val, "/tmp/run")
+  assert capsys.readouterr().out == ""
+
+
 @pytest.mark.parametrize("workdir", [False, True])
 def test_restore_best_takes_the_early_stopping_metrics_best_epoch(tmp_path, workdir):
   """By early_stopping.metric (loss), not checkpoint.best_metric (accuracy); with or

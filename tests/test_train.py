@@ -67,7 +67,7 @@ def test_rnn_reads_digits_row_by_row():
   assert result.test_metrics["accuracy"] > 0.8
 
 
-def test_train_on_numpy_arrays_and_evaluate():
+def test_train_on_numpy_arrays_and_evaluate(capsys):
   rng = np.random.RandomState(0)
   x = rng.randn(200, 6).astype(np.float32)
   y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
@@ -80,6 +80,8 @@ def test_train_on_numpy_arrays_and_evaluate():
   result = flaxnets.train(config, data={"train": (x[:160], y[:160]), "test": (x[160:], y[160:]),
                                         "label_names": ["neg", "pos"]})
   assert result.val_metrics["count"] == 16  # carved 10% of train
+  # the start line says what the arrays were read as
+  assert "(144 train / 16 val / 40 test; series (6, 1) per example)" in capsys.readouterr().out
   metrics = flaxnets.evaluate(result, "test")
   assert metrics["count"] == 40
   assert metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
@@ -119,7 +121,7 @@ def _token_task(n=480, t=12, seed=0):
   return x, y
 
 
-def test_int_token_arrays_get_an_embedding_and_restore(tmp_path):
+def test_int_token_arrays_get_an_embedding_and_restore(tmp_path, capsys):
   x, y = _token_task()
   config = _quiet(flaxnets.get_config())
   config.dataset.name = "arrays"
@@ -131,6 +133,7 @@ def test_int_token_arrays_get_an_embedding_and_restore(tmp_path):
   result = flaxnets.train(config, workdir=str(tmp_path),
                           data={"train": (x[:400], y[:400]), "test": (x[400:], y[400:])})
   assert result.dataset.input_kind == "tokens"
+  assert "test; int token ids (12,) per example)" in capsys.readouterr().out
   assert result.dataset.vocab_size == 30
   assert result.state.params["front"]["embed"]["embedding"].shape == (30, 16)
   np.testing.assert_array_equal(result.dataset.test["seq_lengths"], 10)
@@ -155,9 +158,11 @@ def test_int_token_arrays_get_an_embedding_and_restore(tmp_path):
 
 @pytest.mark.parametrize("field,value,message", [
     ("vocab_size", 20, r"config\.model\.vocab_size=20: expected >= 30, 1 \+ the largest token id"),
-    ("num_classes", 1, r"config\.model\.num_classes=1: expected >= 2, the number of classes"),
+    ("num_classes", 1, r"config\.model\.num_classes=1: expected 2, the number of classes"),
+    # A wider head used to fail inside the loss with a broadcasting TypeError.
+    ("num_classes", 12, r"config\.model\.num_classes=12: expected 2, the number of classes"),
 ])
-def test_model_smaller_than_the_data_raises(field, value, message):
+def test_model_that_does_not_fit_the_data_raises(field, value, message):
   x, y = _token_task(n=64)
   config = _quiet(flaxnets.get_config())
   config.dataset.name = "arrays"

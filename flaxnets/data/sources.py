@@ -116,16 +116,36 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
     if xy is None:
       return None
     if not isinstance(xy, (tuple, list)) or len(xy) not in (2, 3):
+      got = (f"a {type(xy).__name__} of {len(xy)}" if isinstance(xy, (tuple, list))
+             else type(xy).__name__)
       raise ValueError(f"data[{name!r}]: expected a tuple (inputs, labels[, seq_lengths]), "
-                       f"got {type(xy).__name__}")
-    x, y = np.asarray(xy[0]), np.asarray(xy[1])
+                       f"got {got}")
+    try:
+      x = np.asarray(xy[0])
+    except ValueError:  # numpy refuses ragged nested lists
+      raise ValueError(f"data[{name!r}] inputs: rows of different lengths; expected one "
+                       "array [N, ...] (pad token lists with 0)") from None
+    y = np.asarray(xy[1])
     if len(x) != len(y):
       raise ValueError(f"data[{name!r}]: {len(x)} inputs but {len(y)} labels")
     if len(x) == 0:
       raise ValueError(f"data[{name!r}]: no examples (inputs of shape {x.shape}); leave the "
                        "split out instead")
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+      hint = ("; for raw text write a CSV and use config.dataset.name='text_table'"
+              if x.dtype.kind in "US" else " of rows of one length (pad token lists with 0)")
+      raise ValueError(f"data[{name!r}] inputs of dtype {x.dtype} and shape {x.shape}: "
+                       f"expected a numeric array{hint}")
     if not np.issubdtype(y.dtype, np.integer):
-      raise ValueError(f"data[{name!r}] labels: expected integer class ids, got dtype {y.dtype}")
+      if y.ndim == 2 and y.shape[1] > 1:
+        hint = " (for one-hot labels pass labels.argmax(-1))"
+      elif (y.dtype.kind in "fb" and y.size and np.isfinite(y).all()
+            and (y == np.round(y)).all()):
+        hint = " (whole numbers: pass labels.astype(int))"
+      else:
+        hint = ""
+      raise ValueError(f"data[{name!r}] labels of dtype {y.dtype} and shape {y.shape}: "
+                       f"expected integer class ids [N]{hint}")
     if y.ndim == 2 and y.shape[1] == 1:  # [N, 1], as Keras' sparse labels often come
       y = y[:, 0]
     if y.ndim != 1:
@@ -234,5 +254,13 @@ def adapt(dataset: Dataset, input_kinds: tuple[str, ...]) -> Dataset:
                    num_classes=dataset.num_classes, label_names=dataset.label_names,
                    input_kind="series", vocab=dataset.vocab, task=dataset.task,
                    name=dataset.name, image_shape=dataset.input_shape)
-  raise ValueError(f"dataset {dataset.name!r} gives {dataset.input_kind} inputs; the model "
-                   f"reads {input_kinds}")
+  hint = ""
+  shape = dataset.input_shape
+  if dataset.input_kind == "series" and "image" in input_kinds and len(shape) == 2:
+    hint = f"; for grayscale images pass them with a channel axis, x[..., None] ({shape + (1,)})"
+  elif dataset.input_kind == "tokens" and "tokens" not in input_kinds:
+    hint = ("; int [N, T] arrays are read as token ids: pass numbers as floats, "
+            "x.astype(np.float32)" + (" and images as [N, H, W, C]" if "image" in input_kinds
+                                      else ""))
+  raise ValueError(f"dataset {dataset.name!r} gives {dataset.input_kind} inputs of shape "
+                   f"{shape} per example; the model reads {'/'.join(input_kinds)}{hint}")

@@ -213,7 +213,8 @@ class FastCNN(nn.Module):
   2x2 VALID stem conv (24 channels; airbench initialises it as a patch-whitening
   filter, left to the trainer here) -> GELU -> 3 blocks of
   [conv-maxpool2-BN-GELU-conv-BN-GELU] -> global max pool -> dense (no bias)
-  -> logits * logit_scale. Needs images of >= 16 px (32 -> 31 -> 15 -> 7 -> 3).
+  -> logits * logit_scale. Needs images of >= 2**len(widths) + stem_kernel - 1 px
+  (9 px by default; CIFAR's 32 -> 31 -> 15 -> 7 -> 3).
   BN has no scale (airbench freezes it at 1) and momentum 0.6 by default.
   """
   input_kinds: ClassVar[tuple[str, ...]] = ("image",)
@@ -232,6 +233,11 @@ class FastCNN(nn.Module):
                train: bool = False) -> Array:
     """x [B, H, W, C] -> logits [B, num_classes] (or features [B, H', W', C'])."""
     _check_rank(x, (4,), "fast_cnn", "images [B, H, W, C]")
+    least = 2 ** len(self.widths) + self.stem_kernel - 1  # each block's 2x2 pool halves
+    if min(x.shape[1:3]) < least:
+      raise ValueError(f"fast_cnn: images of {x.shape[1]}x{x.shape[2]} px; expected at least "
+                       f"{least}x{least} (its {len(self.widths)} max-pools halve the "
+                       f"{self.stem_kernel}x{self.stem_kernel}-stem's output each time)")
     x = x.astype(self.dtype)
     norm = _batch_norm(self, self.bn_momentum, use_running_average=not train,
                        use_scale=False, epsilon=1e-12)

@@ -71,6 +71,11 @@ def _add(a: Any, b: Any) -> Any:
   return jax.tree.map(lambda x, y: x + y, a, b)
 
 
+# How the start line names each input kind: int [N, T] arrays are read as token ids, and
+# a user who meant a series of integers reads it there.
+INPUT_WORDS = {"image": "images", "series": "series", "tokens": "int token ids"}
+
+
 def log(msg: str) -> None:
   if hooks.is_chief():
     print(msg, flush=True)
@@ -83,10 +88,11 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
   kwargs = config_lib.model_kwargs(config)
   if "num_classes" in fields:
     given = kwargs.setdefault("num_classes", dataset.num_classes)
-    if given is not None and given < dataset.num_classes:
-      # Labels past the head's width would train against an all-zero one-hot target.
+    if given is not None and given != dataset.num_classes:
+      # A narrower head trains labels past its width against an all-zero target; a wider one
+      # predicts classes that have no name, no row in the confusion matrix and no label.
       raise config_lib.ConfigError(
-          f"config.model.num_classes={given!r}: expected >= {dataset.num_classes}, the "
+          f"config.model.num_classes={given!r}: expected {dataset.num_classes}, the "
           f"number of classes in dataset {dataset.name!r} (leave it unset to use that)")
   needed = dataset.vocab_size
   if "vocab_size" in fields and needed is not None:
@@ -129,6 +135,24 @@ def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, histor
       "epoch and its checkpoint was pruned; a larger checkpoint.max_to_keep keeps it); "
       "the last epoch's weights stay")
   return state, False
+
+
+def warn_early_stopping(config: Any, dataset: Dataset, workdir: Any) -> None:
+  """Early-stopping settings that would not do what they say, named once at the start."""
+  es, k = config.early_stopping, config.checkpoint
+  if not es.patience:
+    return
+  if dataset.val is None:
+    log(f"flaxnets: warning: early_stopping.patience={es.patience} has no effect: dataset "
+        f"{dataset.name!r} has no validation split to watch")
+    return
+  es_by = (es.metric, config_lib.metric_mode(es.metric, es.mode))
+  best_by = (k.best_metric, config_lib.metric_mode(k.best_metric, k.best_mode))
+  if es.restore_best and workdir is not None and k.enabled and es_by != best_by:
+    log(f"flaxnets: warning: early_stopping.restore_best evaluates the epoch best by "
+        f"validation {es_by[0]} ({es_by[1]}), but load(workdir) restores the checkpoint best "
+        f"by validation {best_by[0]} ({best_by[1]}), checkpoint.best_metric/best_mode; set "
+        f"them alike for load() to return the weights the final metrics are of")
 
 
 def check_task(config: Any, dataset: Dataset, model_cls: type) -> None:
@@ -253,9 +277,11 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   log(f"flaxnets: {config.model.name} on {dataset.name} "
       f"({len(dataset.train['labels'])} train / "
       f"{0 if dataset.val is None else len(dataset.val['labels'])} val / "
-      f"{0 if dataset.test is None else len(dataset.test['labels'])} test), "
+      f"{0 if dataset.test is None else len(dataset.test['labels'])} test; "
+      f"{INPUT_WORDS[dataset.input_kind]} {dataset.input_shape} per example), "
       f"{strategy.num_devices} {jax.default_backend()} device(s), strategy {strategy.name}")
   log(summary(state.params, state.batch_stats))
+  warn_early_stopping(config, dataset, workdir)
 
   # ---- checkpoint restore ----------------------------------------------------------
   history: list[dict[str, Any]] = []
@@ -485,6 +511,9 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
 
 def evaluate(result: TrainResult, split: str = "test") -> dict[str, Any]:
   """Metrics of a trained model on one split ('train', 'val' or 'test') of its dataset."""
+  if not isinstance(result, TrainResult):
+    raise TypeError(f"result: expected the TrainResult that flaxnets.train returns, got "
+                    f"{type(result).__name__} (for a workdir use flaxnets.load(workdir))")
   data = getattr(result.dataset, split, None)
   if split not in ("train", "val", "test") or data is None:
     have = [s for s in ("train", "val", "test") if getattr(result.dataset, s) is not None]
