@@ -41,6 +41,9 @@ def _parse(argv: list[str], fv: flags.FlagValues, name: str, usage: str) -> list
     raise UsageError(f"{e}; usage: {usage}") from None
 
 
+_BOOL_WORDS = ("true", "false", "1", "0", "yes", "no")
+
+
 def _load_config_error(argv: list[str], e: Exception) -> str:
   """One line for a config file that fails to load (syntax error, no get_config, ...)."""
   path = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
@@ -55,9 +58,17 @@ def _train(argv: list[str]) -> int:
   from ml_collections import config_flags
   fv = flags.FlagValues()
   default = str(pathlib.Path(__file__).with_name("config.py"))
-  config_flag = config_flags.DEFINE_config_file(
-      "config", default, "task config file (a .py with get_config())", flag_values=fv,
-      lock_config=False, accept_new_attributes=True)
+  usage = "flaxnets train [--config FILE] [--config.KEY=VALUE ...] [--workdir DIR]"
+  try:  # it reads the --config.A.B=V overrides of sys.argv and walks their parents now
+    config_flag = config_flags.DEFINE_config_file(
+        "config", default, "task config file (a .py with get_config())", flag_values=fv,
+        lock_config=False, accept_new_attributes=True)
+  except KeyError as e:
+    key = str(e.args[0] if e.args else e).strip("'\"").split("'")[0].split()[0]
+    arg = next((a for a in sys.argv[1:] + argv
+                if a.startswith("--config.") and f".{key}" in a.split("=")[0]), "--config.*")
+    raise UsageError(f"{arg}: the config has no key {key!r} on that path (only the last "
+                     f"key of an override may be new); usage: {usage}") from None
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results",
                       flag_values=fv)
   flags.DEFINE_boolean("restart", False, "delete the checkpoints in workdir and start over",
@@ -72,7 +83,6 @@ def _train(argv: list[str]) -> int:
                        flag_values=fv)
   flags.DEFINE_float("init_timeout", 60.0, "seconds to wait for the coordinator",
                      flag_values=fv)
-  usage = "flaxnets train [--config FILE] [--config.KEY=VALUE ...] [--workdir DIR]"
   # config_flags executes a config file into sys.modules["config_config"], reusing the
   # module there (the default config's, loaded at definition): a file without
   # get_config() would silently run the default's get_config().
@@ -93,8 +103,16 @@ def _train(argv: list[str]) -> int:
     cause = e.__cause__ or e
     raise UsageError(_load_config_error(argv, cause)) from None
   if rest:
-    raise UsageError(f"unexpected argument(s) {rest}: train takes only flags "
-                     f"(did you mean --workdir {rest[0]}?); usage: {usage}")
+    at = argv.index(rest[0]) if rest[0] in argv else 0
+    before = argv[at - 1].lstrip("-") if at > 0 else ""
+    if before in ("restart", "distributed") and rest[0].lower() in _BOOL_WORDS:
+      hint = f" (a boolean flag takes --{before}={rest[0]}, or --{before} / --no{before})"
+    elif fv.workdir is None:
+      hint = f" (did you mean --workdir {rest[0]}?)"
+    else:
+      hint = ""
+    raise UsageError(f"unexpected argument(s) {rest}: train takes only flags{hint}; "
+                     f"usage: {usage}")
   if fv.distributed:
     from flaxnets.training.distributed import DistributedInitError, initialize
     try:

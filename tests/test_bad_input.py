@@ -81,6 +81,26 @@ def test_inputs_the_model_cannot_read_say_what_to_pass(model, x, message):
     flaxnets.train(config, data={"train": (x, np.arange(40) % 2)})
 
 
+def test_hints_on_how_to_pass_arrays_are_for_arrays_only():
+  import dataclasses
+  y = np.arange(40) % 2
+  series = sources.from_arrays((np.zeros((40, 40), np.float32), y))  # (40, 1), like mnist1d
+  with pytest.raises(ValueError, match=r"per example; the model reads image$"):
+    sources.adapt(series, ("image",))
+  tokens = sources.from_arrays((np.ones((40, 6), np.int32), y))
+  with pytest.raises(ValueError, match=r"pass numbers as floats"):
+    sources.adapt(tokens, ("image",))
+  with pytest.raises(ValueError, match=r"per example; the model reads image$"):
+    sources.adapt(dataclasses.replace(tokens, name="reviews.csv"), ("image",))  # text
+
+
+def test_bfloat16_inputs_are_numbers():
+  import jax.numpy as jnp
+  x, y = _xy()
+  ds = sources.from_arrays((x.astype(jnp.bfloat16), y))  # was "expected a numeric array"
+  assert ds.input_kind == "image" and ds.train["inputs"].dtype == jnp.bfloat16
+
+
 def test_evaluate_names_what_it_was_given():
   with pytest.raises(TypeError, match=r"result: expected the TrainResult .*got NoneType"):
     flaxnets.evaluate(None)

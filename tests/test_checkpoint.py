@@ -419,7 +419,12 @@ def test_resume_with_changed_settings_says_so_and_records_them(tmp_path, trained
   assert "num_epochs: 2 -> 3" in out and "optimizer.learning_rate: 0.003 -> 0.01" in out
   want = [{"step": 78, "changes": ["num_epochs: 2 -> 3",
                                    "optimizer.learning_rate: 0.003 -> 0.01"]}]
-  assert json.loads((workdir / "results.json").read_text())["config_changes"] == want
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["config_changes"] == want
+  # the printed total counts the earlier process too, as results.json and train time do
+  # (it printed this process's wall time: a total below the training time)
+  train_s, total_s = map(float, re.search(r"training ([\d.]+) s; total ([\d.]+) s", out).groups())
+  assert total_s >= train_s and total_s == pytest.approx(results["wall_time_s"], abs=0.2)
   extra = json.loads((flaxnets.load(workdir, "latest").path / "extra" / "metadata").read_text())
   assert extra["config_changes"] == want  # carried to later resumes
   # the first process's wall time is carried: the resumed epoch's record comes after it

@@ -144,6 +144,16 @@ def test_cli_reports_config_error_without_traceback(tmp_path):
   assert "Traceback" not in out.stderr
 
 
+def test_cli_override_under_a_missing_key_is_one_line(tmp_path):
+  # ml_collections raised KeyError: "'nonexistent'" with a traceback, while defining the flag
+  out = subprocess.run([sys.executable, "-m", "flaxnets.cli", "train",
+                        "--config.model.nonexistent.key=3", f"--workdir={tmp_path}"],
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+  assert ("--config.model.nonexistent.key=3: the config has no key 'nonexistent' on that path"
+          in out.stderr)
+
+
 @pytest.mark.parametrize("model,key,value,expected", [
     ("simple_cnn", "kernel_size", 0, "expected an integer >= 1"),
     ("simple_cnn", "hidden", -1, "expected an integer >= 1"),
@@ -192,6 +202,12 @@ def test_cli_command_line_mistakes_are_one_line_with_exit_status_2(tmp_path, cap
   cases = [
       (["train", "runs/x"], "unexpected argument(s) ['runs/x']: train takes only flags "
        "(did you mean --workdir runs/x?)"),
+      # a value after a boolean flag, and a stray argument when --workdir was given
+      (["train", "--workdir", str(tmp_path / "w"), "--restart", "false"],
+       "unexpected argument(s) ['false']: train takes only flags (a boolean flag takes "
+       "--restart=false, or --restart / --norestart)"),
+      (["train", "--workdir", str(tmp_path / "w"), "extra"],
+       "unexpected argument(s) ['extra']: train takes only flags; usage"),
       (["train", f"--config={tmp_path / 'syntax.py'}"], "did not load: SyntaxError"),
       (["train", "--config", str(tmp_path / "no_get_config.py")],
        "did not load: AttributeError"),

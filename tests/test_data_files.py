@@ -445,3 +445,10 @@ def test_one_archive_with_or_without_split_folders(tmp_path):
   dcfg.train_split = "training"
   with pytest.raises(ValueError, match=r"train_split='training': not found in .*'train'\]"):
     local.image_folder_dataset(dcfg)
+  # a split nested in a folder, as a directory dataset takes it (was refused: "its split
+  # folders are ['x']")
+  _make_tree(tmp_path / "nested" / "x" / "train", n=2)
+  dcfg.path = str(_tar(tmp_path / "nested", tmp_path / "nested.tar.gz"))
+  dcfg.train_split = "x/train"
+  ds = local.image_folder_dataset(dcfg)
+  assert len(ds.train["labels"]) == 4 and ds.label_names == ["cat", "dog"]

@@ -45,7 +45,7 @@ def _read_images(path: pathlib.Path, split: str, image_size, class_names=None):
         got = files.read_image_folder(archive, split=split, image_size=image_size,
                                       class_names=class_names)
         break
-  elif split in _archive_splits(path):
+  elif _top_folder(split) in _archive_splits(path):
     got = files.read_image_folder(path, split=split, image_size=image_size,
                                   class_names=class_names)
   return got
@@ -61,6 +61,11 @@ def _archive_splits(path: pathlib.Path) -> set[str]:
 
 
 _ARCHIVE_SPLITS: dict[tuple, set[str]] = {}
+
+
+def _top_folder(split: str) -> str:
+  """The archive's top-level folder a split lives under ('x' for 'x/train')."""
+  return next((p for p in split.split("/") if p not in ("", ".")), split)
 
 
 def _like_train(got, train_x: np.ndarray):
@@ -80,7 +85,7 @@ def image_folder_dataset(dcfg: Any) -> Dataset:
   else:  # one archive: splits are its top-level folders, if it has any
     splits = _archive_splits(path)
     flat = not splits
-    if splits and dcfg.train_split not in splits:
+    if splits and _top_folder(dcfg.train_split) not in splits:
       raise ValueError(f"config.dataset.train_split={dcfg.train_split!r}: not found in "
                        f"{str(path)!r}; its split folders are {sorted(splits)}")
   if flat:  # class folders at the top: validation is carved from them, no test split

@@ -12,6 +12,7 @@ import importlib.util
 import pathlib
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from flaxnets.data.text import padded_lengths
@@ -131,9 +132,10 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
     if len(x) == 0:
       raise ValueError(f"data[{name!r}]: no examples (inputs of shape {x.shape}); leave the "
                        "split out instead")
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == bool):  # bfloat16 is a number
       hint = ("; for raw text write a CSV and use config.dataset.name='text_table'"
-              if x.dtype.kind in "US" else " of rows of one length (pad token lists with 0)")
+              if x.dtype.kind in "US" else " of rows of one length (pad token lists with 0)"
+              if x.dtype == object else "")
       raise ValueError(f"data[{name!r}] inputs of dtype {x.dtype} and shape {x.shape}: "
                        f"expected a numeric array{hint}")
     if not np.issubdtype(y.dtype, np.integer):
@@ -256,7 +258,9 @@ def adapt(dataset: Dataset, input_kinds: tuple[str, ...]) -> Dataset:
                    name=dataset.name, image_shape=dataset.input_shape)
   hint = ""
   shape = dataset.input_shape
-  if dataset.input_kind == "series" and "image" in input_kinds and len(shape) == 2:
+  if dataset.name != "arrays":  # the hints below say how to pass numpy arrays
+    pass
+  elif dataset.input_kind == "series" and "image" in input_kinds and shape[-1] > 1:
     hint = f"; for grayscale images pass them with a channel axis, x[..., None] ({shape + (1,)})"
   elif dataset.input_kind == "tokens" and "tokens" not in input_kinds:
     hint = ("; int [N, T] arrays are read as token ids: pass numbers as floats, "

@@ -481,7 +481,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
     test_metrics = run_eval(eval_step, state, dataset.test, eval_batch, strategy, buckets,
                             dataset.num_classes, with_confusion=True)
   host_state = strategy.get_state(state)
-  wall = time.time() - start_time
+  wall = run_wall_time()  # over every process of the run, like train_time
   table = ["", f"{'split':<6} {'loss':>8} {'accuracy':>9} {'examples':>9}"]
   for name, m in (("val", val_metrics), ("test", test_metrics)):
     if m is not None:
