@@ -30,7 +30,8 @@ class UsageError(Exception):
 
 def _parse(argv: list[str], fv: flags.FlagValues, name: str, usage: str) -> list[str] | None:
   """Parse `argv` into fv and return the positional arguments; None after printing --help."""
-  if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+  flag_part = argv[:argv.index("--")] if "--" in argv else argv  # after --: inputs only
+  if any(a in ("-h", "--help", "-help", "--helpfull") for a in flag_part):
     lines = fv.get_help(include_special_flags=False).splitlines()
     flag_help = "\n".join(line for line in lines if line.startswith(" ")).rstrip()
     print(f"usage: {usage}\n" + (f"\nflags:\n{flag_help}" if flag_help else ""))
@@ -207,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
   except UsageError as e:
     print(f"flaxnets {argv[0]}: {e}", file=sys.stderr)
     return 2
+  except BrokenPipeError:  # the reader went away (`flaxnets eval RUN | head -3`): not an error
+    # Python would report it again flushing stdout at exit; point stdout at nothing first
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, as a shell tool killed by the signal reports
   except (ValueError, OSError, ImportError, CheckpointError, FloatingPointError) as e:
     # Bad input (ConfigError is a ValueError), missing files, damaged checkpoints, a
     # diverged run: one line naming the problem. FLAXNETS_TRACEBACK=1 shows where.

@@ -8,7 +8,9 @@ call to a bucketed batch size, so varying batch sizes reuse a few compiled shape
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -49,10 +51,13 @@ def _step_dir(workdir: pathlib.Path, step: str | int) -> pathlib.Path:
       raise FileNotFoundError(f"no checkpoints in {str(workdir / 'checkpoints')!r}; train with "
                               "a workdir first")
     return workdir / "checkpoints" / str(found[-1])
-  try:
+  # a whole number: an int (not a bool), or its digits; int() would also take 78.9 and True
+  if isinstance(step, str) and step.strip().isdigit():
     n = int(step)
-  except (TypeError, ValueError):
-    raise ValueError(f"step={step!r}: expected 'best', 'latest' or a step number") from None
+  elif isinstance(step, (int, np.integer)) and not isinstance(step, bool) and step >= 0:
+    n = int(step)
+  else:
+    raise ValueError(f"step={step!r}: expected 'best', 'latest' or a step number")
   for sub in ("checkpoints", "best"):
     if (workdir / sub / str(n)).is_dir():
       return workdir / sub / str(n)
@@ -76,6 +81,7 @@ class Predictor:
       from flaxnets.data.text import Vocabulary
       self.vocab = Vocabulary.from_dict(meta["vocab"])
     self._predict = jax.jit(self._proba)
+    self._warned = False  # about missing seq_lengths, once
 
   @property
   def config(self):
@@ -87,13 +93,30 @@ class Predictor:
     return steps.make_predict_step(self.stats)(state, batch)
 
   # -- inputs ------------------------------------------------------------------------------
-  def prepare(self, inputs: Any) -> dict[str, np.ndarray]:
-    """Raw inputs -> a batch dict of arrays shaped like the training inputs."""
+  def prepare(self, inputs: Any, seq_lengths: Any = None) -> dict[str, np.ndarray]:
+    """Raw inputs -> a batch dict of arrays shaped like the training inputs.
+
+    `seq_lengths` (ints [N], each in [1, T]) gives each sequence's valid steps, as the
+    third item of train(data=...) does; token ids padded at the end with 0 need none.
+    """
     if isinstance(inputs, (str, pathlib.Path)):
       inputs = [inputs]
     if self.input_kind == "tokens":
-      if isinstance(inputs, (list, tuple)) and inputs and not isinstance(
-          inputs[0], (str, pathlib.Path)):  # nested lists of ids, not texts
+      batch = self._prepare_tokens(inputs, given_lengths=seq_lengths is not None)
+    else:
+      batch = self._prepare_arrays(inputs)
+    return self._with_lengths(batch, seq_lengths)
+
+  def _prepare_tokens(self, inputs: Any, given_lengths: bool) -> dict[str, np.ndarray]:
+    t = self.input_shape[0]
+    if isinstance(inputs, (list, tuple)) and not inputs:
+      inputs = np.zeros((0, t), np.int32)  # no examples
+    texts = isinstance(inputs, (list, tuple)) and isinstance(inputs[0], (str, pathlib.Path))
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "USO":
+      texts, inputs = True, list(inputs.reshape(-1) if inputs.ndim == 2 and
+                                 inputs.shape[1:] == (1,) else inputs)
+    if not texts:
+      if isinstance(inputs, (list, tuple)):  # nested lists of ids, not texts
         try:
           inputs = np.asarray(inputs)
         except ValueError:  # ragged: numpy's "inhomogeneous shape"
@@ -103,29 +126,51 @@ class Predictor:
         if not np.issubdtype(inputs.dtype, np.integer):
           raise ValueError(f"inputs: a list of {inputs.dtype} values; expected text strings "
                            "or int token ids [batch, T]")
-      if isinstance(inputs, np.ndarray) and np.issubdtype(inputs.dtype, np.integer):
-        ids = inputs.reshape(-1, inputs.shape[-1])
-        vocab_size = getattr(self.model, "vocab_size", None)
-        if ids.size and (ids.min() < 0 or (vocab_size and ids.max() >= vocab_size)):
-          raise ValueError(f"token ids span [{ids.min()}, {ids.max()}]: expected ids in "
-                           f"[0, {vocab_size}), the model's vocabulary")
-        return {"inputs": ids.astype(np.int32), "seq_lengths": padded_lengths(ids)}
-      if self.vocab is None:
-        raise ValueError(f"inputs of type {type(inputs).__name__}: this model was trained on "
-                         "int token arrays without a vocabulary; expected int ids [batch, T]")
-      texts = [str(t) for t in inputs]
-      ids, lengths = self.vocab.encode(texts, self.input_shape[0])
-      return {"inputs": ids, "seq_lengths": lengths}
+      if not (isinstance(inputs, np.ndarray) and np.issubdtype(inputs.dtype, np.integer)):
+        raise ValueError(f"inputs of type {type(inputs).__name__}"
+                         + (f" and dtype {inputs.dtype}" if hasattr(inputs, "dtype") else "")
+                         + ": expected int token ids [batch, T]"
+                         + (" or text strings" if self.vocab is not None else ""))
+      ids = inputs
+      if ids.ndim == 3 and ids.shape[-1] == 1:
+        ids = ids[..., 0]  # [batch, T, 1]
+      if ids.ndim == 1:
+        ids = ids[None]  # one example
+      if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"token ids of shape {inputs.shape}: expected [batch, T] with T >= 1 "
+                         f"(the model trained on T={t}), or one example [T]")
+      vocab_size = getattr(self.model, "vocab_size", None)
+      if ids.size and (ids.min() < 0 or (vocab_size and ids.max() >= vocab_size)):
+        raise ValueError(f"token ids span [{ids.min()}, {ids.max()}]: expected ids in "
+                         f"[0, {vocab_size}), the model's vocabulary")
+      return {"inputs": ids.astype(np.int32), "seq_lengths": padded_lengths(ids)}
+    if self.vocab is None:
+      raise ValueError("inputs: text strings, but this model was trained on int token arrays "
+                       "without a vocabulary; expected int ids [batch, T]")
+    for i, s in enumerate(inputs):
+      if not isinstance(s, str):
+        raise ValueError(f"inputs[{i}] of type {type(s).__name__}: expected text strings "
+                         "(or int token ids [batch, T])")
+    if given_lengths:
+      raise ValueError("seq_lengths: texts carry their own lengths; pass seq_lengths with "
+                       "int token ids only")
+    ids, lengths = self.vocab.encode(list(inputs), t)
+    return {"inputs": ids, "seq_lengths": lengths}
+
+  def _prepare_arrays(self, inputs: Any) -> dict[str, np.ndarray]:
     if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], (str, pathlib.Path)):
       inputs = np.stack([self._read_image(p) for p in inputs])
     x = np.asarray(inputs)
     want = self.input_shape
+    if x.shape == (0,):  # an empty list: no examples
+      x = np.zeros((0,) + want, np.float32)
     image_shape = tuple(self.meta.get("image_shape") or ())
     if (self.input_kind == "series" and x.shape == image_shape) or (
         want[-1] == 1 and x.shape == want[:-1]):
       x = x[None]  # one example: an image read as rows, or one without its channel axis
     if self.input_kind == "series" and x.ndim >= 3 and x.shape[1:] != want:
-      x = x.reshape(x.shape[0], x.shape[1], -1)  # images fed row by row
+      # images fed row by row (explicit sizes: -1 is ambiguous for zero examples)
+      x = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
     if x.shape == want:
       x = x[None]
     if want[-1] == 1 and x.ndim == len(want) and x.shape[1:] == want[:-1]:
@@ -133,11 +178,38 @@ class Predictor:
     if x.shape[1:] != want:
       raise ValueError(f"inputs of shape {x.shape}: expected [batch, {', '.join(map(str, want))}] "
                        f"(or one example {want})")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+      raise ValueError(f"inputs of dtype {x.dtype}: expected numbers")
     x = x.astype(np.float32)
     bad = non_finite_examples(x)
     if bad:
       raise ValueError(f"inputs: {bad} example(s) hold NaN or infinity; expected finite values")
     return {"inputs": x}
+
+  def _with_lengths(self, batch: dict[str, np.ndarray], seq_lengths: Any) -> dict[str, np.ndarray]:
+    """Checks given seq_lengths against the inputs, or warns where the model needs them."""
+    n = len(batch["inputs"])
+    if seq_lengths is None:
+      if self.input_kind == "series" and self.meta.get("seq_lengths") and not self._warned:
+        self._warned = True
+        warnings.warn(f"this model was trained with seq_lengths, and none were given: each "
+                      f"input is read as all {self.input_shape[0]} steps; pass "
+                      "predict(x, seq_lengths=...) for padded sequences", stacklevel=3)
+      return batch
+    if self.input_kind == "image":
+      raise ValueError("seq_lengths: this model reads images, which have no time axis; "
+                       "expected seq_lengths=None")
+    lengths = np.asarray(seq_lengths)
+    if lengths.ndim == 0:
+      lengths = lengths[None]
+    t = batch["inputs"].shape[1]
+    if lengths.shape != (n,) or not np.issubdtype(lengths.dtype, np.integer):
+      raise ValueError(f"seq_lengths of shape {lengths.shape} and dtype {lengths.dtype}: "
+                       f"expected ints [{n}], one per input")
+    if n and (lengths.min() < 1 or lengths.max() > t):
+      raise ValueError(f"seq_lengths span [{lengths.min()}, {lengths.max()}]: expected lengths "
+                       f"in [1, {t}] (the time axis of the inputs)")
+    return {**batch, "seq_lengths": lengths.astype(np.int32)}
 
   def _read_image(self, path) -> np.ndarray:
     """One image file decoded as training decoded its folder, at the trained size."""
@@ -162,13 +234,16 @@ class Predictor:
     return arr.astype(np.float32)
 
   # -- prediction ---------------------------------------------------------------------------
-  def predict_proba(self, inputs: Any) -> np.ndarray:
-    """Class probabilities float32 [N, classes] for N raw inputs."""
-    batch = self.prepare(inputs)
+  def predict_proba(self, inputs: Any, seq_lengths: Any = None) -> np.ndarray:
+    """Class probabilities float32 [N, classes] for N raw inputs ([N, T, vocab] for a
+    language model). `seq_lengths`: see `prepare`."""
+    batch = self.prepare(inputs, seq_lengths)
     n = len(batch["inputs"])
-    if n == 0:
-      return np.zeros((0, len(self.label_names)), np.float32)
     variables = {"params": self.params, "batch_stats": self.batch_stats}
+    if n == 0:  # the shape one example would give, without computing it
+      one = {k: np.ones((1,) + v.shape[1:], v.dtype) for k, v in batch.items()}
+      out = jax.eval_shape(self._proba, variables, one)
+      return np.zeros((0,) + out.shape[1:], np.float32)
     outs = []
     for start in range(0, n, BATCH_BUCKETS[-1]):
       chunk = {k: v[start:start + BATCH_BUCKETS[-1]] for k, v in batch.items()}
@@ -179,13 +254,13 @@ class Predictor:
       outs.append(np.asarray(self._predict(variables, padded))[:m])
     return np.concatenate(outs)
 
-  def predict(self, inputs: Any) -> np.ndarray:
+  def predict(self, inputs: Any, seq_lengths: Any = None) -> np.ndarray:
     """Class ids int [N]."""
-    return self.predict_proba(inputs).argmax(-1)
+    return self.predict_proba(inputs, seq_lengths).argmax(-1)
 
-  def predict_labels(self, inputs: Any) -> list[str]:
+  def predict_labels(self, inputs: Any, seq_lengths: Any = None) -> list[str]:
     self._check_classifier("predict_labels")
-    return [self.label_names[i] for i in self.predict(inputs)]
+    return [self.label_names[i] for i in self.predict(inputs, seq_lengths)]
 
   def _check_classifier(self, what: str) -> None:
     if self.meta.get("task") == "lm":
@@ -195,8 +270,14 @@ class Predictor:
   def describe(self, inputs: Sequence[str], top: int = 3) -> list[str]:
     """CLI lines: input, predicted label and the top probabilities."""
     self._check_classifier("describe")
-    if isinstance(inputs, (str, pathlib.Path)):  # one path, not its characters
-      inputs = [str(inputs)]
+    if isinstance(inputs, (str, os.PathLike)):  # one path, not its characters
+      inputs = [inputs]
+    bad = (inputs if not isinstance(inputs, (list, tuple)) else
+           next((s for s in inputs if not isinstance(s, (str, os.PathLike))), None))
+    if bad is not None:
+      raise TypeError(f"describe: an input of type {type(bad).__name__}; expected file paths "
+                      "or texts (str); for arrays call predict_proba")
+    inputs = [os.fspath(s) for s in inputs]
     if top < 1:
       raise ValueError(f"top={top!r}: expected an integer >= 1")
     # Runs of image files (or texts) are predicted together; each .npy file (one
@@ -211,8 +292,13 @@ class Predictor:
           if self.input_kind == "tokens" and not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(f"an array of {arr.dtype}: expected int token ids [batch, T]")
           n = len(self.prepare(arr)["inputs"])
+        except EOFError:  # np.load of an empty or cut-short file
+          raise ValueError(f"{s}: the file ends before its array does; expected a .npy "
+                           "file written by numpy.save") from None
         except ValueError as e:
           raise ValueError(f"{s}: {e}") from None
+        if n == 0:
+          raise ValueError(f"{s}: an array of shape {arr.shape} holds no examples")
         groups.append(([s] if n == 1 else [f"{s}#{i}" for i in range(n)], arr))
       elif groups and isinstance(groups[-1][1], list):
         groups[-1][0].append(s)
@@ -240,9 +326,14 @@ class Predictor:
     dataset = sources.load_dataset(config.dataset)
     dataset = sources.adapt(dataset, getattr(registry.MODELS[config.model.name], "input_kinds",
                                              ("image", "series", "tokens")))
-    if self.vocab is not None and dataset.vocab != self.vocab:
-      raise ValueError("the dataset's vocabulary differs from the checkpoint's; the data "
-                       f"at {config.dataset.path!r} changed since training")
+    from flaxnets.training import checkpoint
+    # Scores are only meaningful on the classes, inputs and vocabulary the model learned.
+    diffs = checkpoint.data_differences(self.meta,
+                                        checkpoint.metadata(config, dataset, self.stats))
+    if diffs:
+      raise ValueError(f"the dataset differs from the one this checkpoint was trained on "
+                       f"({'; '.join(diffs)}); the data at {config.dataset.path!r} changed "
+                       "since training")
     from flaxnets.training.state import TrainState
     import optax
     state = TrainState.create(apply_fn=self.model.apply, params=self.params, tx=optax.identity(),
@@ -257,7 +348,8 @@ class Predictor:
     """Serialize predict_proba (weights included) with jax.export; batch size symbolic.
 
     Reload without flaxnets: `jax.export.deserialize(open(path, 'rb').read()).call(x)`
-    (token models take (ids, seq_lengths)). `<path>.json` records inputs and labels.
+    (token models, and series models trained with seq_lengths, take (x, seq_lengths)).
+    `<path>.json` records the inputs and labels.
     """
     from jax import export
     path = pathlib.Path(path)
@@ -266,10 +358,12 @@ class Predictor:
                               "name such as 'model.jax' (its .json is written beside it)")
     variables = jax.tree.map(jnp.asarray, {"params": self.params, "batch_stats": self.batch_stats})
     (b,) = export.symbolic_shape("b")
-    if self.input_kind == "tokens":
-      def fn(ids, lengths):
-        return self._proba(variables, {"inputs": ids, "seq_lengths": lengths})
-      specs = (jax.ShapeDtypeStruct((b,) + self.input_shape, jnp.int32),
+    if self.input_kind == "tokens" or (self.input_kind == "series"
+                                       and self.meta.get("seq_lengths")):
+      def fn(x, lengths):
+        return self._proba(variables, {"inputs": x, "seq_lengths": lengths})
+      dtype = jnp.int32 if self.input_kind == "tokens" else jnp.float32
+      specs = (jax.ShapeDtypeStruct((b,) + self.input_shape, dtype),
                jax.ShapeDtypeStruct((b,), jnp.int32))
     else:
       def fn(x):

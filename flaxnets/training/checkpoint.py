@@ -153,19 +153,8 @@ def config_changes(saved: dict, current: dict) -> list[str]:
 def meta_differences(saved: dict, current: dict) -> list[str]:
   """Config keys, data facts and vocabulary that differ between two `meta` items."""
   diffs = config_differences(saved["config"], current["config"])
+  diffs += data_differences(saved, current, RESUME_META + ("train_examples",))
   a, b = _as_json(saved), _as_json(current)
-  for key in RESUME_META + ("train_examples",):
-    if key == "train_examples" and None in (a.get(key), b.get(key)):
-      continue  # written since 2026-11-28; older checkpoints lack it
-    if a.get(key) != b.get(key):
-      shown = [repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "..."
-               for v in (a.get(key), b.get(key))]
-      diffs.append(f"{key} (from the data): checkpoint {shown[0]} vs now {shown[1]}")
-  if None not in (a.get("vocab_size"), b.get("vocab_size")) and a["vocab_size"] != b["vocab_size"]:
-    diffs.append(f"vocab_size (from the data): checkpoint {a['vocab_size']} vs now "
-                 f"{b['vocab_size']}")
-  if a.get("vocab") != b.get("vocab"):
-    diffs.append("vocabulary: built from different training data or settings")
   sa, sb = a.get("stats") or {}, b.get("stats") or {}
 
   def same(u, v):
@@ -179,6 +168,29 @@ def meta_differences(saved: dict, current: dict) -> list[str]:
   return diffs
 
 
+def data_differences(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_META
+                     ) -> list[str]:
+  """Data facts (`keys` of two `meta` items) and vocabularies that differ.
+
+  train_examples is compared only where both have it (written since 2026-11-28).
+  """
+  a, b = _as_json(saved), _as_json(current)
+  diffs = []
+  for key in keys:
+    if key == "train_examples" and None in (a.get(key), b.get(key)):
+      continue
+    if a.get(key) != b.get(key):
+      shown = [repr(v) if len(repr(v)) < 80 else repr(v)[:77] + "..."
+               for v in (a.get(key), b.get(key))]
+      diffs.append(f"{key} (from the data): checkpoint {shown[0]} vs now {shown[1]}")
+  if None not in (a.get("vocab_size"), b.get("vocab_size")) and a["vocab_size"] != b["vocab_size"]:
+    diffs.append(f"vocab_size (from the data): checkpoint {a['vocab_size']} vs now "
+                 f"{b['vocab_size']}")
+  if a.get("vocab") != b.get("vocab"):
+    diffs.append("vocabulary: built from different training data or settings")
+  return diffs
+
+
 def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dict[str, Any]:
   """What inference needs to rebuild the model and read raw inputs, as JSON values."""
   import flaxnets
@@ -187,6 +199,8 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dic
           "input_kind": dataset.input_kind, "input_shape": list(dataset.input_shape),
           "task": dataset.task, "dataset": dataset.name,
           "train_examples": len(dataset.train["labels"]),
+          # series given per-example lengths (train(data=...)'s third item): predict needs them
+          "seq_lengths": "seq_lengths" in dataset.train,
           "vocab": None if dataset.vocab is None else dataset.vocab.to_dict(),
           "vocab_size": dataset.vocab_size,
           "image_shape": None if dataset.image_shape is None else list(dataset.image_shape),
