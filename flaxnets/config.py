@@ -8,12 +8,14 @@ ConfigError naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import collections.abc
+import math
 import typing
 from typing import Any
 
 import ml_collections
 
 DATASETS = ("digits", "mnist1d", "arrays", "image_folder", "text_table", "text_file")
+_PATH_DATASETS = ("image_folder", "text_table", "text_file")  # those that read dataset.path
 OPTIMIZERS = ("sgd", "adam", "adamw", "lamb")
 SCHEDULES = ("constant", "cosine", "linear")
 STRATEGIES = ("auto", "single", "pmap", "mesh")
@@ -106,14 +108,15 @@ def get_config() -> ml_collections.ConfigDict:
 
 # (key, predicate, what is allowed)
 def _positive(v):
-  return v > 0
+  return v > 0 and math.isfinite(v)
 
 
 def _non_negative(v):
-  return v >= 0
+  return v >= 0 and math.isfinite(v)
 
 
 _RULES: list[tuple[str, Any, str]] = [
+    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     ("num_epochs", lambda v: v >= 1, "an integer >= 1"),
     ("batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
@@ -129,15 +132,15 @@ _RULES: list[tuple[str, Any, str]] = [
     ("dataset.seq_len", lambda v: v >= 2, "an integer >= 2"),
     ("dataset.image_size", _non_negative, "an integer >= 0"),
     ("optimizer.name", lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}"),
-    ("optimizer.learning_rate", _positive, "a number > 0"),
+    ("optimizer.learning_rate", _positive, "a finite number > 0"),
     ("optimizer.momentum", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     ("optimizer.b1", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     ("optimizer.b2", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
-    ("optimizer.weight_decay", _non_negative, "a number >= 0"),
+    ("optimizer.weight_decay", _non_negative, "a finite number >= 0"),
     ("optimizer.schedule", lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
-    ("optimizer.warmup_epochs", _non_negative, "a number >= 0"),
+    ("optimizer.warmup_epochs", _non_negative, "a finite number >= 0"),
     ("optimizer.end_lr_factor", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
-    ("optimizer.clip_norm", _non_negative, "a number >= 0 (0: off)"),
+    ("optimizer.clip_norm", _non_negative, "a finite number >= 0 (0: off)"),
     ("optimizer.label_smoothing", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     ("augment.crop_padding", _non_negative, "an integer >= 0"),
     ("parallel.strategy", lambda v: v in STRATEGIES, f"one of {STRATEGIES}"),
@@ -146,7 +149,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("checkpoint.best_metric", lambda v: v in VAL_METRICS, f"one of {VAL_METRICS}"),
     ("checkpoint.best_mode", lambda v: v in MODES, f"one of {MODES}"),
     ("early_stopping.patience", _non_negative, "an integer >= 0 (0: off)"),
-    ("early_stopping.min_delta", _non_negative, "a number >= 0"),
+    ("early_stopping.min_delta", _non_negative, "a finite number >= 0"),
     ("early_stopping.metric", lambda v: v in VAL_METRICS, f"one of {VAL_METRICS}"),
     ("early_stopping.mode", lambda v: v in MODES, f"one of {MODES}"),
 ]
@@ -157,7 +160,7 @@ _MODEL_RULES: list[tuple[str, Any, str]] = [
     ("dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     ("embed_dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     ("bn_momentum", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
-    ("logit_scale", _positive, "a number > 0"),
+    ("logit_scale", _positive, "a finite number > 0"),
     ("num_pools", _non_negative, "an integer >= 0"),
     ("num_layers", lambda v: v >= 1, "an integer >= 1"),
     ("hidden_size", lambda v: v >= 1, "an integer >= 1"),
@@ -264,6 +267,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key, ok, allowed in _MODEL_RULES:
     if key in config.model and not ok(config.model[key]):
       raise ConfigError(f"config.model.{key}={config.model[key]!r}: expected {allowed}")
+  d = config.dataset
+  if d.path and d.name not in _PATH_DATASETS:
+    raise ConfigError(f"config.dataset.path={d.path!r}: only {_PATH_DATASETS} read a path, "
+                      f"and config.dataset.name={d.name!r}; set dataset.name (or path='')")
+  if d.data_dir and not d.name.startswith("tfds:"):
+    raise ConfigError(f"config.dataset.data_dir={d.data_dir!r}: only tfds:<name> datasets "
+                      f"read a data_dir, and config.dataset.name={d.name!r}; set "
+                      "dataset.name (or data_dir='')")
   if config.eval_batch_size < 1:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r}: expected >= 1")
   return config

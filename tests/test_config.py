@@ -169,7 +169,7 @@ def test_cli_override_under_a_missing_key_is_one_line(tmp_path):
     ("rnn", "embed_dropout", 1.0, "expected a number in [0, 1)"),
     ("conv1d", "num_pools", -1, "expected an integer >= 0"),
     ("fast_cnn", "bn_momentum", 1.5, "expected a number in [0, 1]"),
-    ("fast_cnn", "logit_scale", 0.0, "expected a number > 0"),
+    ("fast_cnn", "logit_scale", 0.0, "expected a finite number > 0"),
 ])
 def test_bad_model_field_type_or_range(model, key, value, expected):
   """Checked against the model's own field annotations before any data is read."""

@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import pathlib
+import posixpath
 import re
 import tarfile
 import warnings
@@ -20,9 +21,9 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # GIF: first frame
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-_FORMATS = ("JPEG", "PNG")  # probing only these saves ~10% CPU per image
+_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")  # probing only these saves ~10% CPU per image
 _GRAY_MODES = ("1", "L", "LA", "I", "F")
 # Images per decode task: one task per image costs more in overhead than it gains
 # (experiments/benchmarks/decode_cifar10.py). PIL releases the GIL while decoding, so
@@ -83,7 +84,7 @@ def _decode_chunk(chunk: list[tuple[str, bytes | str]],
         out.append(image_to_array(im, image_size))
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
       raise ValueError(f"cannot decode image {name}: {type(e).__name__}: {e} "
-                       "(expected a readable JPEG or PNG file)") from None
+                       "(expected a readable JPEG, PNG, BMP, GIF or WebP file)") from None
   return out
 
 
@@ -98,17 +99,61 @@ def _scan_dir(root: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, str]]:
         yield rel + (fn,), full, full
 
 
+def _member_parts(name: str) -> tuple[str, ...]:
+  return tuple(p for p in name.split("/") if p not in ("", "."))
+
+
 def _scan_tar(archive: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, bytes]]:
-  """Streams (member path parts, display name, member bytes) for each image member."""
+  """Streams (member path parts, display name, member bytes) for each image member.
+
+  Hard links and symlinks to images (as `cp -al` or dedup tools leave) are images too:
+  their targets are read in a second pass, since a streamed archive cannot go back.
+  """
+  links: dict[tuple[str, ...], tuple[str, ...]] = {}  # link -> the member it names
   try:
     with tarfile.open(archive, "r|*") as tf:
       for member in tf:
-        parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
-        if member.isfile() and parts and _is_image(parts):
+        parts = _member_parts(member.name)
+        if not parts or not _is_image(parts):
+          continue
+        if member.isfile():
           yield parts, f"{member.name!r} in {archive}", tf.extractfile(member).read()
+        elif member.islnk():  # linkname: a path from the archive's top
+          links[parts] = _member_parts(member.linkname)
+        elif member.issym():  # linkname: relative to the link's folder
+          links[parts] = _member_parts(posixpath.normpath(posixpath.join(
+              "/".join(parts[:-1]), member.linkname)))
+    if links:
+      yield from _scan_tar_links(archive, links)
   except (tarfile.TarError, EOFError, OSError) as e:
     raise ValueError(f"cannot read archive {archive}: {type(e).__name__}: {e} "
                      f"(expected a {'/'.join(ARCHIVE_SUFFIXES)} archive)") from None
+
+
+def _scan_tar_links(archive: pathlib.Path, links: dict[tuple[str, ...], tuple[str, ...]]
+                    ) -> Iterator[tuple[tuple[str, ...], str, bytes]]:
+  """The images that link members name, read in one more pass over the archive."""
+  wanted: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+  for link, target in links.items():
+    for _ in range(8):  # a link to a link
+      target = links.get(target, target) if target != link else target
+    wanted.setdefault(target, []).append(link)
+  found = set()
+  with tarfile.open(archive, "r|*") as tf:
+    for member in tf:
+      target = _member_parts(member.name)
+      if member.isfile() and target in wanted:
+        data = tf.extractfile(member).read()
+        found.add(target)
+        for link in wanted[target]:
+          yield link, f"{'/'.join(link)!r} in {archive} (a link to {member.name!r})", data
+  missing = [(link, target) for target, ls in wanted.items() if target not in found
+             for link in ls]
+  if missing:
+    link, target = missing[0]
+    raise ValueError(f"archive {archive}: {len(missing)} link member(s) name no file in it, "
+                     f"e.g. {'/'.join(link)!r} -> {'/'.join(target)!r}: expected links to "
+                     "images inside the archive")
 
 
 def archive_split_folders(archive: str | os.PathLike) -> set[str]:
@@ -120,7 +165,7 @@ def archive_split_folders(archive: str | os.PathLike) -> set[str]:
   try:
     with tarfile.open(archive, "r|*") as tf:
       return {parts[0] for parts in (
-          tuple(p for p in m.name.split("/") if p not in ("", ".")) for m in tf if m.isfile())
+          _member_parts(m.name) for m in tf if m.isfile() or m.islnk() or m.issym())
               if len(parts) >= 3 and _is_image(parts)}
   except (tarfile.TarError, EOFError, OSError) as e:
     raise ValueError(f"cannot read archive {archive}: {type(e).__name__}: {e} "
@@ -222,8 +267,8 @@ def read_image_folder(path: str | os.PathLike,
   Returns:
     images uint8 [N, H, W, C] (C = 1 if every image is grayscale, else 3), labels
     int32 [N], class_names. A class is the image's parent folder; images are sorted by
-    (class, file). Files that are not .jpg/.jpeg/.png, hidden files and images lying
-    outside a class folder are ignored; alpha channels are dropped.
+    (class, file). Files other than .jpg/.jpeg/.png/.bmp/.gif/.webp, hidden files and
+    images lying outside a class folder are ignored; alpha channels are dropped.
   """
   path = pathlib.Path(path)
   image_size = _check_image_size(image_size)
@@ -337,8 +382,11 @@ def read_text_table(path: str | os.PathLike,
                     text_column: str | int = "sentence",
                     label_column: str | int | None = "label",
                     delimiter: str | None = None,
-                    header: bool = True) -> tuple[list[str], list[str]]:
+                    header: bool = True, *, lines: list[int] | None = None,
+                    ) -> tuple[list[str], list[str]]:
   """Reads a TSV/CSV table (optionally .gz) into (texts [N], raw label strings [N]).
+
+  `lines`, a list, receives each row's line number in the file (for error messages).
 
   The delimiter defaults from the suffix: TAB for .tsv[.gz], ',' for .csv[.gz]. TAB-
   separated files are read without quote handling (texts contain quote characters);
@@ -374,15 +422,18 @@ def read_text_table(path: str | os.PathLike,
       t = _column_index(text_column, names, ncols, path, "text_column")
       lab = (None if label_column is None else
              _column_index(label_column, names, ncols, path, "label_column"))
+      line_of = lines.append if lines is not None else (lambda _: None)
       if not header:
         texts.append(first[t])
         labels.extend([first[lab]] if lab is not None else [])
+        line_of(reader.line_num)
       for row in rows:
         if len(row) != ncols:
           what = "header" if header else "first row"
           raise ValueError(f"{path}: line {reader.line_num} has {len(row)} fields, expected "
                            f"{ncols} like the {what} ({delimiter!r}-separated)")
         texts.append(row[t])
+        line_of(reader.line_num)
         if lab is not None:
           labels.append(row[lab])
   except csv.Error as e:
@@ -396,6 +447,10 @@ def read_text_table(path: str | os.PathLike,
     raise ValueError(f"{path} is not a valid gzip file: {e}") from None
   if not texts:
     raise ValueError(f"{path} has a header but no data rows: expected at least one example")
+  if not any(x.strip() for x in texts):
+    raise ValueError(f"{path}: the text column {text_column!r} is empty in all {len(texts)} "
+                     f"rows{f'; columns found: {names}' if names else ''}: set "
+                     "config.dataset.text_column to the column that holds the texts")
   return texts, labels
 
 
@@ -407,8 +462,12 @@ def _label_sort_key(names: set[str]):
 
 
 def encode_labels(raw_labels: Sequence[str],
-                  label_names: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+                  label_names: Sequence[str] | None = None,
+                  where: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
   """Maps raw label strings to int32 ids [N].
+
+  `where[i]` names where label i came from (e.g. 'dev.tsv: line 4') in errors; by
+  default its index.
 
   With label_names=None the names are built from these (training) labels: sorted,
   numerically when all are integer strings, so '0', '1', ... map to 0, 1, ...
@@ -419,9 +478,12 @@ def encode_labels(raw_labels: Sequence[str],
     if not isinstance(x, str):
       raise TypeError(f"label {x!r} at index {i}: expected a string")
   raw = [x.strip() for x in raw]  # 'pos' and ' pos' (CSV spacing) are one class
+  def at(i: int) -> str:
+    return f"at {where[i]}" if where is not None else f"at index {i}"
+
   for i, x in enumerate(raw):
     if x == "":
-      raise ValueError(f"label at index {i} is empty: expected a label value")
+      raise ValueError(f"label {at(i)} is empty: expected a label value")
   if label_names is None:
     if not raw:
       raise ValueError("encode_labels: no labels given to build the label names from")
@@ -436,6 +498,6 @@ def encode_labels(raw_labels: Sequence[str],
   ids = np.empty(len(raw), np.int32)
   for i, x in enumerate(raw):
     if x not in index:
-      raise ValueError(f"unknown label {x!r} at index {i}: expected one of {label_names}")
+      raise ValueError(f"unknown label {x!r} {at(i)}: expected one of {label_names}")
     ids[i] = index[x]
   return ids, label_names

@@ -5,7 +5,9 @@ names come from the training split only; other splits are encoded with them.
 """
 from __future__ import annotations
 
+import gzip
 import pathlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,8 @@ from flaxnets.data.text import Vocabulary, lm_windows
 from flaxnets.data.types import Dataset
 
 _TABLE_SUFFIXES = (".tsv", ".tsv.gz", ".csv", ".csv.gz")
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_ARCHIVE_SUFFIXES = files.ARCHIVE_SUFFIXES
+_VAL_NAMES = ("val", "validation", "dev", "valid")  # split names a user may mean as validation
 
 
 def _path(dcfg: Any) -> pathlib.Path:
@@ -42,7 +45,9 @@ def _read_images(path: pathlib.Path, split: str, image_size, class_names=None):
     for suffix in _ARCHIVE_SUFFIXES if got is None else ():
       archive = path / f"{split}{suffix}"
       if archive.is_file():
-        got = files.read_image_folder(archive, split=split, image_size=image_size,
+        # train.tar.gz holds train/<class>/... or, made with `tar -C train .`, <class>/...
+        inner = split if _top_folder(split) in _archive_splits(archive) else None
+        got = files.read_image_folder(archive, split=inner, image_size=image_size,
                                       class_names=class_names)
         break
   elif _top_folder(split) in _archive_splits(path):
@@ -89,6 +94,10 @@ def image_folder_dataset(dcfg: Any) -> Dataset:
       raise ValueError(f"config.dataset.train_split={dcfg.train_split!r}: not found in "
                        f"{str(path)!r}; its split folders are {sorted(splits)}")
   if flat:  # class folders at the top: validation is carved from them, no test split
+    for key in ("test_split", "val_split"):
+      if dcfg[key] and dcfg[key] != "test":  # a named split must exist
+        raise ValueError(f"config.dataset.{key}={dcfg[key]!r}: {str(path)!r} holds class "
+                         f"folders, not split folders ({dcfg.train_split}/, {dcfg[key]}/)")
     x, y, names = files.read_image_folder(path, image_size=size)
     train, test = {"inputs": x, "labels": y}, None
   else:
@@ -109,9 +118,21 @@ def image_folder_dataset(dcfg: Any) -> Dataset:
       raise ValueError(f"config.dataset.val_split={dcfg.val_split!r}: not found in {str(path)!r}")
     val = {"inputs": got[0], "labels": got[1]}
   else:
+    if not flat:
+      _warn_unused_val(path, [v for v in _VAL_NAMES if (
+          any((path / f"{v}{x}").exists() for x in ("",) + _ARCHIVE_SUFFIXES)
+          if path.is_dir() else v in _archive_splits(path))], dcfg)
     train, val = sources.carve_validation(train, dcfg.val_fraction)
   return Dataset(train=train, val=val, test=test, num_classes=len(names), label_names=names,
                  input_kind="image", name=path.name)
+
+
+def _warn_unused_val(path: pathlib.Path, found: list[str], dcfg: Any) -> None:
+  """A validation split beside train that config.dataset.val_split leaves unread."""
+  if found:
+    warnings.warn(f"{str(path)!r} has a {found[0]!r} split, but config.dataset.val_split='' "
+                  f"holds out {dcfg.val_fraction:g} of train for validation instead; set "
+                  f"config.dataset.val_split={found[0]!r} to validate on it", stacklevel=4)
 
 
 # ---- text tables -------------------------------------------------------------------------
@@ -131,12 +152,14 @@ def text_table_dataset(dcfg: Any) -> Dataset:
   if train_file is None:
     raise FileNotFoundError(f"config.dataset.train_split={dcfg.train_split!r}: no "
                             f"{dcfg.train_split}{{{','.join(_TABLE_SUFFIXES)}}} in {str(path)!r}")
-  texts, raw = files.read_text_table(train_file, dcfg.text_column, dcfg.label_column)
-  labels, names = files.encode_labels(raw)
+  texts, raw, where = _read_table(train_file, dcfg)
+  labels, names = files.encode_labels(raw, where=where)
   splits = {"train": {"texts": np.array(texts, dtype=object), "labels": labels}}
   for role in ("val", "test"):
     split = dcfg[f"{role}_split"]
     if not split:
+      if role == "val" and path.is_dir():
+        _warn_unused_val(path, [v for v in _VAL_NAMES if _table_file(path, v)], dcfg)
       continue
     f = _table_file(path, split)
     if f is None:
@@ -147,12 +170,20 @@ def text_table_dataset(dcfg: Any) -> Dataset:
         raise FileNotFoundError(f"config.dataset.test_split={split!r}: no {split}"
                                 f"{{{','.join(_TABLE_SUFFIXES)}}} in {str(path)!r}")
       continue  # no test table: report validation only
-    t, r = files.read_text_table(f, dcfg.text_column, dcfg.label_column)
-    splits[role] = {"texts": np.array(t, dtype=object), "labels": files.encode_labels(r, names)[0]}
+    t, r, where = _read_table(f, dcfg)
+    splits[role] = {"texts": np.array(t, dtype=object),
+                    "labels": files.encode_labels(r, names, where)[0]}
   vocab, splits = _encode_texts(dcfg, splits)
   return Dataset(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
                  num_classes=len(names), label_names=names, input_kind="tokens", vocab=vocab,
                  name=path.name)
+
+
+def _read_table(f: pathlib.Path, dcfg: Any) -> tuple[list[str], list[str], list[str]]:
+  """(texts, raw labels, 'file: line N' of each row)."""
+  lines: list[int] = []
+  texts, raw = files.read_text_table(f, dcfg.text_column, dcfg.label_column, lines=lines)
+  return texts, raw, [f"{f}: line {n}" for n in lines]
 
 
 def _encode_texts(dcfg: Any, splits: dict[str, dict]) -> tuple[Vocabulary, dict[str, dict]]:
@@ -181,7 +212,17 @@ def text_file_dataset(dcfg: Any) -> Dataset:
   path = _path(dcfg)
   if not path.is_file():
     raise ValueError(f"config.dataset.path={dcfg.path!r}: expected a text file")
-  text = path.read_text(encoding="utf-8")
+  try:  # utf-8-sig: a byte-order mark is not text; .gz corpora are read decompressed
+    if path.name.lower().endswith(".gz"):
+      with gzip.open(path, "rt", encoding="utf-8-sig") as f:
+        text = f.read()
+    else:
+      text = path.read_text(encoding="utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"text file {str(path)!r} is not UTF-8 text ({e}): expected a UTF-8 "
+                     "encoded corpus (plain, or .gz)") from None
+  except (gzip.BadGzipFile, EOFError) as e:
+    raise ValueError(f"text file {str(path)!r} is not a valid gzip file: {e}") from None
   if not text:
     raise ValueError(f"text file {str(path)!r} is empty")
   cut = int(len(text) * (1.0 - dcfg.val_fraction))

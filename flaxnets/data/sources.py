@@ -132,6 +132,9 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
     if len(x) == 0:
       raise ValueError(f"data[{name!r}]: no examples (inputs of shape {x.shape}); leave the "
                        "split out instead")
+    if np.iscomplexobj(x):
+      raise ValueError(f"data[{name!r}] inputs of dtype {x.dtype}: expected real numbers "
+                       "(pass np.real(x), np.abs(x), or both as channels)")
     if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == bool):  # bfloat16 is a number
       hint = ("; for raw text write a CSV and use config.dataset.name='text_table'"
               if x.dtype.kind in "US" else " of rows of one length (pad token lists with 0)"
@@ -157,6 +160,9 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
     if bad:
       raise ValueError(f"data[{name!r}] inputs: {bad} example(s) hold NaN or infinity; "
                        "expected finite values")
+    if y.size and (y.min() < np.iinfo(np.int32).min or y.max() > np.iinfo(np.int32).max):
+      raise ValueError(f"data[{name!r}] labels span [{y.min()}, {y.max()}]: expected class ids "
+                       "from 0 (int32 would wrap these)")
     split = {"inputs": x, "labels": y.astype(np.int32)}
     if len(xy) == 3:
       lengths = np.asarray(xy[2])
@@ -178,6 +184,10 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
   x = tr["inputs"]
   if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
     kind = "tokens"
+    for split_name, s in (("val", va), ("test", te)):
+      if s is not None and not np.issubdtype(s["inputs"].dtype, np.integer):
+        raise ValueError(f"data[{split_name!r}] inputs of dtype {s['inputs'].dtype}: expected "
+                         f"int token ids like data['train'] ({x.dtype})")
     for split_name, s in (("train", tr), ("val", va), ("test", te)):
       if s is not None and s["inputs"].min() < 0:
         raise ValueError(f"data[{split_name!r}] token ids go down to {s['inputs'].min()}: "
@@ -195,6 +205,12 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
   else:
     raise ValueError(f"data['train'] inputs of shape {x.shape}: expected images [N, H, W, C], "
                      "series [N, T] or [N, T, F], or int tokens [N, T]")
+  if label_names is not None and (
+      not isinstance(label_names, (list, tuple, np.ndarray))
+      or not all(isinstance(n, (str, int, np.integer, np.str_)) for n in label_names)):
+    raise ValueError(f"label_names={label_names!r}: expected a list of names, the name of "
+                     "class id i at position i (for a dict {id: name} pass "
+                     "[d[i] for i in range(len(d))])")
   labels = np.concatenate([s["labels"] for s in (tr, va, te) if s is not None])
   num_classes = int(labels.max()) + 1 if label_names is None else len(label_names)
   if labels.min() < 0 or labels.max() >= num_classes:

@@ -1,0 +1,215 @@
+"""Data and config edges a user meets: settings no dataset reads, linked images in
+archives, per-split archives, unread validation splits, table and corpus encodings.
+Each is read, warned about, or refused with one error naming it; none is dropped."""
+import gzip
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import flaxnets
+from flaxnets.config import ConfigError, validate
+from flaxnets.data import files, sources
+
+
+def _dataset_config(**changes):
+  config = flaxnets.get_config()
+  for key, value in changes.items():
+    config.dataset[key] = value
+  return config
+
+
+def _images(folder, classes=("a", "b"), n=4, seed=0):
+  rng = np.random.default_rng(seed)
+  for c in classes:
+    (folder / c).mkdir(parents=True)
+    for i in range(n):
+      Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / c / f"{i}.png")
+
+
+# ---- config ------------------------------------------------------------------------------
+@pytest.mark.parametrize("changes,message", [
+    ({"dataset.path": "/data/pets"},  # dataset.name left at 'digits': it trained on digits
+     r"config\.dataset\.path='/data/pets': only \('image_folder', 'text_table', 'text_file'\) "
+     r"read a path, and config\.dataset\.name='digits'"),
+    ({"dataset.data_dir": "/data/tfds"},
+     r"config\.dataset\.data_dir='/data/tfds': only tfds:<name> datasets read a data_dir"),
+    ({"seed": -1}, r"config\.seed=-1: expected an integer in \[0, 2\*\*32\)"),
+    ({"seed": 2**63}, r"config\.seed=9223372036854775808: expected an integer in"),
+    ({"optimizer.warmup_epochs": float("inf")},
+     r"config\.optimizer\.warmup_epochs=inf: expected a finite number >= 0"),
+    ({"optimizer.learning_rate": float("inf")},
+     r"config\.optimizer\.learning_rate=inf: expected a finite number > 0"),
+    ({"optimizer.clip_norm": float("nan")}, r"config\.optimizer\.clip_norm=nan: expected a finite"),
+])
+def test_config_values_nothing_can_use_are_refused(changes, message):
+  config = flaxnets.get_config()
+  for dotted, value in changes.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  with pytest.raises(ConfigError, match=message):
+    validate(config)
+
+
+def test_cli_names_a_bad_seed_in_one_line():
+  out = subprocess.run([sys.executable, "-m", "flaxnets.cli", "train", "--config.seed=-5"],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+  assert "config.seed=-5: expected an integer in [0, 2**32)" in out.stderr, out.stderr
+
+
+# ---- arrays ------------------------------------------------------------------------------
+@pytest.mark.parametrize("label_names", [{0: "cat", 1: "dog", 2: "bird"}, "abc",
+                                         [["cat"], ["dog"], ["bird"]]])
+def test_label_names_must_be_a_list_in_id_order(label_names):
+  x, y = np.zeros((6, 4), np.float32), np.arange(6) % 3
+  with pytest.raises(ValueError, match=r"label_names=.*: expected a list of names, the name "
+                                       r"of class id i at position i"):
+    sources.from_arrays((x, y), label_names=label_names)
+  assert sources.from_arrays((x, y), label_names=("cat", "dog", "bird")).label_names == [
+      "cat", "dog", "bird"]
+
+
+def test_arrays_refuse_what_they_would_mangle():
+  ids = np.arange(1, 41).reshape(10, 4) % 7 + 1
+  y = np.arange(10) % 2
+  with pytest.raises(ValueError, match=r"data\['val'\] inputs of dtype float32: expected int "
+                                       r"token ids like data\['train'\]"):
+    sources.from_arrays((ids, y), (ids.astype(np.float32), y))  # failed after an epoch
+  with pytest.raises(ValueError, match=r"data\['train'\] inputs of dtype complex64: expected "
+                                       r"real numbers"):
+    sources.from_arrays((np.ones((10, 4), np.complex64), y))  # lost its imaginary part
+  big = np.where(np.arange(10) == 3, 2**32 + 1, y).astype(np.int64)
+  with pytest.raises(ValueError, match=r"labels span \[0, 4294967297\]"):
+    sources.from_arrays((np.ones((10, 4), np.float32), big))  # trained as label 1
+
+
+# ---- image folders and archives -------------------------------------------------------------
+def test_linked_images_in_an_archive_are_images(tmp_path):
+  root = tmp_path / "links"
+  _images(root, classes=("a", "b"), n=3)
+  for i in range(3):  # class b is a's hard links: tar stores them as link members
+    (root / "b" / f"{i}.png").unlink()
+    os.link(root / "a" / f"{i}.png", root / "b" / f"{i}.png")
+  os.symlink("../a/0.png", root / "b" / "sym.png")
+  archive = tmp_path / "links.tar"
+  with tarfile.open(archive, "w") as tf:
+    tf.add(root / "a", "a")
+    tf.add(root / "b", "b")
+  assert any(m.islnk() for m in tarfile.open(archive).getmembers())
+  want = files.read_image_folder(root)
+  got = files.read_image_folder(archive)  # class b was dropped: one class left
+  assert got[2] == want[2] == ["a", "b"]
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_array_equal(got[0], want[0])
+  with tarfile.open(tmp_path / "dangling.tar", "w") as tf:
+    tf.add(root / "a", "a")
+    link = tarfile.TarInfo("b/gone.png")
+    link.type, link.linkname = tarfile.SYMTYPE, "../nowhere/x.png"
+    tf.addfile(link)
+  with pytest.raises(ValueError, match=r"1 link member\(s\) name no file in it, e\.g\. "
+                                       r"'b/gone\.png' -> 'nowhere/x\.png'"):
+    files.read_image_folder(tmp_path / "dangling.tar")
+
+
+@pytest.mark.parametrize("mode,inner", [("w:gz", "."), ("w:bz2", "train")])
+def test_a_split_archive_reads_with_or_without_its_top_folder(tmp_path, mode, inner):
+  _images(tmp_path / "src" / "train")
+  data = tmp_path / "data"
+  data.mkdir()
+  suffix = ".tar.gz" if mode == "w:gz" else ".tar.bz2"
+  with tarfile.open(data / f"train{suffix}", mode) as tf:  # `tar -C train .` or `-C src train`
+    tf.add(tmp_path / "src" / "train", inner)
+  ds = sources.load_dataset(_dataset_config(name="image_folder", path=str(data),
+                                            val_fraction=0.25).dataset)
+  assert ds.label_names == ["a", "b"] and len(ds.train["labels"]) + len(ds.val["labels"]) == 8
+
+
+def test_an_unread_val_folder_is_named_and_a_missing_named_split_refused(tmp_path):
+  for split in ("train", "val", "test"):
+    _images(tmp_path / "tvt" / split)
+  config = _dataset_config(name="image_folder", path=str(tmp_path / "tvt"))
+  with pytest.warns(UserWarning, match=r"has a 'val' split, but config\.dataset\.val_split='' "
+                                       r"holds out 0\.1 of train .*set "
+                                       r"config\.dataset\.val_split='val'"):
+    sources.load_dataset(config.dataset)
+  config.dataset.val_split = "val"
+  assert len(sources.load_dataset(config.dataset).val["labels"]) == 8
+  _images(tmp_path / "flat")  # class folders at the top: no split can be named
+  config = _dataset_config(name="image_folder", path=str(tmp_path / "flat"),
+                           test_split="holdout")
+  with pytest.raises(ValueError, match=r"config\.dataset\.test_split='holdout': .* holds class "
+                                       r"folders, not split folders"):
+    sources.load_dataset(config.dataset)
+
+
+def test_bmp_gif_and_webp_images_are_read(tmp_path):
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+  (tmp_path / "a").mkdir()
+  for i, ext in enumerate(("png", "bmp", "webp")):  # lossless: the same pixels back
+    kwargs = {"lossless": True} if ext == "webp" else {}
+    Image.fromarray(pixels[i]).save(tmp_path / "a" / f"{i}.{ext}", **kwargs)
+  Image.fromarray(pixels[3]).convert("P").save(tmp_path / "a" / "3.gif")
+  x, y, names = files.read_image_folder(tmp_path)
+  assert x.shape == (4, 8, 8, 3) and names == ["a"]  # the three were skipped without a word
+  np.testing.assert_array_equal(x[:3], pixels[:3])
+
+
+# ---- text tables and corpora ----------------------------------------------------------------
+def test_table_label_errors_name_the_file_and_line(tmp_path):
+  (tmp_path / "train.csv").write_text("label,sentence\n0,good\n1,bad\n")
+  (tmp_path / "test.csv").write_text("label,sentence\n0,fine\n\n1,meh\n2,odd\n")
+  config = _dataset_config(name="text_table", path=str(tmp_path))
+  with pytest.raises(ValueError, match=rf"unknown label '2' at {tmp_path / 'test.csv'}: line 5:"
+                                       r" expected one of \['0', '1'\]"):
+    sources.load_dataset(config.dataset)
+  (tmp_path / "test.csv").write_text("label,sentence\n0,fine\n,meh\n")
+  with pytest.raises(ValueError, match=rf"label at {tmp_path / 'test.csv'}: line 3 is empty"):
+    sources.load_dataset(config.dataset)
+
+
+def test_table_with_an_empty_text_column_names_the_columns(tmp_path):
+  rows = "".join(f"{i % 2},,some review {i}\n" for i in range(10))
+  (tmp_path / "train.csv").write_text("label,sentence,review\n" + rows)
+  config = _dataset_config(name="text_table", path=str(tmp_path))
+  with pytest.raises(ValueError, match=r"the text column 'sentence' is empty in all 10 rows; "
+                                       r"columns found: \['label', 'sentence', 'review'\]"):
+    sources.load_dataset(config.dataset)
+  config.dataset.text_column = "review"
+  assert sources.load_dataset(config.dataset).num_classes == 2
+
+
+def test_an_unread_dev_table_is_named(tmp_path):
+  rows = "".join(f"{i % 2}\tword{i % 3} good\n" for i in range(20))
+  for name in ("train", "dev"):
+    (tmp_path / f"{name}.tsv").write_text("label\tsentence\n" + rows)
+  with pytest.warns(UserWarning, match=r"has a 'dev' split, but config\.dataset\.val_split=''"):
+    sources.load_dataset(_dataset_config(name="text_table", path=str(tmp_path)).dataset)
+
+
+def test_text_corpus_encodings(tmp_path):
+  text = "to be or not to be\n" * 30
+  config = _dataset_config(name="text_file", vocab_level="char", seq_len=8)
+  (tmp_path / "plain.txt").write_text(text, encoding="utf-8")
+  config.dataset.path = str(tmp_path / "plain.txt")
+  plain = sources.load_dataset(config.dataset)
+  (tmp_path / "bom.txt").write_bytes(("\ufeff" + text).encode("utf-8"))
+  (tmp_path / "corpus.txt.gz").write_bytes(gzip.compress(text.encode("utf-8")))
+  for name in ("bom.txt", "corpus.txt.gz"):  # a BOM was a token; .gz failed to decode
+    config.dataset.path = str(tmp_path / name)
+    got = sources.load_dataset(config.dataset)
+    assert got.vocab.tokens == plain.vocab.tokens, name
+    np.testing.assert_array_equal(got.train["inputs"], plain.train["inputs"])
+  (tmp_path / "latin1.txt").write_bytes(("caf\u00e9 " * 50).encode("latin-1"))
+  config.dataset.path = str(tmp_path / "latin1.txt")
+  with pytest.raises(ValueError, match=r"latin1\.txt' is not UTF-8 text .*: expected a UTF-8"):
+    sources.load_dataset(config.dataset)
