@@ -51,8 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.data_dir = ""                 # tfds data_dir
   d.text_column = "sentence"
   d.label_column = "label"
-  d.image_size = 0                # resize image folders to this square size; 0 keeps
-                                  # the train split's size (other splits are resized to it)
+  d.image_size = 0                # resize image folders and tfds images to this square
+                                  # size; 0 keeps the train split's size (other splits
+                                  # are resized to it)
   d.vocab_level = "word"          # "word" | "char"
   d.lowercase = True
   d.split_punctuation = False     # word level: also split punctuation off words (raw text)
@@ -275,6 +276,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"config.dataset.data_dir={d.data_dir!r}: only tfds:<name> datasets "
                       f"read a data_dir, and config.dataset.name={d.name!r}; set "
                       "dataset.name (or data_dir='')")
+  if d.image_size and not (d.name == "image_folder" or d.name.startswith("tfds:")):
+    raise ConfigError(f"config.dataset.image_size={d.image_size!r}: only image_folder and "
+                      f"tfds:<name> datasets resize images, and config.dataset.name="
+                      f"{d.name!r}; resize the arrays yourself (or image_size=0)")
   if config.eval_batch_size < 1:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r}: expected >= 1")
   return config

@@ -94,3 +94,23 @@ def test_imdb_reviews_config_on_mock_tfds():
   assert ds.train["inputs"].shape[1] <= c.dataset.max_len
   assert "seq_lengths" in ds.train and (ds.train["seq_lengths"] >= 1).all()
   assert result.test_metrics["count"] == NUM_EXAMPLES
+
+
+def test_image_size_resizes_tfds_images_of_any_size():
+  from flaxnets.data import sources
+  c = flaxnets.get_config()
+  c.dataset.name, c.dataset.image_size, c.dataset.test_split = "tfds:mnist", 8, ""
+  with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    ds = sources.load_dataset(c.dataset)  # it was ignored: 28x28
+    assert ds.input_shape == (8, 8, 1)
+    c.dataset.name = "tfds:tf_flowers"  # mock images of random sizes, as the real ones
+    c.dataset.image_size = 0
+    with pytest.raises(ValueError, match=r"example \d+ has image shape .* set "
+                                         r"config\.dataset\.image_size"):
+      sources.load_dataset(c.dataset)
+    c.dataset.image_size = 12
+    assert sources.load_dataset(c.dataset).input_shape == (12, 12, 3)
+  c.dataset.name = "arrays"
+  with pytest.raises(flaxnets.ConfigError, match=r"config\.dataset\.image_size=12: only "
+                                                 r"image_folder and tfds:<name> datasets"):
+    flaxnets.validate(c)

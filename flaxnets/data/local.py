@@ -258,9 +258,11 @@ def tfds_dataset(dcfg: Any) -> Dataset:
   name = dcfg.name[len("tfds:"):]
   data_dir = dcfg.data_dir or None
 
+  size = (dcfg.image_size, dcfg.image_size) if dcfg.image_size else None
+
   def load(split):
     try:
-      return tfds_source.load_tfds(name, split, data_dir)
+      return tfds_source.load_tfds(name, split, data_dir, image_size=size)
     except tfds_source.MissingFeatureError:
       return tfds_source.load_tfds(name, split, data_dir, text_key=dcfg.text_column)
 

@@ -96,8 +96,12 @@ def _check_key(key: str, features: Any, name: str, role: str) -> None:
 
 def load_tfds(name: str, split: str, data_dir: str | None = None,
               image_key: str = "image", label_key: str | None = "label",
-              text_key: str | None = None) -> dict[str, Any]:
+              text_key: str | None = None,
+              image_size: tuple[int, int] | None = None) -> dict[str, Any]:
   """Reads one split of a prepared TFDS dataset into memory.
+
+  image_size (height, width): every image is resized to it, as image folders are
+  (bilinear); None keeps the stored size, which must then be one size.
 
   Returns a dict with
     'images'      uint8 [N, H, W, C] (when text_key is None), or
@@ -127,12 +131,18 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
   if text_key is not None:
     out["texts"] = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in data]
   else:
+    if image_size is not None:
+      from PIL import Image
+      from flaxnets.data.files import image_to_array
+      data = [image_to_array(Image.fromarray(np.asarray(im).squeeze(-1) if np.ndim(im) == 3
+                                             and np.shape(im)[-1] == 1 else np.asarray(im)),
+                             image_size) for im in data]
     shape = np.shape(data[0])
     for i, im in enumerate(data):
       if np.shape(im) != shape:
         raise ValueError(f"TFDS dataset {name!r} split {split!r}: example {i} has image "
-                         f"shape {np.shape(im)} but example 0 has {shape}: load_tfds needs "
-                         "images of one size")
+                         f"shape {np.shape(im)} but example 0 has {shape}: set "
+                         "config.dataset.image_size (image_size=) to resize them to one size")
     images = np.stack(data)
     if images.ndim == 3:  # [N, H, W] -> [N, H, W, 1]
       images = images[..., None]
