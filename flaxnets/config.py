@@ -74,7 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   o.nesterov = False
   o.b1 = 0.9
   o.b2 = 0.999
-  o.weight_decay = 0.0            # decoupled; masked off biases and norm scales
+  o.weight_decay = 0.0            # sgd, adam: L2 added to the gradient (torch's SGD and
+                                  # Adam weight_decay); adamw, lamb: decoupled (Keras's
+                                  # weight_decay); masked off biases and norm scales
   o.schedule = "cosine"
   o.warmup_epochs = 0.0
   o.end_lr_factor = 0.0           # final lr = learning_rate * end_lr_factor

@@ -432,6 +432,17 @@ def test_resume_with_changed_settings_says_so_and_records_them(tmp_path, trained
   assert walls == sorted(walls)
 
 
+def test_resume_with_fewer_epochs_than_done_says_nothing_is_trained(tmp_path, trained, capsys):
+  workdir = copy_run(trained, tmp_path)
+  capsys.readouterr()
+  result = flaxnets.train(small_config(num_epochs=1), str(workdir))
+  out = capsys.readouterr().out
+  assert ("the checkpoint has trained 2 epoch(s), and config.num_epochs=1: nothing to train, "
+          "the saved model is evaluated") in out
+  assert int(result.state.step) == 78
+  assert result.test_metrics["accuracy"] == pytest.approx(trained[1].test_metrics["accuracy"])
+
+
 def test_disabled_checkpoints_over_earlier_ones_are_refused_or_restarted(tmp_path, trained):
   workdir = copy_run(trained, tmp_path)
   before = tree_digest(workdir)

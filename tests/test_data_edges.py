@@ -213,3 +213,17 @@ def test_text_corpus_encodings(tmp_path):
   config.dataset.path = str(tmp_path / "latin1.txt")
   with pytest.raises(ValueError, match=r"latin1\.txt' is not UTF-8 text .*: expected a UTF-8"):
     sources.load_dataset(config.dataset)
+
+
+def test_labels_with_an_unused_class_id_or_a_score_column_warn(tmp_path):
+  x = np.zeros((12, 4), np.float32)
+  with pytest.warns(UserWarning, match=r"labels span \[1, 3\], so there are 4 classes, but "
+                                       r"class id\(s\) \[0\] have no examples \(ids that start "
+                                       r"at 1: pass labels - 1\)"):
+    sources.from_arrays((x, np.arange(12) % 3 + 1))
+  rows = "".join(f"{0.5 + i / 7:.3f},review {i}\n" for i in range(40))
+  (tmp_path / "train.csv").write_text("label,sentence\n" + rows)
+  config = _dataset_config(name="text_table", path=str(tmp_path))
+  with pytest.warns(UserWarning, match=r"the label column 'label' holds 40 distinct values in "
+                                       r"40 rows .* Is it a score or an id\?"):
+    sources.load_dataset(config.dataset)

@@ -37,6 +37,14 @@ CHILD = textwrap.dedent('''
       from flaxnets.training import distributed
       distributed.initialize(args["coordinator"], args["num_processes"], args["process_id"],
                              timeout_s=60)
+    if args.get("signal_pid") == args["process_id"]:  # SIGTERM to this process alone
+      import signal, threading, time
+      def signal_once_training():
+        log = os.path.join(args["workdir"], "metrics.jsonl")
+        while not (os.path.exists(log) and '"train_step"' in open(log).read()):
+          time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+      threading.Thread(target=signal_once_training, daemon=True).start()
     import flaxnets
     config = flaxnets.get_config()
     config.update_from_flattened_dict(args["config"])
@@ -83,11 +91,13 @@ def _env() -> dict[str, str]:
   return env
 
 
-def _run_group(commands: list[list[str]], logs: list[pathlib.Path]) -> list[int | None]:
+def _run_group(commands: list[list[str]], logs: list[pathlib.Path],
+               stop_on_failure: bool = True) -> list[int | None]:
   """Start the processes together and wait (bounded); always kill what is left.
 
   When one process fails the others would wait for it until JAX's own timeouts, so
-  they are killed at once (their return code then reads None).
+  they are killed at once (their return code then reads None), unless stop_on_failure
+  is False (a stop that every process should make on its own).
   """
   procs = []
   try:
@@ -97,7 +107,8 @@ def _run_group(commands: list[list[str]], logs: list[pathlib.Path]) -> list[int 
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
       codes = [p.poll() for p in procs]
-      if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+      if all(c is not None for c in codes) or (
+          stop_on_failure and any(c not in (None, 0) for c in codes)):
         break
       time.sleep(0.2)
     return [p.poll() for p in procs]
@@ -113,8 +124,12 @@ def _tail(log: pathlib.Path, n: int = 3000) -> str:
 
 
 def _train_processes(tmp: pathlib.Path, name: str, num_processes: int, devices: int,
-                     config: dict, workdir: str | None = None):
-  """flaxnets.train over `num_processes` processes x `devices` devices; (params, info, logs)."""
+                     config: dict, workdir: str | None = None, signal_pid: int | None = None):
+  """flaxnets.train over `num_processes` processes x `devices` devices; (params, info, logs).
+
+  signal_pid: that process alone gets a SIGTERM once training logs its first step; every
+  process must then stop, save and exit with status 1 (params and info are then None).
+  """
   script = tmp / "child.py"
   script.write_text(CHILD)
   coordinator = f"127.0.0.1:{_free_port()}"
@@ -122,13 +137,17 @@ def _train_processes(tmp: pathlib.Path, name: str, num_processes: int, devices: 
   commands, logs = [], []
   for pid in range(num_processes):
     args = {"devices": devices, "num_processes": num_processes, "process_id": pid,
-            "coordinator": coordinator, "out": out, "workdir": workdir, "config": config}
+            "coordinator": coordinator, "out": out, "workdir": workdir, "config": config,
+            "signal_pid": signal_pid}
     commands.append([sys.executable, str(script), json.dumps(args)])
     logs.append(tmp / f"{name}.{pid}.log")
-  codes = _run_group(commands, logs)
+  codes = _run_group(commands, logs, stop_on_failure=signal_pid is None)
   for pid, (code, log) in enumerate(zip(codes, logs)):
-    assert code == 0, (f"{name} process {pid}: exit code {code} (None: killed after a peer "
-                       f"failed or after {TIMEOUT_S} s):\n{_tail(log)}")
+    want = 0 if signal_pid is None else 1
+    assert code == want, (f"{name} process {pid}: exit code {code}, expected {want} (None: "
+                          f"killed after a peer failed or after {TIMEOUT_S} s):\n{_tail(log)}")
+  if signal_pid is not None:
+    return None, None, logs
   params = dict(np.load(out + ".npz"))
   info = json.loads(pathlib.Path(out + ".json").read_text())
   return params, info, logs
@@ -185,6 +204,24 @@ def test_async_checkpoints_from_two_processes(tmp_path):
   params, _, _ = _train_processes(tmp_path, "async", 2, 2, config, workdir)
   assert sorted(p.name for p in (tmp_path / "workdir" / "checkpoints").iterdir()) == ["19", "38"]
   _assert_params_close(_flat(flaxnets.load(workdir, step="latest").params), params, atol=0)
+
+
+def test_a_stop_signal_to_one_process_stops_all_at_one_step(tmp_path, reference):
+  """SIGTERM reaches one process of two: both stop at the same step, save and exit; the
+  resumed run ends like the uninterrupted one. (The signalled process used to leave its
+  peer waiting in a collective forever, and no checkpoint was written.)"""
+  workdir = str(tmp_path / "workdir")
+  config = dict(CONFIG, **{"parallel.strategy": "mesh", "checkpoint.async_save": False})
+  _, _, logs = _train_processes(tmp_path, "stopped", 2, 2, config, workdir, signal_pid=1)
+  line = "received {} at step {}; saved a checkpoint"
+  saved = [int(p.name) for p in (tmp_path / "workdir" / "checkpoints").iterdir()]
+  assert len(saved) == 1, saved
+  assert line.format("a stop signal (on another process)", saved[0]) in logs[0].read_text()
+  assert line.format("SIGTERM", saved[0]) in logs[1].read_text()
+  params, info, _ = _train_processes(tmp_path, "resumed", 2, 2, config, workdir)
+  want_params, want_info = reference
+  _assert_params_close(params, want_params)
+  assert info["test"]["accuracy"] == pytest.approx(want_info["test"]["accuracy"], abs=1e-5)
 
 
 # ---- start-up errors --------------------------------------------------------------------

@@ -154,6 +154,11 @@ def text_table_dataset(dcfg: Any) -> Dataset:
                             f"{dcfg.train_split}{{{','.join(_TABLE_SUFFIXES)}}} in {str(path)!r}")
   texts, raw, where = _read_table(train_file, dcfg)
   labels, names = files.encode_labels(raw, where=where)
+  if len(names) > 20 and len(names) > len(labels) / 2:  # a score or id column, not classes
+    warnings.warn(f"{train_file}: the label column {dcfg.label_column!r} holds {len(names)} "
+                  f"distinct values in {len(labels)} rows (e.g. {names[:5]}); each is a class. "
+                  "Is it a score or an id? Set config.dataset.label_column to the class "
+                  "column", stacklevel=3)
   splits = {"train": {"texts": np.array(texts, dtype=object), "labels": labels}}
   for role in ("val", "test"):
     split = dcfg[f"{role}_split"]

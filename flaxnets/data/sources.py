@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import warnings
 from typing import Any
 
 import jax.numpy as jnp
@@ -216,6 +217,13 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
   if labels.min() < 0 or labels.max() >= num_classes:
     raise ValueError(f"labels span [{labels.min()}, {labels.max()}]: expected ids in "
                      f"[0, {num_classes})")
+  if label_names is None:
+    empty = np.flatnonzero(np.bincount(labels, minlength=num_classes) == 0)
+    if len(empty):
+      hint = " (ids that start at 1: pass labels - 1)" if list(empty[:1]) == [0] else ""
+      warnings.warn(f"labels span [{labels.min()}, {labels.max()}], so there are "
+                    f"{num_classes} classes, but class id(s) {empty[:10].tolist()} have no "
+                    f"examples{hint}", stacklevel=3)
   names = [str(n) for n in (range(num_classes) if label_names is None else label_names)]
   if len(set(names)) != len(names):
     raise ValueError(f"label_names={names!r}: expected distinct names")

@@ -74,6 +74,7 @@ def _add(a: Any, b: Any) -> Any:
 # How the start line names each input kind: int [N, T] arrays are read as token ids, and
 # a user who meant a series of integers reads it there.
 INPUT_WORDS = {"image": "images", "series": "series", "tokens": "int token ids"}
+STOP_CHECK_STEPS = 10  # several processes agree on a stop signal every this many steps
 
 
 def log(msg: str) -> None:
@@ -318,6 +319,10 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       resumed_step = int(state.step)
       log(f"resumed from step {int(state.step)} (epoch {train_it.epoch + 1}, "
           f"batch {extra['iterator']['next_index']}) in {workdir}")
+      if train_it.epoch >= config.num_epochs:
+        log(f"the checkpoint has trained {train_it.epoch} epoch(s), and config.num_epochs="
+            f"{config.num_epochs}: nothing to train, the saved model is evaluated (raise "
+            "num_epochs to train more)")
       config_changes = list(extra.get("config_changes", []))
       changed = checkpoint.config_changes(ckpt.restored_config or {}, config.to_dict())
       if changed:
@@ -374,6 +379,19 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   train_time = resumed_train_time
   sums = None
   best_in_memory = None  # (epoch, host state) of the best early-stopping epoch run here
+  multi = jax.process_count() > 1
+
+  def stop_agreed() -> bool:
+    """Whether to stop now: every process must leave the step loop at the same step (one
+    that stopped alone would leave the others waiting in a collective forever)."""
+    if not multi:
+      return guard.stop_requested
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.int32(guard.stop_requested))
+    if np.asarray(flags).any() and guard.signal_name is None:
+      guard.signal_name = "a stop signal (on another process)"
+    return bool(np.asarray(flags).any())
+
   with hooks.PreemptionGuard() as guard, close_on_error(ckpt):
     while train_it.epoch < config.num_epochs and not stopped_early:
       epoch = train_it.epoch
@@ -385,6 +403,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       counted_before = 0.0 if sums is None else float(sums["count"])
       epoch_steps = 0
       window_start, window_examples = time.time(), 0
+      stopping = False
       for batch in prefetch(train_it.epoch_batches(), strategy):
         state, m = train_step(state, batch)
         step += 1
@@ -411,12 +430,15 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
             position["next_index"] < steps_per_epoch):  # epoch ends save below anyway
           save()
         # On an epoch's last step the epoch is finished first (validation, best, save).
-        if guard.stop_requested and position["next_index"] < steps_per_epoch:
+        # Several processes agree every STOP_CHECK_STEPS steps (a host all-gather).
+        if (position["next_index"] < steps_per_epoch
+            and (not multi or step % STOP_CHECK_STEPS == 0) and stop_agreed()):
+          stopping = True
           break
       bar.close()
       if position["next_index"] >= steps_per_epoch:
         position.update(epoch=epoch + 1, next_index=0)
-      if guard.stop_requested and position["next_index"]:
+      if stopping and position["next_index"]:
         exit_preempted()
       if sums is None:
         continue
@@ -457,7 +479,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       log(msg + rates)
       save({"val_" + k: v for k, v in (val_metrics or {}).items()
             if isinstance(v, float)} or None)
-      if guard.stop_requested:
+      if stop_agreed():
         exit_preempted()
       if stopped_early:
         log(f"early stopping: no improvement in validation {config.early_stopping.metric} "

@@ -48,7 +48,7 @@ def make_optimizer(ocfg: Any, steps_per_epoch: int,
       parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
     parts.append(optax.sgd(schedule, momentum=ocfg.momentum or None, nesterov=ocfg.nesterov))
   elif ocfg.name == "adam":
-    if wd > 0:
+    if wd > 0:  # coupled L2, as torch.optim.Adam's weight_decay; adamw decouples it
       parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
     parts.append(optax.adam(schedule, b1=ocfg.b1, b2=ocfg.b2))
   elif ocfg.name == "adamw":
