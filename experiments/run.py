@@ -1,7 +1,11 @@
 """Run a task config over several seeds; print a table and write experiments/results/<task>.json.
 
     python experiments/run.py experiments/configs/mnist1d_gru.py --seeds 0 1 2
-    python experiments/run.py experiments/configs/sst2_bilstm.py --seeds 0 --set num_epochs=3
+    python experiments/run.py experiments/configs/sst2_bilstm.py --seeds 0 --set num_epochs=3 \
+        --name sst2_bilstm_3epochs
+
+A results file of other settings (overrides, seeds or config) is not replaced without
+--force: the README's results table is built from these files.
 
 Each seed is a fresh `flaxnets.train(config)` in this process; its wall time counts
 from the call (data loading and compilation included), so the first seed also pays
@@ -15,6 +19,7 @@ import importlib.util
 import json
 import pathlib
 import platform
+import re
 import statistics
 import sys
 import time
@@ -29,18 +34,48 @@ def load_config(path: str):
   return module.get_config()
 
 
+_OWN_FLAGS = {"seed": "--seeds", "progress": "(always off here)"}
+
+
+def parse_value(raw: str):
+  """A --set value: a Python literal, true/false as the CLI takes them, else a string."""
+  if raw.lower() in ("true", "false"):
+    return raw.lower() == "true"
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
 def apply_overrides(config, overrides: list[str]) -> None:
+  """key=value overrides; ValueError naming the item for a malformed or unknown key."""
   for item in overrides:
-    key, _, raw = item.partition("=")
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      value = raw
+    key, eq, raw = item.partition("=")
+    if not eq or not key:
+      raise ValueError(f"--set {item!r}: expected key=value, e.g. num_epochs=3")
+    if key in _OWN_FLAGS:
+      raise ValueError(f"--set {item!r}: {key} is set by run.py itself; use {_OWN_FLAGS[key]}")
     node = config
     *parents, leaf = key.split(".")
-    for p in parents:
+    for i, p in enumerate(parents):
+      if p not in node:
+        raise ValueError(f"--set {item!r}: the config has no key "
+                         f"{'.'.join(parents[:i + 1])!r}")
       node = node[p]
-    node[leaf] = value
+    try:
+      node[leaf] = parse_value(raw)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"--set {item!r}: {e}") from None
+
+
+def _same_file(recorded: str | None, given: str) -> bool:
+  """A recorded config path (relative to the repository root, where runs start) is the
+  given one (relative to the working directory)?"""
+  if recorded is None:
+    return False
+  root = RESULTS.parents[1]
+  where = pathlib.Path(recorded) if pathlib.Path(recorded).is_absolute() else root / recorded
+  return where.resolve() == pathlib.Path(given).resolve()
 
 
 def main(argv=None) -> int:
@@ -49,12 +84,39 @@ def main(argv=None) -> int:
   parser.add_argument("--seeds", type=int, nargs="+", default=[0])
   parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
   parser.add_argument("--name", default=None, help="result file name (default: config stem)")
+  parser.add_argument("--force", action="store_true",
+                      help="replace a results file recorded with other settings")
   parser.add_argument("--workdir", default=None, help="keep each seed's workdir under here")
   args = parser.parse_args(argv)
+  if not pathlib.Path(args.config).is_file():
+    parser.error(f"config file {args.config!r} does not exist")
+  name = args.name or pathlib.Path(args.config).stem
+  if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+    parser.error(f"--name {name!r}: expected a file name of letters, digits, '_', '-' and "
+                 "'.' (it becomes experiments/results/<name>.json)")
+  out = RESULTS / f"{name}.json"
+  if out.is_file() and not args.force:
+    old = json.loads(out.read_text())
+    mine = {"config_file": args.config, "overrides": args.set, "seeds": args.seeds}
+    same_file = _same_file(old.get("config_file"), args.config)
+    differ = [k for k in mine if old.get(k) != mine[k] and not (k == "config_file" and same_file)]
+    if differ:
+      recorded = ", ".join(f"{k} {old.get(k)!r}" for k in differ)
+      parser.error(f"{out} holds a run with other settings ({recorded}); pass --name NEW "
+                   "to keep both, or --force to replace it")
+
+  import flaxnets
+  from flaxnets.config import ConfigError
+  try:  # every seed's config, before any trains
+    for seed in args.seeds:
+      config = load_config(args.config)
+      apply_overrides(config, args.set)
+      config.seed = seed
+      flaxnets.validate(config)
+  except (ValueError, ConfigError) as e:
+    parser.error(str(e))
 
   import jax
-  import flaxnets
-  name = args.name or pathlib.Path(args.config).stem
   runs = []
   for seed in args.seeds:
     config = load_config(args.config)
@@ -95,7 +157,6 @@ def main(argv=None) -> int:
       "runs": runs, "flaxnets_version": flaxnets.__version__,
       "date": time.strftime("%Y-%m-%d")}
   RESULTS.mkdir(parents=True, exist_ok=True)
-  out = RESULTS / f"{name}.json"
   out.write_text(json.dumps(summary, indent=2))
   print(f"\n{'task':<22} {'seeds':>5} {'test acc':>9} {'best val':>9} {'max wall s':>10}")
   fmt = lambda v: "-" if v is None else f"{v:.4f}"

@@ -181,7 +181,7 @@ def _prepare(argv: list[str]) -> int:
   rest = _parse(argv, fv, "prepare", usage)
   if rest is None:
     return 0
-  if len(rest) != 1 or not rest[0].startswith("tfds:"):
+  if len(rest) != 1 or not rest[0].startswith("tfds:") or rest[0] == "tfds:":
     raise UsageError(f"expected one tfds:NAME, got {rest}; usage: {usage}")
   from flaxnets.data import tfds_source
   tfds_source.prepare_tfds(rest[0][len("tfds:"):], data_dir=fv.data_dir)

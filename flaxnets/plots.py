@@ -103,7 +103,11 @@ def plot_workdir(workdir: str | pathlib.Path) -> list[pathlib.Path]:
   written = [plot_curves(rows, out_dir / "curves.png")]
   results_file = workdir / "results.json"
   if results_file.is_file():
-    results = json.loads(results_file.read_text())
+    try:
+      results = json.loads(results_file.read_text())
+    except ValueError as e:
+      raise ValueError(f"{results_file} is not valid JSON ({e}); expected the results.json "
+                       "a training run writes") from None
     test = results.get("test") or {}
     if "confusion_matrix" in test:
       written.append(plot_confusion(test["confusion_matrix"], results.get("label_names", []),

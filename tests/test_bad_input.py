@@ -512,3 +512,16 @@ def test_grayscale_images_without_a_channel_axis_predict_like_with_it(digits_run
   np.testing.assert_allclose(predictor.predict_proba(images[1]), expected[1:2], rtol=1e-5)
   with pytest.raises(ValueError, match=r"shape \(3, 8, 7\): expected \[batch, 8, 8, 1\]"):
     predictor.predict_proba(images[..., :7])
+
+
+def test_plot_names_a_damaged_results_file_and_prepare_an_empty_name(digits_run, tmp_path):
+  import shutil
+  workdir = tmp_path / "run"
+  shutil.copytree(digits_run, workdir)
+  (workdir / "results.json").write_text('{"config": ')
+  out = _cli("plot", workdir)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+  assert f"{workdir / 'results.json'} is not valid JSON" in out.stderr, out.stderr
+  out = _cli("prepare", "tfds:")
+  assert out.returncode == 2 and "expected one tfds:NAME" in out.stderr, out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1, out.stderr

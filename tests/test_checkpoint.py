@@ -654,3 +654,9 @@ def test_stop_without_workdir_says_nothing_was_saved(monkeypatch):
   with pytest.raises(SystemExit, match=r"received SIGTERM at step 1; stopped without a "
                                        r"checkpoint \(no workdir was given"):
     flaxnets.train(small_config())
+
+
+def test_divergence_without_a_workdir_does_not_claim_a_checkpoint():
+  config = small_config(num_epochs=1, **{"optimizer.learning_rate": 1e30})
+  with pytest.raises(FloatingPointError, match=r"nothing was saved \(no workdir\)"):
+    flaxnets.train(config)

@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import io
 import json
+import os
 import pathlib
 import tarfile
 import warnings
@@ -356,6 +357,20 @@ def test_load_tfds_prepared_array_record(tfds, tmp_path):
     load_tfds(_TEST_BUILDERS["png"], "train", data_dir=tmp_path, image_key="img")
   with pytest.raises(FileNotFoundError, match=r"'mnist' is not prepared.*prepare_tfds"):
     load_tfds("mnist", "train", data_dir=tmp_path / "elsewhere")
+
+
+def test_tfds_not_prepared_in_the_default_data_dir_is_one_line(tmp_path):
+  """No ~/tensorflow_datasets at all: TFDS raised a KeyError ('splits is empty')."""
+  import subprocess
+  import sys
+  env = dict(os.environ, HOME=str(tmp_path), JAX_PLATFORMS="cpu")
+  env.pop("TFDS_DATA_DIR", None)
+  out = subprocess.run([sys.executable, "-m", "flaxnets.cli", "train",
+                        "--config.dataset.name=tfds:mnist"], capture_output=True, text=True,
+                       timeout=300, env=env)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+  assert "TFDS dataset 'mnist' is not prepared under" in out.stderr and "prepare_tfds" in \
+      out.stderr, out.stderr
 
 
 def test_tfds_unknown_name(tfds):

@@ -102,10 +102,11 @@ def run_once(model: str, variant: str, epochs: int, batch_size: int,
 
 
 def main(argv: list[str] | None = None) -> int:
+  from common import positive_int  # this folder is on sys.path when run as a file
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--epochs", type=int, default=6)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--epochs", type=positive_int, default=6)
+  parser.add_argument("--repeats", type=positive_int, default=3)
+  parser.add_argument("--batch_size", type=positive_int, default=16)
   parser.add_argument("--models", default="small,wide")
   parser.add_argument("--out", default=str(RESULTS))
   args = parser.parse_args(argv)

@@ -76,11 +76,12 @@ DATA_CANDIDATES = (REPO / ".data" / "cifar10_jpg", REPO.parent / "shared" / "dat
 
 
 def parse_args(argv=None):
+  from common import positive_int  # this folder is on sys.path when run as a file
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--runs", type=int, default=None, help="timed runs (default 5, tiny 2)")
+  p.add_argument("--runs", type=positive_int, default=None, help="timed runs (default 5, tiny 2)")
   p.add_argument("--data", default=None, help="folder with train.tar.gz and test.tar.gz")
-  p.add_argument("--subset", type=int, default=None, help="train on the first N (shuffled) images")
-  p.add_argument("--test-subset", type=int, default=None)
+  p.add_argument("--subset", type=positive_int, default=None, help="train on the first N (shuffled) images")
+  p.add_argument("--test-subset", type=positive_int, default=None)
   p.add_argument("--dtype", default=None, help="model dtype (default: config's; float32 on CPU)")
   p.add_argument("--no-whiten", action="store_true", help="keep the stem's default init")
   p.add_argument("--scan-epochs", action="store_true",
@@ -315,7 +316,11 @@ def main(argv=None) -> int:
   config.model.dtype = dtype_name
 
   # ---- data (outside the clock) --------------------------------------------------------
-  data_dir = find_data(args.data)
+  try:
+    data_dir = find_data(args.data)
+  except FileNotFoundError as e:  # one line, exit status 2, as a bad flag gets
+    print(f"cifar10_speedrun.py: {e}", file=sys.stderr)
+    return 2
   t0 = time.perf_counter()
   x_train, y_train, names = files.read_image_folder(data_dir / "train.tar.gz", split="train")
   x_test, y_test, _ = files.read_image_folder(data_dir / "test.tar.gz", split="test",

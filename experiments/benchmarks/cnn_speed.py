@@ -52,14 +52,15 @@ REFERENCE_MS = {"float32": {"torch eager (issue, H200)": 13.8, "torch.compile (i
 
 
 def parse_args(argv=None):
+  from common import positive_int  # this folder is on sys.path when run as a file
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default=None, help="resnet18 (default), resnet20, ...")
-  p.add_argument("--batch", type=int, default=None, help="default 512 (tiny 64)")
-  p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 50, tiny 4)")
-  p.add_argument("--repeats", type=int, default=None, help="timed repeats, median kept (default 5, tiny 2)")
-  p.add_argument("--loop-epochs", type=int, default=None,
+  p.add_argument("--batch", type=positive_int, default=None, help="default 512 (tiny 64)")
+  p.add_argument("--steps", type=positive_int, default=None, help="timed steps per repeat (default 50, tiny 4)")
+  p.add_argument("--repeats", type=positive_int, default=None, help="timed repeats, median kept (default 5, tiny 2)")
+  p.add_argument("--loop-epochs", type=positive_int, default=None,
                  help="flaxnets.train epochs; epoch 1 (compile) is not counted (default 4, tiny 2)")
-  p.add_argument("--loop-steps", type=int, default=None,
+  p.add_argument("--loop-steps", type=positive_int, default=None,
                  help="steps per flaxnets.train epoch (default 100, tiny 4)")
   p.add_argument("--dtypes", nargs="*", default=None,
                  help="default: float32 bfloat16 on accelerators, float32 on CPU")

@@ -8,6 +8,18 @@ import statistics
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def positive_int(text: str) -> int:
+  """argparse type of counts and sizes: --runs 0 failed deep inside (no median of nothing)."""
+  import argparse
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{value}: expected an integer >= 1")
+  return value
 RESULTS = REPO / "experiments" / "results"
 
 

@@ -90,11 +90,12 @@ def child(model: str, tiny: bool, steps: int) -> dict:
 
 
 def main(argv=None) -> int:
+  from common import positive_int  # this folder is on sys.path when run as a file
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--tiny", action="store_true", help="smoke test: tiny models, few steps")
   p.add_argument("--models", nargs="*", default=["charlm", "lstm"], choices=("charlm", "lstm"))
-  p.add_argument("--repeats", type=int, default=None, help="rounds over all settings (default 2)")
-  p.add_argument("--steps", type=int, default=None, help="timed steps per child (default 10)")
+  p.add_argument("--repeats", type=positive_int, default=None, help="rounds over all settings (default 2)")
+  p.add_argument("--steps", type=positive_int, default=None, help="timed steps per child (default 10)")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)

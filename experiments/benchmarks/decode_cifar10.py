@@ -67,10 +67,11 @@ def _timed(fn):
 
 
 def main() -> int:
+  from common import positive_int  # this folder is on sys.path when run as a file
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data-dir", type=pathlib.Path,
                       default=REPO.parent / "shared" / "data" / "cifar10_jpg")
-  parser.add_argument("--repeats", type=int, default=1,
+  parser.add_argument("--repeats", type=positive_int, default=1,
                       help="runs per read_image_folder setting; the median is reported")
   parser.add_argument("--out", type=pathlib.Path,
                       default=REPO / "experiments" / "results" / "decode_cifar10.json")

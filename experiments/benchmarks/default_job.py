@@ -24,8 +24,9 @@ RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results"
 
 
 def main() -> int:
+  from common import positive_int  # this folder is on sys.path when run as a file
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--runs", type=int, default=3)
+  parser.add_argument("--runs", type=positive_int, default=3)
   args = parser.parse_args()
   exe = shutil.which("flaxnets") or f"{sys.executable} -m flaxnets.cli"
   rows = []

@@ -163,9 +163,10 @@ def torch_profile(b: int, t: int, f: int, h: int, steps: int) -> dict:
 
 
 def main(argv=None) -> int:
+  from common import positive_int  # this folder is on sys.path when run as a file
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--tiny", action="store_true", help="smoke test: tiny shapes, few reps")
-  p.add_argument("--reps", type=int, default=None, help="timed calls per part (default 100)")
+  p.add_argument("--reps", type=positive_int, default=None, help="timed calls per part (default 100)")
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
   b, t, f, h = (4, 8, 8, 16) if args.tiny else (32, 64, 128, 256)

@@ -103,12 +103,13 @@ def interleaved(calls: dict, reps: int, rounds: int) -> dict:
 
 
 def main(argv=None) -> int:
+  from common import positive_int  # this folder is on sys.path when run as a file
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--tiny", action="store_true", help="smoke test: tiny shapes, 2 rounds")
-  p.add_argument("--shape", type=int, nargs=4, metavar=("B", "T", "F", "H"), default=None,
+  p.add_argument("--shape", type=positive_int, nargs=4, metavar=("B", "T", "F", "H"), default=None,
                  help="batch, time, features, hidden (default 32 64 128 256)")
-  p.add_argument("--rounds", type=int, default=None, help="default 12 (tiny 2)")
-  p.add_argument("--reps", type=int, default=10, help="timed calls per variant per round")
+  p.add_argument("--rounds", type=positive_int, default=None, help="default 12 (tiny 2)")
+  p.add_argument("--reps", type=positive_int, default=10, help="timed calls per variant per round")
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
   b, t, f, h = args.shape or ((4, 8, 8, 16) if args.tiny else (32, 64, 128, 256))

@@ -63,12 +63,13 @@ def _time(consume: Callable[[Iterator], None], make_it: Callable[[], Any],
 
 
 def main() -> int:
+  from common import positive_int  # this folder is on sys.path when run as a file
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data-dir", type=pathlib.Path,
                       default=REPO.parent / "shared" / "data" / "cifar10_jpg")
-  parser.add_argument("--batches", type=int, default=97,
+  parser.add_argument("--batches", type=positive_int, default=97,
                       help="batches timed per run (97 = one epoch of 50,000 at 512)")
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=positive_int, default=3)
   parser.add_argument("--out", type=pathlib.Path,
                       default=REPO / "experiments" / "results" / "pipeline_throughput.json")
   args = parser.parse_args()

@@ -73,22 +73,23 @@ REFERENCE_MS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+  from common import positive_int  # this folder is on sys.path when run as a file
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                  help="shapes: cpu (default on CPU), gpu (default on GPU), tiny")
   p.add_argument("--tiny", action="store_true", help="smoke test: tiny shapes, 2 rounds")
   p.add_argument("--cells", nargs="*", default=None, help="only these cells (lstm gru)")
-  p.add_argument("--shape", type=int, nargs=4, default=None, metavar=("B", "T", "F", "H"),
+  p.add_argument("--shape", type=positive_int, nargs=4, default=None, metavar=("B", "T", "F", "H"),
                  help="one shape instead of the preset's (batch, time, features, hidden)")
   p.add_argument("--dtypes", nargs="*", default=None, choices=("float32", "bfloat16"),
                  help="instead of the preset's dtypes (with --shape: default float32)")
-  p.add_argument("--unrolls", type=int, nargs="*", default=None,
+  p.add_argument("--unrolls", type=positive_int, nargs="*", default=None,
                  help="unroll sweep for flaxnets' fused path (default CPU 1 2 4 8 16, GPU 1 2 4 8 16)")
-  p.add_argument("--segments", type=int, nargs="*", default=None,
+  p.add_argument("--segments", type=positive_int, nargs="*", default=None,
                  help="also run the default unroll at these segment counts "
                       "(default CPU 1, GPU 4; the default count is always run)")
-  p.add_argument("--rounds", type=int, default=None, help="default 15 (tiny 2)")
-  p.add_argument("--reps", type=int, default=3, help="timed steps per variant per round")
+  p.add_argument("--rounds", type=positive_int, default=None, help="default 15 (tiny 2)")
+  p.add_argument("--reps", type=positive_int, default=3, help="timed steps per variant per round")
   p.add_argument("--threads", choices=("default", "1", "both"), default=None,
                  help="CPU threads of XLA and torch (default on CPU: both)")
   p.add_argument("--clock", choices=("wall", "cpu"), default="wall")

@@ -94,11 +94,14 @@ class Runner:
 
 
 def main() -> None:
+  from common import positive_int  # this folder is on sys.path when run as a file
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", default="simple_cnn", choices=sorted(registry.MODELS))
-  parser.add_argument("--batch", type=int, default=128, help="global batch (fixed)")
-  parser.add_argument("--steps", type=int, default=8, help="timed steps per pass")
-  parser.add_argument("--repeats", type=int, default=5, help="timed passes (median)")
+  image_models = sorted(n for n, cls in registry.MODELS.items()  # it feeds image batches
+                        if "image" in getattr(cls, "input_kinds", ("image",)))
+  parser.add_argument("--model", default="simple_cnn", choices=image_models)
+  parser.add_argument("--batch", type=positive_int, default=128, help="global batch (fixed)")
+  parser.add_argument("--steps", type=positive_int, default=8, help="timed steps per pass")
+  parser.add_argument("--repeats", type=positive_int, default=5, help="timed passes (median)")
   parser.add_argument("--platform", default=None,
                       help="jax platform (default: accelerators if any, else cpu)")
   parser.add_argument("--out", default=str(REPO / "experiments" / "results" / "scaling.json"))
@@ -106,6 +109,9 @@ def main() -> None:
 
   all_devices = jax.devices(args.platform) if args.platform else jax.devices()
   counts = [n for n in (1, 2, 4, 8) if n <= len(all_devices)]
+  if args.batch % counts[-1]:
+    parser.error(f"--batch {args.batch}: expected a multiple of {counts[-1]}, the most "
+                 "devices it runs on (the global batch is split over them)")
   batches = make_batches(args.steps, args.batch)
   host_devices = all_devices[0].platform == "cpu"
   cores = os.cpu_count()

@@ -52,7 +52,9 @@ def _data_source(tfds, name: str, split: str, data_dir: str | None):
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
     raise _not_found(tfds, name, data_dir) from None
-  except (NotImplementedError, FileNotFoundError, AssertionError) as e:
+  # not prepared: NotImplementedError under a given data_dir; KeyError ("splits is
+  # empty") when the default data_dir does not exist (tfds 4.9)
+  except (NotImplementedError, FileNotFoundError, AssertionError, KeyError) as e:
     builder = _builder(tfds, name, data_dir)
     if not builder.is_prepared():
       raise FileNotFoundError(

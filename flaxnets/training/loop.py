@@ -380,6 +380,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   sums = None
   best_in_memory = None  # (epoch, host state) of the best early-stopping epoch run here
   multi = jax.process_count() > 1
+  kept = ("the last good checkpoint is kept untouched" if ckpt is not None else
+          "nothing was saved (no workdir); a lower learning_rate or clip_norm may help")
 
   def stop_agreed() -> bool:
     """Whether to stop now: every process must leave the step loop at the same step (one
@@ -416,7 +418,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
           loss = float(host["loss_sum"]) / max(float(host["count"]), 1.0)
           if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step} (epoch {epoch + 1}); "
-                                     "the last good checkpoint is kept untouched")
+                                     f"{kept}")
           rate = window_examples / max(time.time() - window_start, 1e-9)
           window_start, window_examples = time.time(), 0
           writer.write({"split": "train_step", "epoch": epoch + 1, "step": step, "loss": loss,
@@ -448,7 +450,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       train_metrics = metrics_lib.summarize(sums)
       if not math.isfinite(train_metrics["loss"]):
         raise FloatingPointError(f"loss became {train_metrics['loss']} in epoch {epoch + 1} "
-                                 f"(by step {step}); the last good checkpoint is kept untouched")
+                                 f"(by step {step}); {kept}")
       record = {"split": "train", "epoch": epoch + 1, "step": step, "loss": train_metrics["loss"],
                 "accuracy": train_metrics["accuracy"],
                 # examples (sequences for a language model), like the train_step records
