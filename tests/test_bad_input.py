@@ -10,19 +10,7 @@ import flaxnets
 from flaxnets import config as config_lib
 from flaxnets.config import ConfigError, validate
 from flaxnets.data import sources
-
-
-def _quiet(**changes):
-  config = flaxnets.get_config()
-  config.progress = False
-  config.tensorboard = False
-  for dotted, value in changes.items():
-    *parents, leaf = dotted.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+from helpers import quiet_config as _quiet
 
 
 def _xy(n=40, shape=(8, 8, 1), classes=3, seed=0):

@@ -47,7 +47,12 @@ CHILD = textwrap.dedent('''
       threading.Thread(target=signal_once_training, daemon=True).start()
     import flaxnets
     config = flaxnets.get_config()
-    config.update_from_flattened_dict(args["config"])
+    for dotted, value in args["config"].items():  # update_from_flattened_dict skips new
+      *parents, leaf = dotted.split(".")          # keys such as model fields
+      node = config
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
     result = flaxnets.train(config, args.get("workdir"))
     if jax.process_index() == 0:
       np.savez(args["out"] + ".npz", **{

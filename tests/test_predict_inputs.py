@@ -10,19 +10,7 @@ import numpy as np
 import pytest
 
 import flaxnets
-
-
-def _quiet(**changes):
-  config = flaxnets.get_config()
-  config.progress = False
-  config.tensorboard = False
-  for dotted, value in changes.items():
-    *parents, leaf = dotted.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+from helpers import quiet_config as _quiet
 
 
 def _cli(*args):
