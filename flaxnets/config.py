@@ -172,6 +172,7 @@ _MODEL_RULES: list[tuple[str, Any, str]] = [
     ("dtype", lambda v: v in ("float32", "bfloat16", "float16"),
      "'float32', 'bfloat16' or 'float16'"),
     ("param_dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
+    ("kernel_sizes", lambda v: len(v) >= 1, "a non-empty sequence of integers >= 1"),
 ]
 _MODEL_RULE_KEYS = {key for key, _, _ in _MODEL_RULES}
 

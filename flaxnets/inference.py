@@ -348,8 +348,9 @@ class Predictor:
     """Serialize predict_proba (weights included) with jax.export; batch size symbolic.
 
     Reload without flaxnets: `jax.export.deserialize(open(path, 'rb').read()).call(x)`
-    (token models, and series models trained with seq_lengths, take (x, seq_lengths)).
-    `<path>.json` records the inputs and labels.
+    (token models, and series models trained with seq_lengths, take (x, seq_lengths);
+    a recurrent model trained on images takes the images). `<path>.json` records the
+    inputs and labels.
     """
     from jax import export
     path = pathlib.Path(path)
@@ -365,6 +366,11 @@ class Predictor:
       dtype = jnp.int32 if self.input_kind == "tokens" else jnp.float32
       specs = (jax.ShapeDtypeStruct((b,) + self.input_shape, dtype),
                jax.ShapeDtypeStruct((b,), jnp.int32))
+    elif self.input_kind == "series" and self.meta.get("image_shape"):
+      rows = self.input_shape  # a model that read images row by row takes images, as
+      def fn(x):               # predict_proba and the training data do
+        return self._proba(variables, {"inputs": x.reshape((x.shape[0],) + rows)})
+      specs = (jax.ShapeDtypeStruct((b,) + tuple(self.meta["image_shape"]), jnp.float32),)
     else:
       def fn(x):
         return self._proba(variables, {"inputs": x})

@@ -65,6 +65,25 @@ def test_crnn_images_and_series():
   assert model.apply(_init(model, series), series).shape == (2, 10)
 
 
+@pytest.mark.parametrize("pool", [True, False])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_crnn_series_padding_never_changes_logits(pool, pooling):
+  """Lengths had been dropped with conv pooling (the default) and leaked through the
+  SAME-padded convs without it."""
+  model = build_model("crnn", num_classes=3, conv_features=(4, 6), hidden_size=5, pool=pool,
+                      pooling=pooling)
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(3, 11, 2), jnp.float32)
+  lengths = jnp.array([11, 5, 2])
+  steps = jnp.arange(11)[None, :, None]
+  variables = _init(model, x, lengths)
+  logits = model.apply(variables, x, lengths)
+  garbage = jnp.where(steps < lengths[:, None, None], x, 7.0)
+  longer = jnp.concatenate([garbage, jnp.full((3, 6, 2), -3.0)], axis=1)
+  chex.assert_trees_all_close(model.apply(variables, garbage, lengths), logits, atol=1e-6)
+  chex.assert_trees_all_close(model.apply(variables, longer, lengths), logits, atol=1e-6)
+
+
 def test_char_lm_shape_and_sampling():
   model = build_model("char_lm", vocab_size=30, embed_dim=8, hidden_size=16, num_layers=2)
   x = jnp.ones((2, 12), jnp.int32)
@@ -73,6 +92,11 @@ def test_char_lm_shape_and_sampling():
   out = sample(model, variables, np.array([1, 2, 3]), 10, jax.random.PRNGKey(0), window=8)
   assert out.shape == (13,) and (np.asarray(out[:3]) == [1, 2, 3]).all()
   assert ((out >= 0) & (out < 30)).all()
+  for kwargs, message in [({"length": -2}, "length=-2: expected an integer >= 0"),
+                          ({"window": 0}, "window=0: expected an integer >= 1")]:
+    with pytest.raises(ValueError, match=message):  # were broadcasting / index errors
+      sample(model, variables, np.array([1, 2]), **{"length": 3, "rng": jax.random.PRNGKey(0),
+                                                    **kwargs})
 
 
 @pytest.mark.parametrize("name,kwargs,x,labels", [
@@ -109,3 +133,8 @@ def test_bf16_runs_and_keeps_f32_params(name, kwargs, x):
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
   logits = model.apply(variables, x)
   assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+  # bfloat16 params too: the recurrent kernels' orthogonal init failed (no bf16 QR on CPU)
+  model = build_model(name, dtype="bfloat16", param_dtype="bfloat16", **kwargs)
+  variables = _init(model, x)
+  assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(variables["params"]))
+  assert bool(jnp.isfinite(model.apply(variables, x)).all())

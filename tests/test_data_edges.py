@@ -227,3 +227,21 @@ def test_labels_with_an_unused_class_id_or_a_score_column_warn(tmp_path):
   with pytest.warns(UserWarning, match=r"the label column 'label' holds 40 distinct values in "
                                        r"40 rows .* Is it a score or an id\?"):
     sources.load_dataset(config.dataset)
+
+
+@pytest.mark.parametrize("model,field,value,message", [
+    ("simple_cnn", "num_classes", None, r"config\.model\.num_classes=None: expected 3"),
+    ("vgg", "bn_axis_name", "batch", r"config\.model\.bn_axis_name='batch': the trainer sets it"),
+    ("text_cnn", "kernel_sizes", (), r"config\.model\.kernel_sizes=\(\): expected a non-empty"),
+])
+def test_model_fields_the_trainer_owns_or_needs_are_named(model, field, value, message):
+  """They had failed inside the loss (a shape error), in JAX (an unbound axis name) or in
+  a concatenate of nothing."""
+  x = (np.arange(96).reshape(12, 8) % 5 + 1 if model == "text_cnn"
+       else np.zeros((12, 8, 8, 1), np.float32))
+  config = flaxnets.get_config()
+  config.progress, config.num_epochs, config.dataset.name = False, 1, "arrays"
+  config.model.name = model
+  config.model[field] = value
+  with pytest.raises(ConfigError, match=message):
+    flaxnets.train(config, data={"train": (x, np.arange(12) % 3)})

@@ -182,6 +182,12 @@ def test_image_rows_of_no_examples(tmp_path):
   rows = flaxnets.load(tmp_path / "wd")
   assert rows.predict_proba(np.zeros((0, 8, 8, 1), np.float32)).shape == (0, 10)
   assert rows.predict_proba(np.zeros((0, 8, 8), np.float32)).shape == (0, 10)
+  # its export takes images too, as predict_proba does (it took rows only)
+  from jax import export
+  images = np.random.default_rng(0).integers(0, 17, (3, 8, 8, 1)).astype(np.float32)
+  fn = export.deserialize(rows.export(tmp_path / "rows.jax").read_bytes())
+  np.testing.assert_allclose(np.asarray(fn.call(images)), rows.predict_proba(images),
+                             rtol=1e-5, atol=1e-6)
 
 
 # ---- evaluate on data that changed since training ----------------------------------------------

@@ -11,8 +11,10 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import flax.linen as nn
 
+from flaxnets.models.convnets import _step_mask, _zero_padding
 from flaxnets.models.recurrent import StackedRNN
 from flaxnets.models.registry import register
 
@@ -134,17 +136,23 @@ class CRNN(nn.Module):
     spatial = x.ndim - 2
     if spatial not in (1, 2):
       raise ValueError(f"CRNN input must be [B, H, W, C] or [B, T, F], got shape {x.shape}")
+    # Series lengths (images have none): padded steps are zeroed before and after each
+    # conv, as conv1d does, so no real step's features depend on the padding; each
+    # pooling halves the lengths (window j is real iff step 2j is).
+    lengths = seq_lengths if spatial == 1 else None
+    mask = _step_mask(lengths, x.shape[1])
+    x = _zero_padding(x, mask)
     for i, f in enumerate(self.conv_features):
       x = nn.Conv(f, (self.kernel_size,) * spatial, padding="SAME", dtype=self.dtype,
                   param_dtype=self.param_dtype, name=f"conv_{i}")(x)
-      x = nn.relu(x)
+      x = _zero_padding(nn.relu(x), mask)  # post-relu zeros never win a max below
       if self.pool and x.shape[1] >= 2:
         window = (2,) * spatial
         x = nn.max_pool(x, window, strides=window, padding="SAME")
+        if lengths is not None:
+          lengths, mask = (lengths + 1) // 2, mask[:, ::2]
     if spatial == 2:
       x = x.reshape(x.shape[0], x.shape[1], -1)  # rows are time: [B, H', W' * C']
-    # Conv pooling shortens time; lengths are only meaningful for unpooled series.
-    lengths = seq_lengths if (seq_lengths is not None and not self.pool) else None
     outputs, last_h = StackedRNN(cell=self.cell, hidden_size=self.hidden_size,
                                  bidirectional=self.bidirectional, dtype=self.dtype,
                                  param_dtype=self.param_dtype, name="rnn")(x, lengths, train=train)
@@ -198,6 +206,10 @@ def sample(model: CharLM, variables: dict, prompt: Array, length: int, rng: Arra
     raise ValueError(f"prompt must be a non-empty 1-D array of token ids, got shape {prompt.shape}")
   if temperature <= 0:
     raise ValueError(f"temperature={temperature!r}: expected > 0")
+  if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 0:
+    raise ValueError(f"length={length!r}: expected an integer >= 0 (tokens to generate)")
+  if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
+    raise ValueError(f"window={window!r}: expected an integer >= 1 (tokens of context)")
   total = prompt.shape[0] + length
   tokens = jnp.zeros((total,), jnp.int32).at[:prompt.shape[0]].set(prompt)
 

@@ -50,8 +50,9 @@ def _per_gate(init: Initializer, num_gates: int) -> Initializer:
   def init_fn(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
     *lead, total = shape
     keys = jax.random.split(key, num_gates)
-    blocks = [init(k, (*lead, total // num_gates), dtype) for k in keys]
-    return jnp.concatenate(blocks, axis=-1)
+    # float32 first: the orthogonal init's QR has no bfloat16 kernel on CPU
+    blocks = [init(k, (*lead, total // num_gates), jnp.float32) for k in keys]
+    return jnp.concatenate(blocks, axis=-1).astype(dtype)
 
   return init_fn
 

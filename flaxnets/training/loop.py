@@ -89,9 +89,10 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
   kwargs = config_lib.model_kwargs(config)
   if "num_classes" in fields:
     given = kwargs.setdefault("num_classes", dataset.num_classes)
-    if given is not None and given != dataset.num_classes:
+    if given != dataset.num_classes:
       # A narrower head trains labels past its width against an all-zero target; a wider one
-      # predicts classes that have no name, no row in the confusion matrix and no label.
+      # predicts classes that have no name, no row in the confusion matrix and no label;
+      # None gives feature maps, not class scores.
       raise config_lib.ConfigError(
           f"config.model.num_classes={given!r}: expected {dataset.num_classes}, the "
           f"number of classes in dataset {dataset.name!r} (leave it unset to use that)")
@@ -106,6 +107,10 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
       # Ids past the embedding table would read NaN (jnp.take's fill mode) or clamp.
       raise config_lib.ConfigError(f"config.model.vocab_size={given!r}: expected >= {needed}, "
                                    f"{what} (leave it unset to use that)")
+  if kwargs.get("bn_axis_name") is not None:  # unbound outside pmap: a NameError in JAX
+    raise config_lib.ConfigError(
+        f"config.model.bn_axis_name={kwargs['bn_axis_name']!r}: the trainer sets it itself "
+        "(under parallel.strategy='pmap'); expected it unset")
   if "bn_axis_name" in fields and strategy_name == "pmap":
     kwargs["bn_axis_name"] = parallel.AXIS
   return registry.build_model(name, **kwargs)
