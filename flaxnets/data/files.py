@@ -135,8 +135,8 @@ def _scan_tar_links(archive: pathlib.Path, links: dict[tuple[str, ...], tuple[st
   """The images that link members name, read in one more pass over the archive."""
   wanted: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
   for link, target in links.items():
-    for _ in range(8):  # a link to a link
-      target = links.get(target, target) if target != link else target
+    for _ in range(8):  # a link to a link (a cycle stays a link: reported missing below)
+      target = links.get(target, target)
     wanted.setdefault(target, []).append(link)
   found = set()
   with tarfile.open(archive, "r|*") as tf:
