@@ -11,12 +11,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "evaluate", "load", "Predictor", "get_config", "ConfigError", "__version__"]
+__all__ = ["train", "evaluate", "load", "Predictor", "get_config", "ConfigError", "Interrupted",
+           "__version__"]
 
 
 def __getattr__(name):
   # Lazy: `import flaxnets` stays cheap; jax is imported on first use.
-  if name in ("train", "evaluate", "TrainResult"):
+  if name in ("train", "evaluate", "TrainResult", "Interrupted"):
     from flaxnets.training import loop
     return getattr(loop, name)
   if name in ("get_config", "ConfigError", "validate"):

@@ -271,6 +271,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key, ok, allowed in _MODEL_RULES:
     if key in config.model and not ok(config.model[key]):
       raise ConfigError(f"config.model.{key}={config.model[key]!r}: expected {allowed}")
+  poolings = getattr(registry.MODELS[name], "poolings", POOLINGS)
+  if "pooling" in config.model and config.model.pooling not in poolings:
+    raise ConfigError(f"config.model.pooling={config.model.pooling!r}: expected one of "
+                      f"{poolings} for model {name!r}")
   d = config.dataset
   if d.path and d.name not in _PATH_DATASETS:
     raise ConfigError(f"config.dataset.path={d.path!r}: only {_PATH_DATASETS} read a path, "

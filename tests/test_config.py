@@ -170,6 +170,10 @@ def test_cli_override_under_a_missing_key_is_one_line(tmp_path):
     ("conv1d", "num_pools", -1, "expected an integer >= 0"),
     ("fast_cnn", "bn_momentum", 1.5, "expected a number in [0, 1]"),
     ("fast_cnn", "logit_scale", 0.0, "expected a finite number > 0"),
+    # 'last' is an RNN pooling; the convnets had accepted it here and failed at init.
+    ("conv1d", "pooling", "last", "expected one of ('max', 'mean') for model 'conv1d'"),
+    ("text_cnn", "pooling", "last", "expected one of ('max', 'mean') for model 'text_cnn'"),
+    ("rnn", "pooling", "sum", "expected one of ('last', 'mean', 'max')"),
 ])
 def test_bad_model_field_type_or_range(model, key, value, expected):
   """Checked against the model's own field annotations before any data is read."""

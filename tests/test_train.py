@@ -170,3 +170,17 @@ def test_model_that_does_not_fit_the_data_raises(field, value, message):
   config.model[field] = value
   with pytest.raises(flaxnets.ConfigError, match=message):
     flaxnets.train(config, data={"train": (x, y)})
+
+
+def test_vocab_size_on_float_inputs_names_the_setting():
+  """An embedding reads token ids; the model had raised a ValueError about its input
+  instead of naming the setting that asked for one."""
+  x = np.random.RandomState(0).rand(32, 6, 1).astype(np.float32)
+  config = _quiet(flaxnets.get_config())
+  config.dataset.name = "arrays"
+  config.model.name = "rnn"
+  config.model.vocab_size = 50
+  message = (r"config\.model\.vocab_size=50: dataset 'arrays' gives series, not token ids; "
+             r"expected vocab_size unset \(None\)")
+  with pytest.raises(flaxnets.ConfigError, match=message):
+    flaxnets.train(config, data={"train": (x, np.arange(32) % 2)})

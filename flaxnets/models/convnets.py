@@ -301,6 +301,7 @@ class ConvNet1D(nn.Module):
   Output lengths are `ceil(L / 2**num_pools)` (see `output_lengths`).
   """
   input_kinds: ClassVar[tuple[str, ...]] = ("series",)
+  poolings: ClassVar[tuple[str, ...]] = ("max", "mean")  # what config.validate allows
   num_classes: int | None = 10
   features: Sequence[int] = (32, 64, 128)
   kernel_size: int = 5
@@ -356,6 +357,7 @@ class TextCNN(nn.Module):
   short. Real steps are `t < seq_lengths`, or tokens != 0 without lengths.
   """
   input_kinds: ClassVar[tuple[str, ...]] = ("tokens",)
+  poolings: ClassVar[tuple[str, ...]] = ("max", "mean")  # what config.validate allows
   num_classes: int | None = 10
   vocab_size: int | None = None
   embed_dim: int = 128

@@ -42,6 +42,26 @@ class TrainResult:
   workdir: str | None
   train_time_s: float
   stopped_early: bool = False
+  interrupted: bool = False  # stopped by a signal: state as reached, nothing evaluated
+
+
+class Interrupted(SystemExit):
+  """A stop signal (SIGTERM, Ctrl-C) ended `train` after a finished step, saved to its
+  workdir when it had one. `result` is the TrainResult of the state reached (no val/test
+  metrics), so nothing trained is lost without a workdir either:
+
+      try:
+        result = flaxnets.train(config)
+      except flaxnets.Interrupted as e:
+        result = e.result
+
+  (in IPython or Jupyter, after the fact: `sys.last_value.result`). A SystemExit, so a
+  script stops with its message and exit status 1.
+  """
+
+  def __init__(self, message: str, result: TrainResult):
+    super().__init__(message)
+    self.result = result
 
 
 class Progress:
@@ -96,6 +116,12 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
       raise config_lib.ConfigError(
           f"config.model.num_classes={given!r}: expected {dataset.num_classes}, the "
           f"number of classes in dataset {dataset.name!r} (leave it unset to use that)")
+  if kwargs.get("vocab_size") is not None and dataset.input_kind != "tokens":
+    # It builds an embedding, which reads int token ids; the model had failed on the floats.
+    raise config_lib.ConfigError(
+        f"config.model.vocab_size={kwargs['vocab_size']!r}: dataset {dataset.name!r} gives "
+        f"{INPUT_WORDS[dataset.input_kind]}, not token ids; expected vocab_size unset (None) "
+        "for them")
   needed = dataset.vocab_size
   if "vocab_size" in fields and needed is not None:
     what = (f"the size of dataset {dataset.name!r}'s vocabulary" if dataset.vocab is not None
@@ -369,12 +395,20 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
 
   def exit_preempted():
     save(force=True)
+    writer.close()
+    result = TrainResult(
+        state=strategy.get_state(state), history=list(history), val_metrics=None,
+        test_metrics=None, config=config, model=model, dataset=dataset, stats=stats,
+        workdir=workdir, interrupted=True,
+        train_time_s=train_time + (time.time() - epoch_start if position["next_index"] else 0.0))
     if ckpt is None:
-      raise SystemExit(f"flaxnets: received {guard.signal_name} at step {step}; stopped without "
-                       "a checkpoint (no workdir was given, so nothing can be resumed).")
+      raise Interrupted(f"flaxnets: received {guard.signal_name} at step {step}; stopped "
+                        "without a checkpoint (no workdir was given, so nothing can be "
+                        "resumed); the weights reached are this exception's .result "
+                        "(flaxnets.Interrupted; in IPython, sys.last_value.result).", result)
     ckpt.close()  # waits for the asynchronous saves to be committed
-    raise SystemExit(f"flaxnets: received {guard.signal_name} at step {step}; saved a "
-                     f"checkpoint in {workdir}. Run the same command again to resume.")
+    raise Interrupted(f"flaxnets: received {guard.signal_name} at step {step}; saved a "
+                      f"checkpoint in {workdir}. Run the same command again to resume.", result)
 
   # ---- epochs ----------------------------------------------------------------------
   val_metrics = None
