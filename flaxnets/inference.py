@@ -99,6 +99,8 @@ class Predictor:
     `seq_lengths` (ints [N], each in [1, T]) gives each sequence's valid steps, as the
     third item of train(data=...) does; token ids padded at the end with 0 need none.
     """
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 0 and inputs.dtype.kind in "USO":
+      inputs = inputs.item()  # np.array("a text"): one text (or path), like a str
     if isinstance(inputs, (str, pathlib.Path)):
       inputs = [inputs]
     if self.input_kind == "tokens":

@@ -472,6 +472,20 @@ def test_short_text_file_names_the_part_and_the_setting(tmp_path):
     local.text_file_dataset(dcfg)
 
 
+def test_word_level_text_file_splits_validation_off_at_a_word_boundary(tmp_path):
+  from flaxnets.data import local
+  words = ["alpha", "beta", "gamma", "delta"] * 10 + ["internationalization"] + ["alpha"] * 6
+  corpus = tmp_path / "words.txt"
+  corpus.write_text(" ".join(words), encoding="utf-8")  # 85% falls inside the long word
+  dcfg = _quiet(**{"dataset.name": "text_file", "dataset.path": str(corpus),
+                   "dataset.seq_len": 2, "dataset.val_fraction": 0.15}).dataset
+  ds = local.text_file_dataset(dcfg)
+  # The cut had made "internatio" a token and its rest an <unk> starting validation.
+  assert ds.vocab.tokens == ["<pad>", "<unk>", "alpha", "beta", "delta", "gamma",
+                             "internationalization"]
+  assert ds.val["inputs"].tolist() == [[2, 2], [2, 2]]
+
+
 def test_one_example_without_a_batch_axis_predicts_like_a_batch_of_one(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(64, 20)).astype(np.float32)

@@ -93,10 +93,21 @@ def test_char_lm_shape_and_sampling():
   assert out.shape == (13,) and (np.asarray(out[:3]) == [1, 2, 3]).all()
   assert ((out >= 0) & (out < 30)).all()
   for kwargs, message in [({"length": -2}, "length=-2: expected an integer >= 0"),
-                          ({"window": 0}, "window=0: expected an integer >= 1")]:
+                          ({"window": 0}, "window=0: expected an integer >= 1"),
+                          # NaN had sampled padding only; so had an id past the embedding
+                          ({"temperature": float("nan")}, "temperature=nan: expected a finite"),
+                          ({"prompt": np.array([5, 30])}, r"prompt token id 30: expected ids "
+                                                          r"in \[0, 30\)"),
+                          ({"prompt": np.array([5, -3])}, "prompt token id -3")]:
     with pytest.raises(ValueError, match=message):  # were broadcasting / index errors
-      sample(model, variables, np.array([1, 2]), **{"length": 3, "rng": jax.random.PRNGKey(0),
-                                                    **kwargs})
+      sample(model, variables, **{"prompt": np.array([1, 2]), "length": 3,
+                                  "rng": jax.random.PRNGKey(0), **kwargs})
+  # The padding id is never generated, even where the model gives it the most weight.
+  head = variables["params"]["head"]
+  biased = {"params": {**variables["params"],
+                       "head": {**head, "bias": head["bias"].at[0].set(50.0)}}}
+  out = sample(model, biased, np.array([1, 2]), 40, jax.random.PRNGKey(1), temperature=3.0)
+  assert (np.asarray(out) != 0).all()
 
 
 @pytest.mark.parametrize("name,kwargs,x,labels", [

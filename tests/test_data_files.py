@@ -17,7 +17,8 @@ from PIL import Image
 
 import flaxnets
 from flaxnets.data.files import encode_labels, read_image_folder, read_text_table
-from flaxnets.data.text import Vocabulary, bucket_length, default_buckets, lm_windows
+from flaxnets.data.text import (Vocabulary, bucket_length, default_buckets, lm_windows,
+                                 padded_lengths)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -246,6 +247,37 @@ def test_vocabulary_min_freq_max_size_char_and_punct():
       "great", "film", ".", "don't", "miss", "it", "...", "10", "/", "10", "!"]
   assert Vocabulary.build([]).tokenize("it 's -lrb- u.s. -rrb- <br />ok") == [
       "it", "'s", "-lrb-", "u.s.", "-rrb-", "ok"]
+
+
+def test_punctuation_splitting_keeps_words_whole_and_quotes_apart():
+  raw = Vocabulary.build([], split_punctuation=True)
+  # Combining marks are part of a word (\w does not match them; each had become a token).
+  assert raw.tokenize("हिन्दी भाषा") == ["हिन्दी", "भाषा"]
+  assert raw.tokenize("مُحَمَّد cafe\u0301") == ["مُحَمَّد", "cafe\u0301"]
+  # An opening quote is punctuation, not the start of a clitic ("'good" had been a word);
+  # clitics split off before a word stay one token, as does a typographic apostrophe.
+  assert raw.tokenize("The film 'Casablanca' is 'good'.") == [
+      "the", "film", "'", "casablanca", "'", "is", "'", "good", "'", "."]
+  assert raw.tokenize("it 's I 'M don\u2019t re\u2010make") == [
+      "it", "'s", "i", "'m", "don\u2019t", "re\u2010make"]
+
+
+def test_text_never_maps_to_the_padding_id():
+  # A literal "<pad>" in a text had become id 0 inside the sequence.
+  vocab = Vocabulary.build(["good film", "bad film"])
+  ids, lengths = vocab.encode(["<PAD> good film", "film <pad>"], 4)
+  assert ids.tolist() == [[1, 4, 2, 0], [2, 1, 0, 0]] and lengths.tolist() == [3, 2]
+  assert vocab.token_ids("<pad> film").tolist() == [1, 2]
+  assert padded_lengths(ids).tolist() == lengths.tolist()
+
+
+def test_text_table_reads_fields_longer_than_csvs_default_limit(tmp_path):
+  long_text = " ".join(["word"] * 30000)  # 149,999 characters; csv's limit is 131,072
+  for name, sep in (("train.tsv", "\t"), ("train.csv", ",")):
+    (tmp_path / name).write_text(f"label{sep}sentence\n1{sep}{long_text}\n0{sep}short\n",
+                                 encoding="utf-8")
+    texts, labels = read_text_table(tmp_path / name)
+    assert [len(t) for t in texts] == [len(long_text), 5] and labels == ["1", "0"]
 
 
 def test_vocabulary_load_errors(tmp_path):

@@ -153,6 +153,8 @@ def test_text_model_reads_strings_only(tmp_path):
   # a column of strings, as read from a table, is texts (it was read as "['a great movie']")
   np.testing.assert_array_equal(predictor.predict_proba(np.array(texts)[:, None]), want)
   np.testing.assert_array_equal(predictor.predict_proba(np.array(texts)), want)
+  # one text as a 0-d array, like a str (it had been a TypeError: iteration over a 0-d array)
+  np.testing.assert_array_equal(predictor.predict_proba(np.array(texts[1])), want[1:2])
   with pytest.raises(ValueError, match=r"inputs\[1\] of type int: expected text strings"):
     predictor.predict(["fine", 3])
   with pytest.raises(ValueError, match=r"inputs\[0\] of type PosixPath: expected text"):

@@ -406,6 +406,9 @@ def read_text_table(path: str | os.PathLike,
       raise ValueError(f"cannot tell the delimiter of {path} from its suffix (expected .tsv, "
                        ".csv, .tsv.gz or .csv.gz): pass delimiter='\\t' or ','")
   quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+  # csv's default limit (131,072 characters a field) had refused long documents as
+  # "malformed"; config.dataset.max_len truncates them after tokenizing anyway.
+  csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
   texts, labels = [], []
   reader = None
   try:

@@ -231,6 +231,9 @@ def text_file_dataset(dcfg: Any) -> Dataset:
   if not text:
     raise ValueError(f"text file {str(path)!r} is empty")
   cut = int(len(text) * (1.0 - dcfg.val_fraction))
+  if dcfg.vocab_level == "word":  # on a word boundary: a split word had become two tokens
+    while cut < len(text) and not text[cut].isspace():
+      cut += 1
   vocab = Vocabulary.build([text[:cut]], level=dcfg.vocab_level, lowercase=dcfg.lowercase,
                            min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
                            split_punctuation=dcfg.split_punctuation)

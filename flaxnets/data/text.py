@@ -6,10 +6,13 @@ checkpoint can carry it and inference tokenizes exactly as training did.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import pathlib
 import re
+import sys
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -19,9 +22,29 @@ PAD_ID, UNK_ID = 0, 1
 LEVELS = ("word", "char")
 _FORMAT = "flaxnets.vocabulary"
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)   # IMDB's line breaks
-# Words (keeping inner hyphens/apostrophes: "re-imagining", "don't", "n't"), clitics
-# ("'s"), and runs of one punctuation character ("...", "!!") as separate tokens.
-_WORD_PUNCT = re.compile(r"\w+(?:['\-]\w+)*|'\w+|([^\w\s])\1*")
+
+
+@functools.cache
+def _word_punct() -> re.Pattern:
+  r"""Words (keeping inner hyphens/apostrophes: "re-imagining", "don't", "don’t"), clitics
+  split off before ("it 's": "'s"; a quote before any other word stays a quote), and runs
+  of one punctuation character ("...", "!!") as separate tokens. A word's letters include
+  combining marks (Unicode category M: Devanagari vowel signs, Arabic harakat, decomposed
+  accents), which Python's `\w` does not match; built on first use (~0.3 s)."""
+  marks, start = [], None
+  for c in range(sys.maxunicode + 2):
+    is_mark = c <= sys.maxunicode and unicodedata.category(chr(c))[0] == "M"
+    if is_mark and start is None:
+      start = c
+    elif not is_mark and start is not None:
+      last = "" if c - 1 == start else "-" + re.escape(chr(c - 1))
+      marks.append(re.escape(chr(start)) + last)
+      start = None
+  marks = "".join(marks)
+  letter = rf"[\w{marks}]"
+  joiner = "['\u2019\\-\u2010]"  # ' ’ - ‐
+  clitic = rf"['\u2019](?i:s|re|ve|ll|d|m|t)(?!{letter})"
+  return re.compile(rf"{letter}+(?:{joiner}{letter}+)*|{clitic}|([^\w\s{marks}])\1*")
 
 
 class Vocabulary:
@@ -51,7 +74,8 @@ class Vocabulary:
     self.level = level
     self.lowercase = bool(lowercase)
     self.split_punctuation = bool(split_punctuation)
-    self._index = index
+    # Text never maps to the padding id: a literal "<pad>" in it is an unknown word.
+    self._lookup = {t: i for t, i in index.items() if i != PAD_ID}
 
   @classmethod
   def build(cls, texts: Iterable[str], level: str = "word", lowercase: bool = True,
@@ -98,12 +122,12 @@ class Vocabulary:
       return list(text)
     text = _BREAK.sub(" ", text)
     if self.split_punctuation:
-      return [m.group(0) for m in _WORD_PUNCT.finditer(text)]
+      return [m.group(0) for m in _word_punct().finditer(text)]
     return text.split()
 
   def token_ids(self, text: str) -> np.ndarray:
     """One text -> int32 [T] ids, unpadded and untruncated (e.g. a whole LM corpus)."""
-    index = self._index
+    index = self._lookup
     return np.array([index.get(t, UNK_ID) for t in self.tokenize(text)], np.int32)
 
   def encode(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +143,7 @@ class Vocabulary:
       raise ValueError(f"max_len={max_len!r}: expected a positive int")
     ids = np.zeros((len(texts), max_len), np.int32)
     lengths = np.empty(len(texts), np.int32)
-    index = self._index
+    index = self._lookup
     for i, text in enumerate(texts):
       row = [index.get(t, UNK_ID) for t in self.tokenize(text)[:max_len]] or [UNK_ID]
       ids[i, :len(row)] = row

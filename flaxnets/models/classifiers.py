@@ -204,8 +204,13 @@ def sample(model: CharLM, variables: dict, prompt: Array, length: int, rng: Arra
   prompt = jnp.asarray(prompt, jnp.int32)
   if prompt.ndim != 1 or prompt.shape[0] < 1:
     raise ValueError(f"prompt must be a non-empty 1-D array of token ids, got shape {prompt.shape}")
-  if temperature <= 0:
-    raise ValueError(f"temperature={temperature!r}: expected > 0")
+  if not (isinstance(temperature, (int, float, np.integer, np.floating))
+          and 0 < temperature < float("inf")):  # NaN had sampled padding only
+    raise ValueError(f"temperature={temperature!r}: expected a finite number > 0")
+  ids = np.asarray(prompt)
+  bad = ids[(ids < 0) | (ids >= model.vocab_size)]
+  if bad.size:  # an id past the embedding read NaN (all padding after it); -3 wrapped around
+    raise ValueError(f"prompt token id {int(bad[0])}: expected ids in [0, {model.vocab_size})")
   if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 0:
     raise ValueError(f"length={length!r}: expected an integer >= 0 (tokens to generate)")
   if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
@@ -220,6 +225,7 @@ def sample(model: CharLM, variables: dict, prompt: Array, length: int, rng: Arra
     n_valid = jnp.minimum(pos - start, ctx.shape[0])
     logits = model.apply(variables, ctx[None], n_valid[None], train=False)[0]
     logits = logits[n_valid - 1] / temperature
+    logits = logits.at[0].set(-jnp.inf)  # id 0 pads; it is never a next token
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
   for pos in range(prompt.shape[0], total):
