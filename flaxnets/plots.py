@@ -37,10 +37,20 @@ def _rows(workdir: pathlib.Path) -> list[dict]:
 
 def plot_curves(rows: list[dict], out: pathlib.Path) -> pathlib.Path:
   """Loss and accuracy per epoch, train vs validation."""
+  import matplotlib.pyplot as plt
+  fig = curves_figure(rows)
+  fig.savefig(out)
+  plt.close(fig)
+  return out
+
+
+def curves_figure(rows: list[dict]):
+  """The matplotlib figure `plot_curves` saves."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+  all_epochs = set()
   for split, style in (("train", "-o"), ("val", "-s")):
     # One record per epoch (a resume drops the rows it replays); logs written before
     # 2026-11-28 can repeat an epoch after a resume: the last record of each wins.
@@ -48,20 +58,22 @@ def plot_curves(rows: list[dict], out: pathlib.Path) -> pathlib.Path:
     if not by_epoch:
       continue
     epochs = sorted(by_epoch)
+    all_epochs.update(epochs)
     for ax, key in zip(axes, ("loss", "accuracy")):
       ax.plot(epochs, [by_epoch[e][key] for e in epochs], style, label=split, markersize=3)
   from matplotlib.ticker import MaxNLocator
   for ax, key in zip(axes, ("loss", "accuracy")):
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(all_epochs) <= 10:  # MaxNLocator goes fractional over a span under one epoch
+      ax.set_xticks(sorted(all_epochs))
+    else:
+      ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(key)
     ax.set_title(key)
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(out)
-  plt.close(fig)
-  return out
+  return fig
 
 
 def plot_confusion(cm: list[list[int]], names: list[str], out: pathlib.Path) -> pathlib.Path:

@@ -663,7 +663,25 @@ def test_stop_without_workdir_says_nothing_was_saved(monkeypatch):
   assert flaxnets.evaluate(result, "val")["count"] == len(result.dataset.val["labels"])
 
 
-def test_divergence_without_a_workdir_does_not_claim_a_checkpoint():
-  config = small_config(num_epochs=1, **{"optimizer.learning_rate": 1e30})
-  with pytest.raises(FloatingPointError, match=r"nothing was saved \(no workdir\)"):
+@pytest.mark.parametrize("workdir,overrides,message", [
+    (False, {}, r"nothing was saved \(no workdir\)"),
+    # These had claimed "the last good checkpoint" (or "step None"), and "no workdir".
+    (True, {"checkpoint.enabled": False}, r"nothing was saved \(checkpoint\.enabled is False\)"),
+    (True, {"log_every_steps": 50}, r"by step 5: .* no checkpoint had been saved yet in "),
+    (True, {}, r"no checkpoint had been saved yet; a lower learning_rate"),
+])
+def test_divergence_message_says_what_was_saved(tmp_path, workdir, overrides, message):
+  config = small_config(num_epochs=1, **{"optimizer.learning_rate": 1e30, **overrides})
+  with pytest.raises(FloatingPointError, match=message):
+    flaxnets.train(config, str(tmp_path / "run") if workdir else None)
+
+
+def test_debug_checks_gradients_in_every_step(tmp_path):
+  """config.debug had failed every run: chex's value assertion ran in a jitted step
+  without chex.chexify."""
+  config = small_config(num_epochs=1, debug=True, log_every_steps=50)
+  assert np.isfinite(flaxnets.train(config).history[0]["loss"])
+  config.optimizer.learning_rate = 1e30  # the first update overflows: step 2's gradients
+  with pytest.raises(FloatingPointError, match=r"config\.debug: step 2 \(epoch 1\): .*"
+                                               r"assert_tree_all_finite.*no workdir"):
     flaxnets.train(config)

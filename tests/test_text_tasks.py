@@ -75,7 +75,7 @@ def test_text_table_trains_end_to_end(tmp_path, model):
   assert vocab.decode(zebra_row).split()[-1] == "<unk>"
 
 
-def test_char_lm_on_a_text_file(tmp_path):
+def test_char_lm_on_a_text_file(tmp_path, capsys):
   corpus = tmp_path / "corpus.txt"
   line = "to be, or not to be, that is the question.\n"
   corpus.write_text(line * 60, encoding="utf-8")
@@ -105,6 +105,10 @@ def test_char_lm_on_a_text_file(tmp_path):
   assert val[-1] < val[0] and val[-1] < 1.0, val   # ln(17) = 2.8 for a uniform guess
   # Every validation position counts once: windows x seq_len.
   assert result.val_metrics["count"] == ds.val["labels"].size
+  # ... and the final table names them tokens (its column had said "examples")
+  table = capsys.readouterr().out.split("\nsplit ")[-1].splitlines()
+  assert table[0].split() == ["loss", "accuracy", "tokens"]
+  assert table[1].split()[0] == "val" and int(table[1].split()[-1]) == ds.val["labels"].size
   # Train rates: examples are windows, as in the per-step records; tokens are their targets.
   for h in result.history:
     if h["split"] == "train":

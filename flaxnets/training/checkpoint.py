@@ -353,10 +353,12 @@ class Checkpointer:
     for path, leaf in leaves:
       leaf = np.asarray(leaf)
       if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact) and not np.isfinite(leaf).all():
-        raise FloatingPointError(
-            f"training diverged by step {step}: {path} holds NaN or "
-            f"Inf, so it is not saved; the last good checkpoint "
-            f"(step {self.latest.latest_step()}) in {self.latest.directory} is kept untouched")
+        last = self.latest.latest_step()
+        kept = (f"the last good checkpoint (step {last}) in {self.latest.directory} is kept "
+                "untouched" if last is not None else
+                f"no checkpoint had been saved yet in {self.latest.directory}")
+        raise FloatingPointError(f"training diverged by step {step}: {path} holds NaN or Inf, "
+                                 f"so it is not saved; {kept}")
 
   def wait(self) -> None:
     """Block until every asynchronous save has been committed."""
@@ -375,6 +377,9 @@ class Checkpointer:
   # -- restore -----------------------------------------------------------------------------
   def best_step(self) -> int | None:
     return self.best.latest_step()
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
 
   def restore_step(self, step: int | None, target: Any, manager: Any = None,
                    resume: bool = False) -> tuple[Any, dict] | None:

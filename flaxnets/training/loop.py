@@ -373,6 +373,9 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       crop_padding=config.augment.crop_padding if dataset.input_kind == "image" else 0,
       flip=config.augment.flip and dataset.input_kind == "image",
       axis_name=strategy.axis_name, debug=config.debug))
+  if config.debug:  # chex's value assertions inside the compiled step, checked every call
+    import chex
+    train_step = chex.chexify(train_step, async_check=False)
   eval_step = strategy.compile_eval(steps.make_eval_step(
       num_classes=dataset.num_classes, stats=stats, axis_name=strategy.axis_name))
   state = strategy.put_state(state)
@@ -402,10 +405,11 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         workdir=workdir, interrupted=True,
         train_time_s=train_time + (time.time() - epoch_start if position["next_index"] else 0.0))
     if ckpt is None:
+      why = ("checkpoint.enabled is False" if workdir is not None else "no workdir was given")
       raise Interrupted(f"flaxnets: received {guard.signal_name} at step {step}; stopped "
-                        "without a checkpoint (no workdir was given, so nothing can be "
-                        "resumed); the weights reached are this exception's .result "
-                        "(flaxnets.Interrupted; in IPython, sys.last_value.result).", result)
+                        f"without a checkpoint ({why}, so nothing can be resumed); the "
+                        "weights reached are this exception's .result (flaxnets.Interrupted; "
+                        "in IPython, sys.last_value.result).", result)
     ckpt.close()  # waits for the asynchronous saves to be committed
     raise Interrupted(f"flaxnets: received {guard.signal_name} at step {step}; saved a "
                       f"checkpoint in {workdir}. Run the same command again to resume.", result)
@@ -419,8 +423,14 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   sums = None
   best_in_memory = None  # (epoch, host state) of the best early-stopping epoch run here
   multi = jax.process_count() > 1
-  kept = ("the last good checkpoint is kept untouched" if ckpt is not None else
-          "nothing was saved (no workdir); a lower learning_rate or clip_norm may help")
+  def kept() -> str:
+    """What a diverged run leaves behind, for its error message."""
+    if ckpt is not None and ckpt.latest_step() is not None:
+      return f"the last good checkpoint (step {ckpt.latest_step()}) is kept untouched"
+    why = ("no checkpoint had been saved yet" if ckpt is not None else
+           "nothing was saved (checkpoint.enabled is False)" if workdir is not None else
+           "nothing was saved (no workdir)")
+    return f"{why}; a lower learning_rate or clip_norm may help"
 
   def stop_agreed() -> bool:
     """Whether to stop now: every process must leave the step loop at the same step (one
@@ -446,7 +456,13 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       window_start, window_examples = time.time(), 0
       stopping = False
       for batch in prefetch(train_it.epoch_batches(), strategy):
-        state, m = train_step(state, batch)
+        try:
+          state, m = train_step(state, batch)
+        except AssertionError as e:  # config.debug's chex checks
+          if not config.debug:
+            raise
+          raise FloatingPointError(f"config.debug: step {step + 1} (epoch {epoch + 1}): {e}; "
+                                   f"{kept()}") from None
         step += 1
         position["next_index"] += 1
         sums = m if sums is None else _add(sums, m)
@@ -457,7 +473,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
           loss = float(host["loss_sum"]) / max(float(host["count"]), 1.0)
           if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step} (epoch {epoch + 1}); "
-                                     f"{kept}")
+                                     f"{kept()}")
           rate = window_examples / max(time.time() - window_start, 1e-9)
           window_start, window_examples = time.time(), 0
           writer.write({"split": "train_step", "epoch": epoch + 1, "step": step, "loss": loss,
@@ -489,7 +505,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       train_metrics = metrics_lib.summarize(sums)
       if not math.isfinite(train_metrics["loss"]):
         raise FloatingPointError(f"loss became {train_metrics['loss']} in epoch {epoch + 1} "
-                                 f"(by step {step}); {kept}")
+                                 f"(by step {step}); {kept()}")
       record = {"split": "train", "epoch": epoch + 1, "step": step, "loss": train_metrics["loss"],
                 "accuracy": train_metrics["accuracy"],
                 # examples (sequences for a language model), like the train_step records
@@ -545,7 +561,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                             dataset.num_classes, with_confusion=True)
   host_state = strategy.get_state(state)
   wall = run_wall_time()  # over every process of the run, like train_time
-  table = ["", f"{'split':<6} {'loss':>8} {'accuracy':>9} {'examples':>9}"]
+  counted = "tokens" if dataset.task == "lm" else "examples"  # what `count` counts
+  table = ["", f"{'split':<6} {'loss':>8} {'accuracy':>9} {counted:>9}"]
   for name, m in (("val", val_metrics), ("test", test_metrics)):
     if m is not None:
       table.append(f"{name:<6} {m['loss']:>8.4f} {m['accuracy']:>9.4f} {m['count']:>9d}")

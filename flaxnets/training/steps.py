@@ -105,7 +105,7 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
 
     (loss, (logits, updates, losses, correct, weight)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
-    if debug:
+    if debug:  # a chex value assertion: the loop runs the step under chex.chexify
       chex.assert_tree_all_finite(grads)
     grads = _reduce(grads, axis_name)
     new_state = state.apply_gradients(grads=grads)
