@@ -395,12 +395,39 @@ class _Vars:
 
 
 def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
-  """Restore params (and batch_stats) of `step` ('best' | 'latest' | N) for inference."""
+  """Restore params (and batch_stats) of `step` ('best' | 'latest' | N) for inference.
+
+  A step that a running training prunes while it is read is replaced by the newer one
+  ('best' and 'latest'); a damaged step whose copy in the other folder (checkpoints/ or
+  best/ hold the same step) is intact loads from that copy, with a warning.
+  """
+  from flaxnets.training.checkpoint import CheckpointError
+  workdir = pathlib.Path(workdir).absolute()  # Orbax needs absolute paths
+  for attempt in range(3):
+    step_dir = _step_dir(workdir, step)
+    try:
+      return _load_step(step_dir)
+    except CheckpointError as e:
+      if step in ("best", "latest") and not step_dir.exists() and attempt < 2:
+        continue  # pruned by a run that saved a newer step meanwhile
+      other = workdir / ("checkpoints" if step_dir.parent.name == "best" else "best") / \
+          step_dir.name
+      if not other.is_dir():
+        raise
+      try:
+        predictor = _load_step(other)
+      except CheckpointError:
+        raise e from None
+      warnings.warn(f"{e}; loaded the same step's copy in {other} instead", stacklevel=2)
+      return predictor
+
+
+def _load_step(step_dir: pathlib.Path) -> Predictor:
+  """load() of one step folder."""
   from flaxnets.models import registry
   from flaxnets.training.checkpoint import damaged_error
   from flaxnets.training.state import dummy_inputs
   ocp = _ocp()
-  step_dir = _step_dir(pathlib.Path(workdir).absolute(), step)  # Orbax needs absolute paths
   meta_file = step_dir / "meta" / "metadata"
   try:
     meta = json.loads(meta_file.read_text())
@@ -424,10 +451,13 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
                                                x, lengths, train=False))
   target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  checkpointer = ocp.PyTreeCheckpointer()
   try:
-    tree = ocp.PyTreeCheckpointer().restore(
+    tree = checkpointer.restore(
         step_dir / "state", args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                                         partial_restore=True))
   except Exception as e:  # orbax / tensorstore raise several types
     raise damaged_error(step_dir, e) from e
+  finally:
+    checkpointer.close()
   return Predictor(model, tree["params"], tree.get("batch_stats", {}), meta, step_dir)

@@ -342,6 +342,21 @@ def test_max_vocab_one_is_refused_at_config_time():
     validate(_quiet(**{"dataset.max_vocab": 1}))
 
 
+@pytest.mark.parametrize("where", ["", "checkpoints", "best"])
+def test_a_file_where_a_run_keeps_folders_is_refused_before_training(tmp_path, where):
+  """A file at checkpoints/ or best/ had been an Orbax traceback, a trained epoch, then a
+  failed save (leaving best/ without its step in checkpoints/)."""
+  from flaxnets.training.checkpoint import CheckpointError
+  workdir = tmp_path / "run"
+  if where:
+    workdir.mkdir()
+  (workdir / where if where else workdir).write_text("x")
+  name = rf"{where}/ in the workdir '.*{where}'" if where else r"workdir '.*run'"
+  with pytest.raises(CheckpointError, match=rf"{name} is a file: expected a folder"):
+    flaxnets.train(_quiet(num_epochs=1), str(workdir))
+  assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["run", where] if where else ["run"])
+
+
 def test_a_second_run_into_a_busy_workdir_is_refused(tmp_path):
   from flaxnets.training.checkpoint import CheckpointError, workdir_lock
   with workdir_lock(tmp_path):  # as another live run holds it

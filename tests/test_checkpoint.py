@@ -297,8 +297,15 @@ def test_damaged_newest_step_falls_back_and_load_names_it(tmp_path, trained, dam
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [75, 78]
   damage(newest)
 
+  # load() falls back to best/'s copy of the step, naming the damaged one ...
+  with pytest.warns(UserWarning, match=re.escape(str(newest))):
+    assert flaxnets.load(workdir, step=78).path == workdir / "best" / "78"
+  # ... and without an intact copy refuses, naming it
+  hidden = workdir.with_name("best-aside")
+  (workdir / "best").rename(hidden)
   with pytest.raises(CheckpointError, match=re.escape(str(newest))):
     flaxnets.load(workdir, step=78)
+  hidden.rename(workdir / "best")
 
   capsys.readouterr()
   ckpt = checkpointer_for(workdir, result)
@@ -327,6 +334,27 @@ def test_resume_after_damaged_step_saves_it_again_identically(tmp_path, trained,
   # The resumed epoch's train record adds up all its steps (sums kept in the checkpoint).
   strip = lambda history: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
   assert strip(result.history) == strip(trained[1].history)
+  # best/78, newer than step 75, was moved aside and saved again by the replay
+  assert "best/78 is newer than the step resumed from (75)" in out
+  assert [p.name[:8] for p in (workdir / "superseded").iterdir()] == ["best-78-"]
+  assert flaxnets.load(workdir).path == workdir / "best" / "78"
+  assert jax.tree.all(jax.tree.map(np.array_equal, flaxnets.load(workdir).params, want))
+
+
+def test_resume_with_other_settings_does_not_keep_the_replaced_runs_best(tmp_path, trained):
+  """best/78 of the run before a rollback had stayed what load() served, though the resumed
+  run (another learning rate) trained its own step 78."""
+  workdir = copy_run(trained, tmp_path)
+  old_best = flaxnets.load(workdir).params
+  shutil.rmtree(workdir / "checkpoints" / "78")
+  result = flaxnets.train(small_config(**{"optimizer.learning_rate": 1e-4}), str(workdir))
+  assert not jax.tree.all(jax.tree.map(np.array_equal, result.state.params, old_best))
+  served = flaxnets.load(workdir)
+  assert jax.tree.all(jax.tree.map(np.array_equal, served.params, result.state.params))
+  aside = next((workdir / "superseded").iterdir())
+  assert jax.tree.all(jax.tree.map(np.array_equal, flaxnets.load(workdir, 78).params,
+                                   result.state.params))
+  assert (aside / "state").is_dir()  # the replaced run's best is kept, not deleted
 
 
 def test_all_steps_damaged_starts_from_scratch(tmp_path, trained, capsys):
@@ -499,16 +527,40 @@ def test_changed_data_is_refused(tmp_path, trained):
   fewer = dict(meta, train_examples=meta["train_examples"] - 1)
   assert [d.split(" ")[0] for d in checkpoint_lib.meta_differences(meta, fewer)] == [
       "train_examples"]
+  # as many examples, other contents (other labels had resumed silently): the digest
+  relabelled = dict(result.dataset.train, labels=(result.dataset.train["labels"] + 1) % 10)
+  other = dict(meta, train_digest=checkpoint_lib.split_digest(relabelled))
+  assert [d.split(" (")[0] for d in checkpoint_lib.meta_differences(meta, other)] == [
+      "training examples"]
+  # checkpoints written before the digest: the input statistics
+  undigested = {k: v for k, v in meta.items() if k != "train_digest"}
   shifted = dict(meta, stats={k: (np.asarray(v) + 0.01).tolist()
                               for k, v in meta["stats"].items()})
-  assert [d.split(" (")[0] for d in checkpoint_lib.meta_differences(meta, shifted)] == [
+  assert [d.split(" (")[0] for d in checkpoint_lib.meta_differences(undigested, shifted)] == [
       "input statistics"]
-  older = {k: v for k, v in meta.items() if k != "train_examples"}  # written before the key
+  older = {k: v for k, v in undigested.items() if k != "train_examples"}  # before that key
   assert checkpoint_lib.meta_differences(older, meta) == []
   # statistics of another shape (more features): a refusal, not a numpy error
   wider = dict(meta, input_shape=[8, 8, 3], stats={k: [0.0, 0.0, 0.0] for k in meta["stats"]})
-  assert [d.split(" ")[0] for d in checkpoint_lib.meta_differences(meta, wider)] == [
+  assert [d.split(" ")[0] for d in checkpoint_lib.meta_differences(undigested, wider)] == [
       "input_shape", "input"]
+
+
+def test_resuming_on_relabelled_arrays_is_refused(tmp_path):
+  """Corrected labels (or other inputs of the same shape) had resumed the old model."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(96, 8, 8, 1)).astype(np.float32)
+  y = rng.integers(0, 3, size=96)
+  config = small_config(num_epochs=1, **{"dataset.name": "arrays", "dataset.val_fraction": 0.0,
+                                         "checkpoint.every_steps": 0})
+  flaxnets.train(config, str(tmp_path), data={"train": (x, y)})
+  before = tree_digest(tmp_path / "checkpoints")
+  for data in ({"train": (x, (y + 1) % 3)}, {"train": (x[::-1].copy(), y)}):
+    with pytest.raises(checkpoint_lib.CheckpointError,
+                       match=r"training examples \(from the data\): as many, other inputs"):
+      flaxnets.train(config, str(tmp_path), data=data)
+  assert tree_digest(tmp_path / "checkpoints") == before
+  assert int(flaxnets.train(config, str(tmp_path), data={"train": (x, y)}).state.step) == 3
 
 
 def test_optimizer_state_of_another_layout_is_refused_not_moved_aside(tmp_path, trained):

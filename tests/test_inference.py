@@ -217,8 +217,35 @@ def test_load_of_damaged_step_names_its_path(tmp_path, runs):
   shutil.copytree(runs["mesh"][0], workdir)
   step_dir = workdir / "checkpoints" / "39"
   (step_dir / "state" / "manifest.ocdbt").unlink()
+  # best/ holds the same step: its intact copy loads, with a warning naming the damage
+  with pytest.warns(UserWarning, match=f"checkpoint {step_dir} is damaged.*loaded the same "
+                                       f"step's copy in {workdir / 'best' / '39'} instead"):
+    assert flaxnets.load(workdir, step=39).path == workdir / "best" / "39"
+  shutil.rmtree(workdir / "best")
   with pytest.raises(CheckpointError, match=f"checkpoint {step_dir} is damaged"):
     flaxnets.load(workdir, step=39)
+
+
+def test_load_takes_the_newer_step_when_a_run_prunes_the_one_it_read(tmp_path, runs,
+                                                                     monkeypatch):
+  """A run that saves a new step deletes the oldest (max_to_keep) or the previous best:
+  load() had reported that step, read mid-deletion, as damaged and said to retrain."""
+  import shutil
+  from flaxnets import inference
+  workdir = tmp_path / "run"
+  shutil.copytree(runs["mesh"][0], workdir)
+  load_step, read = inference._load_step, []
+
+  def pruned_while_read(step_dir):
+    read.append(step_dir)
+    if len(read) == 1:  # the run saves step 40 (best) and prunes 39 under the reader
+      shutil.copytree(step_dir, step_dir.with_name("40"))
+      shutil.rmtree(step_dir)
+    return load_step(step_dir)
+
+  monkeypatch.setattr(inference, "_load_step", pruned_while_read)
+  assert flaxnets.load(workdir).path == workdir / "best" / "40"
+  assert read == [workdir / "best" / "39", workdir / "best" / "40"]
 
 
 # ---- CLI -------------------------------------------------------------------------------------------

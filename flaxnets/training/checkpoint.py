@@ -154,6 +154,13 @@ def meta_differences(saved: dict, current: dict) -> list[str]:
   """Config keys, data facts and vocabulary that differ between two `meta` items."""
   diffs = config_differences(saved["config"], current["config"])
   diffs += data_differences(saved, current, RESUME_META + ("train_examples",))
+  da, db = saved.get("train_digest"), current.get("train_digest")
+  if None not in (da, db):  # the contents: 'arrays' data has no config key to show a change
+    if da != db and not any(d.startswith("train_examples") for d in diffs):
+      diffs.append(f"training examples (from the data): as many, other inputs or labels "
+                   f"(digest {da} vs now {db})")
+    return diffs
+  # Checkpoints written before 2026-11-29 have no digest: their input statistics tell.
   a, b = _as_json(saved), _as_json(current)
   sa, sb = a.get("stats") or {}, b.get("stats") or {}
 
@@ -172,7 +179,8 @@ def data_differences(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_
                      ) -> list[str]:
   """Data facts (`keys` of two `meta` items) and vocabularies that differ.
 
-  train_examples is compared only where both have it (written since 2026-11-28).
+  train_examples is compared only where both have it (written since 2026-11-28), as is
+  the resume's train_digest (since 2026-11-29).
   """
   a, b = _as_json(saved), _as_json(current)
   diffs = []
@@ -191,6 +199,17 @@ def data_differences(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_
   return diffs
 
 
+def split_digest(split: dict[str, np.ndarray]) -> str:
+  """A digest of a split's arrays (names, dtypes, shapes and contents): equal counts and
+  shapes of other examples, or other labels, change it."""
+  h = hashlib.sha256()
+  for key in sorted(split):
+    a = np.ascontiguousarray(split[key])
+    h.update(f"{key}:{a.dtype.str}:{a.shape};".encode())
+    h.update(memoryview(a.reshape(-1)).cast("B") if a.dtype != object else repr(a).encode())
+  return h.hexdigest()[:32]
+
+
 def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dict[str, Any]:
   """What inference needs to rebuild the model and read raw inputs, as JSON values."""
   import flaxnets
@@ -199,6 +218,7 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dic
           "input_kind": dataset.input_kind, "input_shape": list(dataset.input_shape),
           "task": dataset.task, "dataset": dataset.name,
           "train_examples": len(dataset.train["labels"]),
+          "train_digest": split_digest(dataset.train),
           # series given per-example lengths (train(data=...)'s third item): predict needs them
           "seq_lengths": "seq_lengths" in dataset.train,
           "vocab": None if dataset.vocab is None else dataset.vocab.to_dict(),
@@ -315,7 +335,8 @@ class Checkpointer:
     """Save `state` (host arrays) at `step`; also to best/ when val_metrics improve.
 
     A step that is already saved is left as it is: the same step of the same run
-    holds the same state (a resumed run replays the steps after its checkpoint).
+    holds the same state (a resumed run replays the steps after its checkpoint; best/
+    steps after the one it resumed from were moved aside by `_resume_best`).
     `force` is accepted for the loop's preemption save; every call saves.
     """
     del force
@@ -445,6 +466,19 @@ class Checkpointer:
            f"{now[0]} ({now[1]}): the saved best value is of the old one, so the next epoch "
            f"this run saves replaces best/ (step {self.best_step()}), which the new metric "
            "keeps from then on")
+    # A best/ step after the resumed one is of steps this run does again, perhaps with other
+    # settings or after a damaged step: load() would have served it beside this run's
+    # results. Moved aside (not deleted); a replay that repeats it saves it again.
+    newer = [s for s in self.best.all_steps() if s > step]
+    for s in newer:
+      dst = self.workdir / "superseded" / f"best-{s}-{time.strftime('%Y%m%d-%H%M%S')}"
+      if is_chief():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.best.directory / str(s)), str(dst))
+      _say(f"flaxnets: best/{s} is newer than the step resumed from ({step}), so it is of "
+           f"training this run does again; moved it to {dst}")
+    if newer:
+      self.best.reload()
     if meta.get("best_step") == step and step not in self.best.all_steps():
       ocp = _ocp()
       self.best.save(step, force=True, args=ocp.args.Composite(
@@ -482,6 +516,17 @@ class Checkpointer:
     return dst
 
 
+def check_folders(workdir: str | pathlib.Path) -> None:
+  """Refuse a workdir, or a checkpoints/ or best/ in it, that exists but is not a folder,
+  before any compute: Orbax had logged a traceback and failed at the first save."""
+  path = pathlib.Path(workdir).absolute()
+  for p in (path, *(path / sub for sub in CHECKPOINT_DIRS)):
+    if p.exists() and not p.is_dir():
+      what = "workdir" if p == path else f"{p.name}/ in the workdir"
+      raise CheckpointError(f"{what} {str(p)!r} is a file: expected a folder (or no such "
+                            "path yet); move it away or use another workdir")
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str | pathlib.Path | None) -> Iterator[None]:
   """Hold WORKDIR/.lock for one training run; a second run into it raises CheckpointError.
@@ -494,6 +539,8 @@ def workdir_lock(workdir: str | pathlib.Path | None) -> Iterator[None]:
     import fcntl
   except ImportError:  # no flock (Windows): unguarded, as before
     fcntl = None
+  if workdir is not None:
+    check_folders(workdir)
   if workdir is None or fcntl is None or not is_chief():
     yield
     return
