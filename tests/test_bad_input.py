@@ -103,6 +103,15 @@ def test_bad_sequence_lengths_and_token_ids_raise():
     sources.from_arrays((ids, y, np.arange(20) % 7))
   with pytest.raises(ValueError, match=r"token ids go down to -1: expected ids >= 0"):
     sources.from_arrays((np.where(ids == 8, -1, ids), y))
+  # lengths on some splits only: the others had been scored on their padding, silently
+  series = np.random.RandomState(0).rand(20, 6, 1).astype(np.float32)
+  lengths = np.full(20, 4)
+  with pytest.raises(ValueError, match=r"data\['val'\] has no seq_lengths but data\['train'\] "
+                                       r"has: expected \(x, y, seq_lengths\) for every split"):
+    sources.from_arrays((series, y, lengths), (series, y))
+  with pytest.raises(ValueError, match=r"data\['train'\] has no seq_lengths but data\['test'\]"):
+    sources.from_arrays((series, y), test=(series, y, lengths))
+  assert "seq_lengths" in sources.from_arrays((series, y, lengths), val_fraction=0.25).val
 
 
 def test_unlabelled_split_from_any_source_is_refused():

@@ -93,19 +93,32 @@ def test_early_stopping_settings_that_cannot_work_are_named(capsys):
   from flaxnets.training import loop
   config = flaxnets.get_config()
   config.early_stopping.patience = 2
-  loop.warn_early_stopping(config, SimpleNamespace(name="arrays", val=None), None)
+  loop.warn_ineffective_settings(config, SimpleNamespace(name="arrays", val=None, input_kind="image"), None)
   assert ("early_stopping.patience=2 has no effect: dataset 'arrays' has no validation split"
           in capsys.readouterr().out)
-  with_val = SimpleNamespace(name="digits", val={})
+  with_val = SimpleNamespace(name="digits", val={}, input_kind="image")
   config.early_stopping.restore_best = True  # by val loss; best/ (load's default): accuracy
-  loop.warn_early_stopping(config, with_val, "/tmp/run")
+  loop.warn_ineffective_settings(config, with_val, "/tmp/run")
   out = capsys.readouterr().out
   assert "restore_best evaluates the epoch best by validation loss (min)" in out
   assert "load(workdir) restores the checkpoint best by validation accuracy (max)" in out
-  loop.warn_early_stopping(config, with_val, None)  # no checkpoints: nothing to mismatch
+  loop.warn_ineffective_settings(config, with_val, None)  # no checkpoints: nothing to mismatch
   config.checkpoint.best_metric = "loss"
-  loop.warn_early_stopping(config, with_val, "/tmp/run")
+  loop.warn_ineffective_settings(config, with_val, "/tmp/run")
   assert capsys.readouterr().out == ""
+
+
+def test_augmenting_what_is_not_an_image_is_named(capsys):
+  """An RNN reading digits row by row had dropped flip and crops without a word."""
+  config = flaxnets.get_config()
+  config.progress = False
+  config.num_epochs = 1
+  config.model.name = "rnn"
+  config.model.hidden_size = 8
+  config.augment.flip, config.augment.crop_padding = True, 2
+  flaxnets.train(config)
+  assert ("config.augment flip=True, crop_padding=2 has no effect: it augments images, and "
+          "model 'rnn' reads dataset 'digits' as series") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("workdir", [False, True])

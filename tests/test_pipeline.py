@@ -250,3 +250,20 @@ def test_validation_carve_holds_out_the_fraction_over_unbalanced_classes(counts,
   assert len(val["labels"]) == round(fraction * len(labels))
   assert np.bincount(val["labels"], minlength=len(counts)).tolist() == per_class
   assert sorted(np.concatenate([train["inputs"], val["inputs"]])[:, 0]) == list(range(len(labels)))
+
+
+@pytest.mark.parametrize("features", [1, 3])
+def test_input_stats_of_padded_series_count_real_steps_only(features):
+  """The zero padding had pulled a mean of 5 down to 1.2 (and the std up to 2.2)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(5.0, 1.0, size=(1000, 40, features)).astype(np.float32)
+  lengths = rng.integers(5, 15, size=1000).astype(np.int32)
+  real = np.arange(40)[None] < lengths[:, None]
+  x[~real] = 0.0
+  stats = pipeline.input_stats({"inputs": x, "labels": np.zeros(1000, np.int32),
+                                "seq_lengths": lengths}, "series")
+  np.testing.assert_allclose(stats["mean"], x[real].mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats["std"], x[real].std(0), rtol=1e-4)
+  # without lengths every step counts, as before
+  plain = pipeline.input_stats({"inputs": x, "labels": np.zeros(1000, np.int32)}, "series")
+  np.testing.assert_allclose(plain["mean"], x.reshape(-1, features).mean(0), rtol=1e-5)

@@ -23,21 +23,28 @@ from flaxnets.data.types import Split
 
 
 def input_stats(split: Split, input_kind: str) -> dict[str, np.ndarray]:
-  """Per-channel mean and std of the training inputs (images and series)."""
+  """Per-channel mean and std of the training inputs (images and series); of a series'
+  real steps only when it has seq_lengths (the padding had counted as zeros)."""
   if input_kind == "tokens":
     return {}
   x = split["inputs"]
+  lengths = split.get("seq_lengths") if x.ndim >= 3 else None
   axes = tuple(range(x.ndim - 1))
   mean = np.zeros(x.shape[-1], np.float64)
   sq = np.zeros(x.shape[-1], np.float64)
   n = 0
   for start in range(0, len(x), 4096):  # chunked: CIFAR in float64 at once is 1.2 GB
     chunk = x[start:start + 4096].astype(np.float64)
+    if lengths is not None:
+      real = np.arange(x.shape[1])[None, :] < lengths[start:start + 4096, None]
+      chunk = chunk * real.reshape(real.shape + (1,) * (x.ndim - 2))
+      n += int(real.sum()) * int(np.prod(x.shape[2:-1], dtype=np.int64))
+    else:
+      n += chunk.size // x.shape[-1]
     mean += chunk.sum(axis=axes)
     sq += (chunk ** 2).sum(axis=axes)
-    n += chunk.size // x.shape[-1]
-  mean /= n
-  std = np.sqrt(np.maximum(sq / n - mean ** 2, 1e-12))
+  mean /= max(n, 1)
+  std = np.sqrt(np.maximum(sq / max(n, 1) - mean ** 2, 1e-12))
   return {"mean": mean.astype(np.float32), "std": np.maximum(std, 1e-6).astype(np.float32)}
 
 

@@ -182,6 +182,14 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
   if va is None:
     tr, va = carve_validation(tr, val_fraction)
   te = to_split("test", test)
+  splits = {n: s for n, s in (("train", tr), ("val", va), ("test", te)) if s is not None}
+  lengths_in = [n for n, s in splits.items() if "seq_lengths" in s]
+  if lengths_in and len(lengths_in) < len(splits):
+    # A split without them is read whole, padding included: its metrics (which pick the
+    # best checkpoint and stop early) would score other inputs than the model trains on.
+    missing = [n for n in splits if n not in lengths_in][0]
+    raise ValueError(f"data[{missing!r}] has no seq_lengths but data[{lengths_in[0]!r}] has: "
+                     "expected (x, y, seq_lengths) for every split, or for none")
   x = tr["inputs"]
   if np.issubdtype(x.dtype, np.integer) and x.ndim == 2:
     kind = "tokens"

@@ -29,6 +29,7 @@ import functools
 from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from flaxnets.models.registry import register
@@ -274,6 +275,44 @@ def _zero_padding(x: Array, mask: Array | None) -> Array:
   return x if mask is None else jnp.where(mask, x, jnp.zeros((), x.dtype))
 
 
+class _PmapMaskedBatchNorm(nn.Module):
+  """nn.BatchNorm over the real steps of x [B, T, C] (mask [B, T, 1]) under pmap, with the
+  same variables (params scale, bias; batch_stats mean, var) and maths.
+
+  Flax's masked statistics are each device's masked mean, then their mean over the axis:
+  the global mean only when every device holds as many real steps. These sum the masked
+  moments and counts over the axis, so pmap trains what one device (or a mesh) does.
+  """
+  use_running_average: bool
+  axis_name: str
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array) -> Array:
+    c = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      xf, m = x.astype(jnp.float32), mask.astype(jnp.float32)
+      sums = jax.lax.psum(((xf * m).sum((0, 1)), (xf * xf * m).sum((0, 1)), m.sum()),
+                          self.axis_name)
+      count = jnp.maximum(sums[2], 1.0)
+      mean = sums[0] / count
+      var = jnp.maximum(0.0, sums[1] / count - mean * mean)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
+
+
 def _masked_pool(x: Array, mask: Array | None, pooling: str) -> Array:
   """Global pool over real steps: x [B, T, C], mask [B, T, 1] -> [B, C] (float32)."""
   x = x.astype(jnp.float32)  # a long bf16 sum would lose precision
@@ -333,7 +372,10 @@ class ConvNet1D(nn.Module):
     for i, f in enumerate(self.features):
       x = nn.Conv(f, (self.kernel_size,), padding="SAME", use_bias=not self.use_bn,
                   dtype=self.dtype, param_dtype=self.param_dtype)(x)
-      if self.use_bn:
+      if self.use_bn and mask is not None and self.bn_axis_name is not None:
+        x = _PmapMaskedBatchNorm(not train, self.bn_axis_name, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, name=f"BatchNorm_{i}")(x, mask)
+      elif self.use_bn:
         x = _batch_norm(self, use_running_average=not train)()(x, mask=mask)
       x = _zero_padding(nn.relu(x), mask)
       if i < self.num_pools:

@@ -169,8 +169,14 @@ def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, histor
   return state, False
 
 
-def warn_early_stopping(config: Any, dataset: Dataset, workdir: Any) -> None:
-  """Early-stopping settings that would not do what they say, named once at the start."""
+def warn_ineffective_settings(config: Any, dataset: Dataset, workdir: Any) -> None:
+  """Early-stopping and augmentation settings that would not do what they say, named once
+  at the start."""
+  aug = [f"{k}={config.augment[k]!r}" for k in ("flip", "crop_padding") if config.augment[k]]
+  if aug and dataset.input_kind != "image":  # they had been dropped without a word
+    log(f"flaxnets: warning: config.augment {', '.join(aug)} has no effect: it augments "
+        f"images, and model {config.model.name!r} reads dataset {dataset.name!r} as "
+        f"{INPUT_WORDS[dataset.input_kind]}")
   es, k = config.early_stopping, config.checkpoint
   if not es.patience:
     return
@@ -313,7 +319,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       f"{INPUT_WORDS[dataset.input_kind]} {dataset.input_shape} per example), "
       f"{strategy.num_devices} {jax.default_backend()} device(s), strategy {strategy.name}")
   log(summary(state.params, state.batch_stats))
-  warn_early_stopping(config, dataset, workdir)
+  warn_ineffective_settings(config, dataset, workdir)
 
   # ---- checkpoint restore ----------------------------------------------------------
   history: list[dict[str, Any]] = []
