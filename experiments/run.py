@@ -20,6 +20,7 @@ import json
 import pathlib
 import platform
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -144,7 +145,9 @@ def main(argv=None) -> int:
 
   summary = {
       "task": name, "config_file": args.config, "overrides": args.set, "seeds": args.seeds,
-      "command": "python experiments/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+      # shell-quoted: the results tables print it as the command that reproduces the row
+      "command": "python experiments/run.py " + shlex.join(sys.argv[1:] if argv is None
+                                                           else argv),
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
       "device_count": jax.device_count(), "host": platform.processor() or platform.machine(),
       "cpu_count": __import__("os").cpu_count(),

@@ -1,4 +1,4 @@
-"""Command line: `flaxnets train | eval | predict | plot | prepare`.
+r"""Command line: `flaxnets train | eval | predict | plot | prepare`.
 
     flaxnets train                                    # SimpleCNN on digits
     flaxnets train --config experiments/configs/mnist1d_conv.py --config.seed=1 \
@@ -64,10 +64,27 @@ def _train(argv: list[str]) -> int:
     config_flag = config_flags.DEFINE_config_file(
         "config", default, "task config file (a .py with get_config())", flag_values=fv,
         lock_config=False, accept_new_attributes=True)
-  except KeyError as e:
-    key = str(e.args[0] if e.args else e).strip("'\"").split("'")[0].split()[0]
-    arg = next((a for a in sys.argv[1:] + argv
-                if a.startswith("--config.") and f".{key}" in a.split("=")[0]), "--config.*")
+  except (KeyError, TypeError) as e:  # TypeError: a path through a leaf (a str's "key")
+    overrides = [a for a in sys.argv[1:] + argv if a.startswith("--config.")]
+    text = str(e.args[0] if e.args else e)
+    key = text.strip("'\"").split("'")[0].split()[0]
+    arg = next((a for a in overrides
+                if isinstance(e, KeyError) and f".{key}" in a.split("=")[0]), None)
+    if arg is None:  # name the override whose path does not lead through config sections
+      from flaxnets import config as config_lib
+      ref = config_lib.get_config()
+      for a in overrides:
+        node = ref
+        for part in a.split("=")[0][len("--config."):].split(".")[:-1]:
+          node = node.get(part) if hasattr(node, "get") else None
+          if not hasattr(node, "keys") or node is ref.model:
+            break
+        if not hasattr(node, "keys"):
+          arg = a
+          break
+      arg = arg or "--config.*"
+      raise UsageError(f"{arg}: its path goes through a value that is not a config section "
+                       f"({text}); usage: {usage}") from None
     raise UsageError(f"{arg}: the config has no key {key!r} on that path (only the last "
                      f"key of an override may be new); usage: {usage}") from None
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results",
@@ -103,6 +120,8 @@ def _train(argv: list[str]) -> int:
   except OSError as e:
     cause = e.__cause__ or e
     raise UsageError(_load_config_error(argv, cause)) from None
+  except Exception as e:  # get_config() returned None (absl: "Unexpected None value")
+    raise UsageError(_load_config_error(argv, e)) from None
   if rest:
     at = argv.index(rest[0]) if rest[0] in argv else 0
     before = argv[at - 1].lstrip("-") if at > 0 else ""
@@ -195,7 +214,12 @@ COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "plot": _plot,
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if not argv or argv[0] in ("-h", "--help", "help"):
-    print(USAGE)
+    try:
+      print(USAGE)
+      sys.stdout.flush()
+    except BrokenPipeError:  # `flaxnets --help | head -1`
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+      return 141
     return 0 if argv else 2
   command = COMMANDS.get(argv[0])
   if command is None:

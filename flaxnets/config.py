@@ -190,6 +190,11 @@ def _type_ok(value: Any, default: Any) -> bool:
 
 
 def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
+  missing = [k for k in ref.keys() if k not in cfg]
+  if missing:  # e.g. a task config built from an empty ConfigDict: had been a KeyError
+    raise ConfigError(f"config.{prefix}{missing[0]}: missing; expected every key of "
+                      "flaxnets.get_config() (build a config file's get_config() on it and "
+                      "change what the task needs)")
   for key in cfg.keys():
     path = f"{prefix}{key}"
     if key not in ref:

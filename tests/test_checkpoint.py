@@ -424,6 +424,7 @@ def test_config_change_is_refused_listing_keys_and_restart_starts_over(tmp_path,
   assert "model.features: checkpoint [8, 16] vs now [4, 8]" in msg
   assert "seed: checkpoint 0 vs now 3" in msg
   assert "batch_size" not in msg and "num_epochs" not in msg and "--restart" in msg
+  assert "\n" not in msg  # one line, as the CLI promises (it had listed one key a line)
   assert tree_digest(workdir / "checkpoints") == before
   # Settings that do not change what is being trained resume fine (here: more epochs).
   assert not checkpoint_lib.config_differences(

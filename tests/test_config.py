@@ -203,6 +203,10 @@ def test_cli_command_line_mistakes_are_one_line_with_exit_status_2(tmp_path, cap
   (tmp_path / "syntax.py").write_text("def get_config(:\n")
   (tmp_path / "no_get_config.py").write_text("x = 1\n")
   (tmp_path / "returns_dict.py").write_text("def get_config():\n  return {'seed': 1}\n")
+  # not built on flaxnets.get_config(), or no return: had been tracebacks with exit status 1
+  (tmp_path / "partial.py").write_text("import ml_collections\ndef get_config():\n  return "
+                                       "ml_collections.ConfigDict(dict(num_epochs=1))\n")
+  (tmp_path / "returns_none.py").write_text("def get_config():\n  pass\n")
   cases = [
       (["train", "runs/x"], "unexpected argument(s) ['runs/x']: train takes only flags "
        "(did you mean --workdir runs/x?)"),
@@ -218,6 +222,10 @@ def test_cli_command_line_mistakes_are_one_line_with_exit_status_2(tmp_path, cap
       (["train", "--config", str(tmp_path / "missing.py")], "did not load: OSError"),
       (["train", "--config", str(tmp_path / "returns_dict.py")],
        "config: expected an ml_collections.ConfigDict"),
+      (["train", "--config", str(tmp_path / "partial.py")],
+       ": missing; expected every key of flaxnets.get_config()"),
+      (["train", "--config", str(tmp_path / "returns_none.py")],
+       "did not load: IllegalFlagValueError: Unexpected None value"),
       (["eval", "--bogus=1", str(tmp_path)], "Unknown command line flag 'bogus'"),
       (["eval"], "expected one WORKDIR, got []"),
       (["predict", str(tmp_path)], "expected WORKDIR and at least one INPUT"),
@@ -229,7 +237,38 @@ def test_cli_command_line_mistakes_are_one_line_with_exit_status_2(tmp_path, cap
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
   assert sorted(p.name for p in tmp_path.iterdir()) == [
-      "no_get_config.py", "returns_dict.py", "syntax.py"]  # nothing else written
+      "no_get_config.py", "partial.py", "returns_dict.py", "returns_none.py",
+      "syntax.py"]  # nothing else written
+
+
+@pytest.mark.parametrize("override,message", [
+    # a TypeError traceback, and a message naming a key 'Attribute' without the flag
+    ("--config.dataset.name.x=1", "--config.dataset.name.x=1: its path goes through a value"),
+    ("--config.num_epochs.x=1", "--config.num_epochs.x=1: its path goes through a value"),
+])
+def test_cli_override_through_a_value_is_one_line(tmp_path, override, message):
+  out = subprocess.run([sys.executable, "-m", "flaxnets.cli", "train", override,
+                        f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+  assert message in out.stderr
+
+
+def test_validate_names_a_missing_key():
+  import ml_collections
+  config = flaxnets.get_config()
+  del config.optimizer["clip_norm"]
+  with pytest.raises(ConfigError, match=r"config\.optimizer\.clip_norm: missing"):
+    validate(config)
+  with pytest.raises(ConfigError, match=r"config\.\w+: missing"):  # had been KeyError 'seed'
+    validate(ml_collections.ConfigDict({"num_epochs": 1}))
+
+
+def test_cli_help_into_a_closed_pipe_exits_quietly():
+  out = subprocess.run(f"{sys.executable} -m flaxnets.cli --help | head -1; "
+                       "echo rc=${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                       capture_output=True, text=True, timeout=120)
+  assert out.stdout.splitlines()[-1] in ("rc=0", "rc=141") and "Traceback" not in out.stderr
+  assert "--config.seed=1 \\\n" in __import__("flaxnets.cli").cli.USAGE  # kept its line break
 
 
 @pytest.mark.parametrize("command,flag", [("train", "--workdir"), ("eval", "--split"),

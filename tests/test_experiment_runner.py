@@ -59,3 +59,18 @@ def test_set_values_parse_as_the_command_line_does():
   assert config.model.name == "rnn" and config.dataset.name == "mnist1d"
   with pytest.raises(ValueError, match=r"--set 'augment\.flip=maybe': .*bool"):
     run.apply_overrides(config, ["augment.flip=maybe"])
+
+
+def test_recorded_command_is_shell_quoted(tmp_path, monkeypatch):
+  """The results tables print it as the command that reproduces the row: unquoted, bash
+  had split `--set "model.features=(8, 16)"` at its space, and bash refuses a bare (."""
+  import json
+  import shlex
+  run = _module()
+  monkeypatch.setattr(run, "RESULTS", tmp_path)
+  monkeypatch.chdir(ROOT)
+  argv = ["experiments/configs/digits_cnn.py", "--seeds", "0", "--set", "num_epochs=1",
+          "model.features=(8, 16)", "--name", "quoted"]
+  assert run.main(argv) == 0
+  command = json.loads((tmp_path / "quoted.json").read_text())["command"]
+  assert shlex.split(command) == ["python", "experiments/run.py", *argv]

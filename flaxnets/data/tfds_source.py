@@ -188,6 +188,6 @@ def prepare_tfds(name: str, data_dir: str | os.PathLike | None = None) -> str:
     if _missing_tensorflow(e):
       raise ImportError(f"preparing TFDS dataset {name!r} needs TensorFlow and "
                         "importlib_resources, not both installed here (reading prepared data "
-                        f"needs neither). Install them with:\n  {_TF_HINT}") from None
+                        f"needs neither). Install them with: {_TF_HINT}") from None
     raise
   return str(builder.data_dir)

@@ -312,8 +312,8 @@ class Checkpointer:
       if diffs:
         raise CheckpointError(
             f"{self.workdir}: the checkpoints there were trained with a different config "
-            "or data, so resuming would be wrong. Differing keys:\n  " + "\n  ".join(diffs) +
-            "\nUse another workdir, or --restart (train(..., restart=True)) to start over.")
+            "or data, so resuming would be wrong. Differing: " + "; ".join(diffs) +
+            ". Use another workdir, or --restart (train(..., restart=True)) to start over.")
       return
 
   def _read_meta(self, manager: Any, step: int) -> dict:
