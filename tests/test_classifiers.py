@@ -56,6 +56,17 @@ def test_padding_never_changes_logits(pooling, bidirectional):
   chex.assert_trees_all_close(model.apply(variables, x_garbage, lengths), logits, atol=1e-6)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_an_empty_sequence_pools_to_zero(pooling):
+  """Max pooling had filled it with finfo.min: logits of +-inf and an infinite loss."""
+  from flaxnets.models.classifiers import pool
+  outputs = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 3))
+  pooled = pool(outputs, outputs[:, -1], jnp.array([3, 0]), pooling)
+  np.testing.assert_array_equal(pooled[1], np.zeros(3))
+  want = outputs[0, :3].max(0) if pooling == "max" else outputs[0, :3].mean(0)
+  np.testing.assert_allclose(pooled[0], want, rtol=1e-6)
+
+
 def test_crnn_images_and_series():
   model = build_model("crnn", num_classes=10, conv_features=(8, 16), hidden_size=12)
   x = jnp.ones((2, 8, 8, 1))

@@ -35,8 +35,9 @@ def pool(outputs: Array, last_h: Array, seq_lengths: Array | None, how: str) -> 
   mask = valid_mask(seq_lengths, *outputs.shape[:2])
   if how == "mean":
     return (outputs * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
-  if how == "max":
-    return jnp.where(mask > 0, outputs, jnp.finfo(outputs.dtype).min).max(1)
+  if how == "max":  # an empty sequence pools to 0, as conv1d's does (not finfo.min: inf logits)
+    pooled = jnp.where(mask > 0, outputs, jnp.finfo(outputs.dtype).min).max(1)
+    return jnp.where(mask.sum(1) > 0, pooled, jnp.zeros((), outputs.dtype))
   raise ValueError(f"pooling={how!r}: expected 'last', 'mean' or 'max'")
 
 
