@@ -429,6 +429,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   sums = None
   best_in_memory = None  # (epoch, host state) of the best early-stopping epoch run here
   multi = jax.process_count() > 1
+
   def kept() -> str:
     """What a diverged run leaves behind, for its error message."""
     if ckpt is not None and ckpt.latest_step() is not None:
