@@ -77,7 +77,7 @@ def _train(argv: list[str]) -> int:
         node = ref
         for part in a.split("=")[0][len("--config."):].split(".")[:-1]:
           node = node.get(part) if hasattr(node, "get") else None
-          if not hasattr(node, "keys") or node is ref.model:
+          if not hasattr(node, "keys"):
             break
         if not hasattr(node, "keys"):
           arg = a

@@ -331,11 +331,12 @@ class Predictor:
     from flaxnets.training import checkpoint
     # Scores are only meaningful on the classes, inputs and vocabulary the model learned.
     diffs = checkpoint.data_differences(self.meta,
-                                        checkpoint.metadata(config, dataset, self.stats))
+                                        checkpoint.metadata(config, dataset, self.stats,
+                                                            digest=False))
     if diffs:
       raise ValueError(f"the dataset differs from the one this checkpoint was trained on "
-                       f"({'; '.join(diffs)}); the data at {config.dataset.path!r} changed "
-                       "since training")
+                       f"({'; '.join(diffs)}); the data at {config.dataset.path!r}, or how "
+                       "this flaxnets reads it, changed since training")
     from flaxnets.training.state import TrainState
     import optax
     state = TrainState.create(apply_fn=self.model.apply, params=self.params, tx=optax.identity(),

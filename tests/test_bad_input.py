@@ -82,11 +82,23 @@ def test_hints_on_how_to_pass_arrays_are_for_arrays_only():
     sources.adapt(dataclasses.replace(tokens, name="reviews.csv"), ("image",))  # text
 
 
-def test_bfloat16_inputs_are_numbers():
+def test_bfloat16_inputs_are_numbers(tmp_path):
   import jax.numpy as jnp
+  from flaxnets.training import checkpoint
   x, y = _xy()
   ds = sources.from_arrays((x.astype(jnp.bfloat16), y))  # was "expected a numeric array"
   assert ds.input_kind == "image" and ds.train["inputs"].dtype == jnp.bfloat16
+  # the checkpoint's digest of them (memoryview had refused ml_dtypes' bfloat16)
+  digest = checkpoint.split_digest(ds.train)
+  assert digest == checkpoint.split_digest({k: v.copy() for k, v in ds.train.items()})
+  changed = dict(ds.train, inputs=ds.train["inputs"].copy())
+  changed["inputs"][0, 0, 0, 0] += 1
+  assert checkpoint.split_digest(changed) != digest
+  # Fortran-ordered and strided arrays: the same bytes in C order give the same digest
+  assert checkpoint.split_digest({"a": np.asfortranarray(x)}) == checkpoint.split_digest(
+      {"a": x.copy()})
+  config = _quiet(num_epochs=1, batch_size=32, **{"dataset.name": "arrays"})
+  flaxnets.train(config, str(tmp_path), data={"train": (x.astype(jnp.bfloat16), y)})
 
 
 def test_evaluate_names_what_it_was_given():
@@ -112,6 +124,10 @@ def test_bad_sequence_lengths_and_token_ids_raise():
   with pytest.raises(ValueError, match=r"data\['train'\] has no seq_lengths but data\['test'\]"):
     sources.from_arrays((series, y), test=(series, y, lengths))
   assert "seq_lengths" in sources.from_arrays((series, y, lengths), val_fraction=0.25).val
+  # token ids need none: their lengths come from the 0 padding
+  ids[:, 4:] = 0
+  split = sources.from_arrays((ids, y, np.full(20, 4)), test=(ids, y)).test
+  assert split["seq_lengths"].tolist() == [4] * 20
 
 
 def test_unlabelled_split_from_any_source_is_refused():

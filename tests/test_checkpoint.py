@@ -350,6 +350,8 @@ def test_resume_with_other_settings_does_not_keep_the_replaced_runs_best(tmp_pat
   result = flaxnets.train(small_config(**{"optimizer.learning_rate": 1e-4}), str(workdir))
   assert not jax.tree.all(jax.tree.map(np.array_equal, result.state.params, old_best))
   served = flaxnets.load(workdir)
+  # no best step up to 75 is kept (max_to_keep 2), so best/ started over and holds 78
+  assert served.path == workdir / "best" / "78"
   assert jax.tree.all(jax.tree.map(np.array_equal, served.params, result.state.params))
   aside = next((workdir / "superseded").iterdir())
   assert jax.tree.all(jax.tree.map(np.array_equal, flaxnets.load(workdir, 78).params,
@@ -393,6 +395,29 @@ def test_checkpointer_keeps_best_by_mode(tmp_path, trained, mode, values, best):
   assert flaxnets.load(tmp_path, step="best").path == tmp_path / "best" / str(best)
   assert flaxnets.load(tmp_path, step="best").meta["metrics"]["val_loss"] == values[best - 1]
   assert flaxnets.load(tmp_path, step="latest").path.name == str(len(values))
+
+
+def test_a_best_step_moved_aside_on_resume_is_replaced_by_the_best_kept_one(tmp_path,
+                                                                            trained, capsys):
+  """best/ keeps one step: moving a newer one aside had left it empty for the rest of the
+  run (load() then served the latest step silently) whenever the replay did not beat the
+  best value restored with the resumed step."""
+  result = trained[1]
+  config = small_config(**{"checkpoint.max_to_keep": 10})
+  ckpt = checkpoint_lib.Checkpointer(tmp_path, config, result.dataset, result.stats)
+  ckpt.save(2, result.state, {"iterator": {}}, {"val_accuracy": 0.5})  # best/2
+  ckpt.save(3, result.state, {"iterator": {}})
+  ckpt.save(4, result.state, {"iterator": {}}, {"val_accuracy": 0.6})  # best/4 replaces it
+  ckpt.close()
+  shutil.rmtree(tmp_path / "checkpoints" / "4")  # lost: the resume starts from step 3
+  ckpt = checkpoint_lib.Checkpointer(tmp_path, config, result.dataset, result.stats)
+  ckpt.restore_latest(result.state)
+  ckpt.save(4, result.state, {"iterator": {}}, {"val_accuracy": 0.45})  # worse than 0.5
+  ckpt.close()
+  out = capsys.readouterr().out
+  assert "best/ holds step 2 again (copied from checkpoints/)" in out
+  assert flaxnets.load(tmp_path).path == tmp_path / "best" / "2"
+  assert flaxnets.load(tmp_path).meta["metrics"]["val_accuracy"] == 0.5
 
 
 def test_lost_best_save_is_redone_on_resume(tmp_path, trained):
@@ -533,6 +558,13 @@ def test_changed_data_is_refused(tmp_path, trained):
   other = dict(meta, train_digest=checkpoint_lib.split_digest(relabelled))
   assert [d.split(" (")[0] for d in checkpoint_lib.meta_differences(meta, other)] == [
       "training examples"]
+  # the same examples, other statistics: this flaxnets computes them differently
+  restated = dict(meta, stats={k: (np.asarray(v) + 0.01).tolist()
+                               for k, v in meta["stats"].items()})
+  assert [d.split(":")[0] for d in checkpoint_lib.meta_differences(meta, restated)] == [
+      "input statistics"]
+  assert "normalises the inputs differently" in checkpoint_lib.meta_differences(
+      meta, restated)[0]
   # checkpoints written before the digest: the input statistics
   undigested = {k: v for k, v in meta.items() if k != "train_digest"}
   shifted = dict(meta, stats={k: (np.asarray(v) + 0.01).tolist()
@@ -714,6 +746,9 @@ def test_stop_without_workdir_says_nothing_was_saved(monkeypatch):
   assert result.interrupted and int(result.state.step) == 1
   assert result.val_metrics is None and result.test_metrics is None
   assert flaxnets.evaluate(result, "val")["count"] == len(result.dataset.val["labels"])
+  import pickle  # as a process pool returns it: the message (the optimizer does not pickle)
+  again = pickle.loads(pickle.dumps(e.value))
+  assert isinstance(again, flaxnets.Interrupted) and str(again) == str(e.value)
 
 
 @pytest.mark.parametrize("workdir,overrides,message", [

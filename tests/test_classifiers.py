@@ -113,6 +113,12 @@ def test_char_lm_shape_and_sampling():
     with pytest.raises(ValueError, match=message):  # were broadcasting / index errors
       sample(model, variables, **{"prompt": np.array([1, 2]), "length": 3,
                                   "rng": jax.random.PRNGKey(0), **kwargs})
+  for t in (np.float32(0.7), jnp.asarray(0.7), 2):  # scalars of any kind, 0-d arrays too
+    assert sample(model, variables, np.array([1, 2]), 2, jax.random.PRNGKey(0),
+                  temperature=t).shape == (4,)
+  for t in (True, np.array([0.7]), "0.7"):
+    with pytest.raises(ValueError, match="expected a finite number > 0"):
+      sample(model, variables, np.array([1, 2]), 2, jax.random.PRNGKey(0), temperature=t)
   # The padding id is never generated, even where the model gives it the most weight.
   head = variables["params"]["head"]
   biased = {"params": {**variables["params"],

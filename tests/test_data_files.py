@@ -262,6 +262,24 @@ def test_punctuation_splitting_keeps_words_whole_and_quotes_apart():
       "it", "'s", "i", "'m", "don\u2019t", "re\u2010make"]
 
 
+def test_vocabularies_saved_before_the_punctuation_rules_changed_keep_theirs():
+  """A checkpoint's model trained on its vocabulary's tokens: predict() must split text as
+  training did, and resume/evaluate must say why fresh tokens differ."""
+  from flaxnets.training.checkpoint import data_differences
+  new = Vocabulary.build(["i liked 'good' films"], split_punctuation=True)
+  assert new.to_dict()["punct_rules"] == 2 and "'good" not in new.tokens
+  old_dict = {k: v for k, v in new.to_dict().items() if k != "punct_rules"}  # as saved then
+  old_dict["tokens"] = ["<pad>", "<unk>", "'", "'good", "films", "i", "liked"]
+  old = Vocabulary.from_dict(old_dict)
+  assert old.tokenize("i liked 'good' films") == ["i", "liked", "'good", "'", "films"]
+  assert old.token_ids("'good'").tolist() == [3, 2]
+  assert Vocabulary.from_dict(old.to_dict()).punct_rules == 1  # and stays so when saved
+  assert "punct_rules" not in Vocabulary.build(["a b"]).to_dict()  # whitespace: unchanged
+  diffs = data_differences({"vocab": old_dict}, {"vocab": new.to_dict()}, ())
+  assert diffs == [d for d in diffs if d.startswith("vocabulary: punctuation split by rules 1 "
+                                                    "(checkpoint) vs 2")] and diffs
+
+
 def test_text_never_maps_to_the_padding_id():
   # A literal "<pad>" in a text had become id 0 inside the sequence.
   vocab = Vocabulary.build(["good film", "bad film"])

@@ -184,7 +184,8 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
   te = to_split("test", test)
   splits = {n: s for n, s in (("train", tr), ("val", va), ("test", te)) if s is not None}
   lengths_in = [n for n, s in splits.items() if "seq_lengths" in s]
-  if lengths_in and len(lengths_in) < len(splits):
+  tokens = np.issubdtype(tr["inputs"].dtype, np.integer) and tr["inputs"].ndim == 2
+  if lengths_in and len(lengths_in) < len(splits) and not tokens:  # ids: 0 pads (below)
     # A split without them is read whole, padding included: its metrics (which pick the
     # best checkpoint and stop early) would score other inputs than the model trains on.
     missing = [n for n in splits if n not in lengths_in][0]

@@ -22,6 +22,10 @@ PAD_ID, UNK_ID = 0, 1
 LEVELS = ("word", "char")
 _FORMAT = "flaxnets.vocabulary"
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)   # IMDB's line breaks
+# split_punctuation's rules: 1 until 2026-11-29 (kept for vocabularies saved with it, whose
+# models trained on its tokens), 2 since (_word_punct).
+PUNCT_RULES = 2
+_WORD_PUNCT_1 = re.compile(r"\w+(?:['\-]\w+)*|'\w+|([^\w\s])\1*")
 
 
 @functools.cache
@@ -56,7 +60,7 @@ class Vocabulary:
   """
 
   def __init__(self, tokens: Sequence[str], level: str = "word", lowercase: bool = True,
-               split_punctuation: bool = False):
+               split_punctuation: bool = False, punct_rules: int = PUNCT_RULES):
     tokens = list(tokens)
     if level not in LEVELS:
       raise ValueError(f"level={level!r}: expected one of {LEVELS}")
@@ -74,6 +78,9 @@ class Vocabulary:
     self.level = level
     self.lowercase = bool(lowercase)
     self.split_punctuation = bool(split_punctuation)
+    if punct_rules not in (1, PUNCT_RULES):
+      raise ValueError(f"punct_rules={punct_rules!r}: expected 1 or {PUNCT_RULES}")
+    self.punct_rules = punct_rules
     # Text never maps to the padding id: a literal "<pad>" in it is an unknown word.
     self._lookup = {t: i for t, i in index.items() if i != PAD_ID}
 
@@ -122,7 +129,8 @@ class Vocabulary:
       return list(text)
     text = _BREAK.sub(" ", text)
     if self.split_punctuation:
-      return [m.group(0) for m in _word_punct().finditer(text)]
+      pattern = _word_punct() if self.punct_rules == PUNCT_RULES else _WORD_PUNCT_1
+      return [m.group(0) for m in pattern.finditer(text)]
     return text.split()
 
   def token_ids(self, text: str) -> np.ndarray:
@@ -167,6 +175,8 @@ class Vocabulary:
   def _config(self) -> dict:
     return {"format": _FORMAT, "version": 1, "level": self.level,
             "lowercase": self.lowercase, "split_punctuation": self.split_punctuation,
+            # the rules a vocabulary was built (and its model trained) with, kept for it
+            **({"punct_rules": self.punct_rules} if self.split_punctuation else {}),
             "tokens": self.tokens}
 
   def to_dict(self) -> dict:
@@ -179,7 +189,7 @@ class Vocabulary:
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
       raise ValueError(f"not a vocabulary dict: expected \"format\": \"{_FORMAT}\"")
     return cls(cfg["tokens"], cfg["level"], cfg["lowercase"],
-               bool(cfg.get("split_punctuation", False)))
+               bool(cfg.get("split_punctuation", False)), int(cfg.get("punct_rules", 1)))
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes the vocabulary as UTF-8 JSON (atomically: a temp file, then rename)."""
@@ -209,7 +219,7 @@ class Vocabulary:
                          f"{typ.__name__}")
     try:
       return cls(cfg["tokens"], cfg["level"], cfg["lowercase"],
-                 bool(cfg.get("split_punctuation", False)))
+                 bool(cfg.get("split_punctuation", False)), int(cfg.get("punct_rules", 1)))
     except ValueError as e:
       raise ValueError(f"{path}: {e}") from None
 

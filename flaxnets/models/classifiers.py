@@ -205,8 +205,9 @@ def sample(model: CharLM, variables: dict, prompt: Array, length: int, rng: Arra
   prompt = jnp.asarray(prompt, jnp.int32)
   if prompt.ndim != 1 or prompt.shape[0] < 1:
     raise ValueError(f"prompt must be a non-empty 1-D array of token ids, got shape {prompt.shape}")
-  if not (isinstance(temperature, (int, float, np.integer, np.floating))
-          and 0 < temperature < float("inf")):  # NaN had sampled padding only
+  t = np.asarray(temperature)
+  if (t.ndim or isinstance(temperature, bool) or t.dtype.kind not in "iuf"
+      or not 0 < float(t) < float("inf")):  # NaN had sampled padding only
     raise ValueError(f"temperature={temperature!r}: expected a finite number > 0")
   ids = np.asarray(prompt)
   bad = ids[(ids < 0) | (ids >= model.vocab_size)]

@@ -154,13 +154,12 @@ def meta_differences(saved: dict, current: dict) -> list[str]:
   """Config keys, data facts and vocabulary that differ between two `meta` items."""
   diffs = config_differences(saved["config"], current["config"])
   diffs += data_differences(saved, current, RESUME_META + ("train_examples",))
+  # The contents (since 2026-11-29): 'arrays' data has no config key to show a change.
   da, db = saved.get("train_digest"), current.get("train_digest")
-  if None not in (da, db):  # the contents: 'arrays' data has no config key to show a change
-    if da != db and not any(d.startswith("train_examples") for d in diffs):
-      diffs.append(f"training examples (from the data): as many, other inputs or labels "
-                   f"(digest {da} vs now {db})")
-    return diffs
-  # Checkpoints written before 2026-11-29 have no digest: their input statistics tell.
+  if None not in (da, db) and da != db and not any(d.startswith("train_examples")
+                                                   for d in diffs):
+    diffs.append(f"training examples (from the data): as many, other inputs or labels "
+                 f"(digest {da} vs now {db})")
   a, b = _as_json(saved), _as_json(current)
   sa, sb = a.get("stats") or {}, b.get("stats") or {}
 
@@ -169,9 +168,14 @@ def meta_differences(saved: dict, current: dict) -> list[str]:
     return u.shape == v.shape and np.allclose(u, v, rtol=1e-5, atol=1e-7)
 
   if set(sa) == set(sb) and not all(same(sa[k], sb[k]) for k in sa):
-    diffs.append("input statistics (from the training data): they differ, so the training "
-                 "examples changed (the data, or how flaxnets prepares it: e.g. its "
-                 "validation carve changed on 2026-11-28)")
+    if None not in (da, db) and da == db:
+      diffs.append("input statistics: other values from the same training examples, so "
+                   "this flaxnets normalises the inputs differently from the one that trained")
+    elif None in (da, db):  # checkpoints without a digest: the statistics tell
+      diffs.append("input statistics (from the training data): they differ, so the training "
+                   "examples changed, or how flaxnets prepares them did (its validation "
+                   "carve on 2026-11-28; padded series' statistics count only their real "
+                   "steps since 2026-11-29)")
   return diffs
 
 
@@ -194,8 +198,16 @@ def data_differences(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_
   if None not in (a.get("vocab_size"), b.get("vocab_size")) and a["vocab_size"] != b["vocab_size"]:
     diffs.append(f"vocab_size (from the data): checkpoint {a['vocab_size']} vs now "
                  f"{b['vocab_size']}")
-  if a.get("vocab") != b.get("vocab"):
-    diffs.append("vocabulary: built from different training data or settings")
+  va, vb = a.get("vocab") or {}, b.get("vocab") or {}
+  if va != vb:
+    rules = [v.get("punct_rules", 1) for v in (va, vb)]
+    if va.get("split_punctuation") and vb.get("split_punctuation") and rules[0] != rules[1]:
+      diffs.append(f"vocabulary: punctuation split by rules {rules[0]} (checkpoint) vs "
+                   f"{rules[1]} (this flaxnets, since 2026-11-29: opening quotes apart from "
+                   "words, combining marks inside them), so the texts become other tokens; "
+                   "the checkpoint's predict() keeps its own rules")
+    else:
+      diffs.append("vocabulary: built from different training data or settings")
   return diffs
 
 
@@ -204,13 +216,20 @@ def split_digest(split: dict[str, np.ndarray]) -> str:
   shapes of other examples, or other labels, change it."""
   h = hashlib.sha256()
   for key in sorted(split):
-    a = np.ascontiguousarray(split[key])
+    a = np.asarray(split[key])
     h.update(f"{key}:{a.dtype.str}:{a.shape};".encode())
-    h.update(memoryview(a.reshape(-1)).cast("B") if a.dtype != object else repr(a).encode())
+    if a.dtype == object:
+      h.update(repr(a.tolist()).encode())
+      continue
+    rows = max(1, (64 << 20) // max(a[:1].nbytes, 1))  # ~64 MB at a time: no whole copy
+    for start in range(0, len(a) if a.ndim else 1, rows):
+      # bytes, whatever the dtype (memoryview cannot export ml_dtypes' bfloat16)
+      h.update(np.ascontiguousarray(a[start:start + rows] if a.ndim else a).view(np.uint8))
   return h.hexdigest()[:32]
 
 
-def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dict[str, Any]:
+def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray],
+             digest: bool = True) -> dict[str, Any]:
   """What inference needs to rebuild the model and read raw inputs, as JSON values."""
   import flaxnets
   return {"config": config.to_dict(), "model": config.model.name,
@@ -218,7 +237,7 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray]) -> dic
           "input_kind": dataset.input_kind, "input_shape": list(dataset.input_shape),
           "task": dataset.task, "dataset": dataset.name,
           "train_examples": len(dataset.train["labels"]),
-          "train_digest": split_digest(dataset.train),
+          "train_digest": split_digest(dataset.train) if digest else None,
           # series given per-example lengths (train(data=...)'s third item): predict needs them
           "seq_lengths": "seq_lengths" in dataset.train,
           "vocab": None if dataset.vocab is None else dataset.vocab.to_dict(),
@@ -238,14 +257,19 @@ def existing_steps(workdir: str | pathlib.Path) -> list[str]:
           for d in sorted((root / sub).iterdir()) if d.is_dir() and d.name.isdigit()]
 
 
+def _sync(name: str) -> None:
+  """All processes wait here (a no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def remove_checkpoints(workdir: str | pathlib.Path) -> None:
   """Delete checkpoints/ and best/ (restart); every process waits until they are gone."""
   if is_chief():
     for sub in CHECKPOINT_DIRS:
       shutil.rmtree(pathlib.Path(workdir) / sub, ignore_errors=True)
-  if jax.process_count() > 1:  # no process may look for checkpoints before they are gone
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("flaxnets_restart")
+  _sync("flaxnets_restart")  # no process may look for checkpoints before they are gone
 
 
 def check_disabled(workdir: str | pathlib.Path, restart: bool) -> None:
@@ -354,8 +378,8 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)),
                               extra=ocp.args.JsonSave(_jsonable(extra)),
                               meta=ocp.args.JsonSave(_jsonable(meta)))
-    # best/ first: if the run dies between the two, the resumed run replays this
-    # step and finds best/ already done (a best step missing is repaired on resume).
+    # best/ first, then checkpoints/: a best step missing is repaired on resume, and one
+    # newer than the step resumed from is moved aside there and saved again by the replay.
     if improved and step not in self.best.all_steps():
       self.best.save(step, args=args, force=True)
     self.latest.save(step, args=args, force=True)
@@ -478,12 +502,35 @@ class Checkpointer:
       _say(f"flaxnets: best/{s} is newer than the step resumed from ({step}), so it is of "
            f"training this run does again; moved it to {dst}")
     if newer:
+      _sync("flaxnets_best_moved")  # every process sees the same best/ before it reloads
       self.best.reload()
     if meta.get("best_step") == step and step not in self.best.all_steps():
       ocp = _ocp()
       self.best.save(step, force=True, args=ocp.args.Composite(
           state=ocp.args.StandardSave(restored["state"]),
           extra=ocp.args.JsonSave(restored["extra"]), meta=ocp.args.JsonSave(meta)))
+    elif newer and not self.best.all_steps() and self.best_value is not None:
+      self._refill_best(step)
+
+  def _refill_best(self, step: int) -> None:
+    """best/ emptied by the move above (it keeps one step): copy back the newest kept step
+    up to `step` that was the best when saved, or start best/ over when none is kept."""
+    for s in sorted((x for x in self.latest.all_steps() if x < step), reverse=True):
+      try:
+        if self._read_meta(self.latest, s).get("best_step") != s:
+          continue
+      except CheckpointError:
+        continue
+      if is_chief():
+        shutil.copytree(self.latest.directory / str(s), self.best.directory / str(s))
+      _sync("flaxnets_best_refilled")
+      self.best.reload()
+      _say(f"flaxnets: best/ holds step {s} again (copied from checkpoints/), the best "
+           f"of the steps up to {step}")
+      return
+    self.best_value = None
+    _say(f"flaxnets: no step best up to {step} is still kept, so best/ starts over: the next "
+         "epoch end fills it")
 
   def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
     """The newest complete step; damaged newer steps are moved aside with a message."""
@@ -512,6 +559,7 @@ class Checkpointer:
     if is_chief():
       dst.parent.mkdir(parents=True, exist_ok=True)
       shutil.move(str(src), str(dst))
+    _sync("flaxnets_damaged_moved")
     self.latest.reload()
     return dst
 

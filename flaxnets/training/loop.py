@@ -59,9 +59,14 @@ class Interrupted(SystemExit):
   script stops with its message and exit status 1.
   """
 
-  def __init__(self, message: str, result: TrainResult):
+  def __init__(self, message: str, result: TrainResult | None):
     super().__init__(message)
     self.result = result
+
+  def __reduce__(self):
+    # Pickled (a process pool's worker) it keeps its message; the result holds the optimizer,
+    # whose closures do not pickle. Without this, unpickling had been a TypeError.
+    return (type(self), (self.args[0], None))
 
 
 class Progress:
