@@ -28,6 +28,17 @@ PUNCT_RULES = 2
 _WORD_PUNCT_1 = re.compile(r"\w+(?:['\-]\w+)*|'\w+|([^\w\s])\1*")
 
 
+def _punct_pattern(marks: str) -> re.Pattern:
+  letter = rf"[\w{marks}]"
+  joiner = "['\u2019\\-\u2010]"  # ' ’ - ‐
+  clitic = rf"['\u2019](?i:s|re|ve|ll|d|m|t)(?!{letter})"
+  return re.compile(rf"{letter}+(?:{joiner}{letter}+)*|{clitic}|([^\w\s{marks}])\1*")
+
+
+# ASCII text has no combining marks: the same rules without their (slow) class.
+_WORD_PUNCT_ASCII = _punct_pattern("")
+
+
 @functools.cache
 def _word_punct() -> re.Pattern:
   r"""Words (keeping inner hyphens/apostrophes: "re-imagining", "don't", "don’t"), clitics
@@ -44,11 +55,7 @@ def _word_punct() -> re.Pattern:
       last = "" if c - 1 == start else "-" + re.escape(chr(c - 1))
       marks.append(re.escape(chr(start)) + last)
       start = None
-  marks = "".join(marks)
-  letter = rf"[\w{marks}]"
-  joiner = "['\u2019\\-\u2010]"  # ' ’ - ‐
-  clitic = rf"['\u2019](?i:s|re|ve|ll|d|m|t)(?!{letter})"
-  return re.compile(rf"{letter}+(?:{joiner}{letter}+)*|{clitic}|([^\w\s{marks}])\1*")
+  return _punct_pattern("".join(marks))
 
 
 class Vocabulary:
@@ -129,7 +136,8 @@ class Vocabulary:
       return list(text)
     text = _BREAK.sub(" ", text)
     if self.split_punctuation:
-      pattern = _word_punct() if self.punct_rules == PUNCT_RULES else _WORD_PUNCT_1
+      pattern = (_WORD_PUNCT_1 if self.punct_rules != PUNCT_RULES else
+                 _WORD_PUNCT_ASCII if text.isascii() else _word_punct())
       return [m.group(0) for m in pattern.finditer(text)]
     return text.split()
 
