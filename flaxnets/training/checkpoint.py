@@ -221,10 +221,12 @@ def split_digest(split: dict[str, np.ndarray]) -> str:
     if a.dtype == object:
       h.update(repr(a.tolist()).encode())
       continue
-    rows = max(1, (64 << 20) // max(a[:1].nbytes, 1))  # ~64 MB at a time: no whole copy
-    for start in range(0, len(a) if a.ndim else 1, rows):
+    a = a.reshape(1, *a.shape) if a.ndim == 0 else a
+    row_bytes = max(a.nbytes // max(len(a), 1), 1)
+    rows = max(1, (64 << 20) // row_bytes)  # ~64 MB at a time: no copy of the whole array
+    for start in range(0, len(a), rows):
       # bytes, whatever the dtype (memoryview cannot export ml_dtypes' bfloat16)
-      h.update(np.ascontiguousarray(a[start:start + rows] if a.ndim else a).view(np.uint8))
+      h.update(np.ascontiguousarray(a[start:start + rows]).view(np.uint8))
   return h.hexdigest()[:32]
 
 
