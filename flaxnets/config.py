@@ -168,7 +168,6 @@ _MODEL_RULES: list[tuple[str, Any, str]] = [
     ("num_layers", lambda v: v >= 1, "an integer >= 1"),
     ("hidden_size", lambda v: v >= 1, "an integer >= 1"),
     ("cell", lambda v: v in ("lstm", "gru", "simple"), "one of ('lstm', 'gru', 'simple')"),
-    ("pooling", lambda v: v in POOLINGS, f"one of {POOLINGS}"),
     ("dtype", lambda v: v in ("float32", "bfloat16", "float16"),
      "'float32', 'bfloat16' or 'float16'"),
     ("param_dtype", lambda v: v in ("float32", "bfloat16"), "'float32' or 'bfloat16'"),
@@ -276,7 +275,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key, ok, allowed in _MODEL_RULES:
     if key in config.model and not ok(config.model[key]):
       raise ConfigError(f"config.model.{key}={config.model[key]!r}: expected {allowed}")
-  poolings = getattr(registry.MODELS[name], "poolings", POOLINGS)
+  poolings = getattr(registry.MODELS[name], "poolings", POOLINGS)  # a model's own, or all
   if "pooling" in config.model and config.model.pooling not in poolings:
     raise ConfigError(f"config.model.pooling={config.model.pooling!r}: expected one of "
                       f"{poolings} for model {name!r}")
