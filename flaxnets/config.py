@@ -81,7 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
   o.warmup_epochs = 0.0
   o.end_lr_factor = 0.0           # final lr = learning_rate * end_lr_factor
   o.clip_norm = 0.0               # global-norm clipping; 0: off
-  o.label_smoothing = 0.0
+  o.label_smoothing = 0.0         # in the training loss; val/test loss stay plain
+                                  # cross-entropy (so their curve does not floor at the
+                                  # smoothed targets' entropy)
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 0      # random crop after padding by this many pixels; 0: off
@@ -291,6 +293,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"config.dataset.image_size={d.image_size!r}: only image_folder and "
                       f"tfds:<name> datasets resize images, and config.dataset.name="
                       f"{d.name!r}; resize the arrays yourself (or image_size=0)")
+  o = config.optimizer
+  if o.name == "sgd" and o.nesterov and o.momentum == 0:  # optax ran plain SGD; torch refuses
+    raise ConfigError("config.optimizer.nesterov=True: Nesterov momentum needs momentum > 0, "
+                      "and config.optimizer.momentum=0; set momentum (or nesterov=False)")
   if config.eval_batch_size < 1:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r}: expected >= 1")
   return config

@@ -30,12 +30,14 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
 
 
 def f1_scores(cm: np.ndarray) -> dict[str, float]:
-  """Macro F1 over classes that occur, and per-class F1, from a confusion matrix."""
+  """Macro F1 over the classes that occur as labels or predictions (as scikit-learn's
+  average='macro'), and per-class F1, from a confusion matrix."""
   tp = np.diag(cm).astype(np.float64)
   precision = tp / np.maximum(cm.sum(0), 1)
   recall = tp / np.maximum(cm.sum(1), 1)
   f1 = np.where(precision + recall > 0,
                 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-  present = cm.sum(1) > 0
+  # A class only predicted scores 0 and counts: leaving it out had inflated the mean.
+  present = (cm.sum(0) + cm.sum(1)) > 0
   return {"macro_f1": float(f1[present].mean()) if present.any() else 0.0,
           "per_class_f1": [float(v) for v in f1]}

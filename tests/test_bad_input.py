@@ -174,6 +174,18 @@ def test_unknown_validation_metric_raises_before_anything_is_deleted(tmp_path, k
   assert (tmp_path / "checkpoints" / "7").is_dir()
 
 
+@pytest.mark.parametrize("key", ["checkpoint.best_metric", "early_stopping.metric"])
+def test_top5_of_five_or_fewer_classes_is_refused(tmp_path, key):
+  """Always 1.0 there: it had stopped training after `patience` epochs and kept epoch 1."""
+  x, y = _xy(classes=3)
+  config = _quiet(num_epochs=1, **{"dataset.name": "arrays", key: "top5_accuracy",
+                                   "early_stopping.patience": 1})
+  with pytest.raises(ConfigError, match=rf"config\.{key}='top5_accuracy': dataset 'arrays' "
+                                        r"has 3 classes, so top-5 accuracy is always 1\.0"):
+    flaxnets.train(config, data={"train": (x, y)}, workdir=str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
+
+
 def test_auto_mode_minimises_loss_and_maximises_the_rest():
   assert config_lib.metric_mode("loss", "auto") == "min"
   assert config_lib.metric_mode("accuracy", "auto") == "max"
@@ -504,9 +516,11 @@ def test_short_text_file_names_the_part_and_the_setting(tmp_path):
   corpus.write_text("hello world, this is a tiny corpus!", encoding="utf-8")
   dcfg = _quiet(**{"dataset.name": "text_file", "dataset.path": str(corpus),
                    "dataset.seq_len": 8, "dataset.vocab_level": "char"}).dataset
-  with pytest.raises(ValueError, match=r"its validation part \(the last 10%, val_fraction\) is "
-                     r"too short for config\.dataset\.seq_len=8 .* or a larger val_fraction"):
+  dcfg.val_fraction = 0.02  # one character: no target (more is one padded window)
+  with pytest.raises(ValueError, match=r"its validation part \(the last 2%, val_fraction\) is "
+                     r"too short \(.*no next-token target.*\); use a larger val_fraction"):
     local.text_file_dataset(dcfg)
+  dcfg.val_fraction = 0.1
   dcfg.seq_len = 40
   with pytest.raises(ValueError, match=r"its training part \(the first 90%\) is too short"):
     local.text_file_dataset(dcfg)
@@ -523,7 +537,9 @@ def test_word_level_text_file_splits_validation_off_at_a_word_boundary(tmp_path)
   # The cut had made "internatio" a token and its rest an <unk> starting validation.
   assert ds.vocab.tokens == ["<pad>", "<unk>", "alpha", "beta", "delta", "gamma",
                              "internationalization"]
-  assert ds.val["inputs"].tolist() == [[2, 2], [2, 2]]
+  # Six "alpha": five targets, the last in a padded window.
+  assert ds.val["inputs"].tolist() == [[2, 2], [2, 2], [2, 0]]
+  assert ds.val["seq_lengths"].tolist() == [2, 2, 1]
 
 
 def test_one_example_without_a_batch_axis_predicts_like_a_batch_of_one(tmp_path):

@@ -45,6 +45,8 @@ def _images(folder, classes=("a", "b"), n=4, seed=0):
     ({"optimizer.learning_rate": float("inf")},
      r"config\.optimizer\.learning_rate=inf: expected a finite number > 0"),
     ({"optimizer.clip_norm": float("nan")}, r"config\.optimizer\.clip_norm=nan: expected a finite"),
+    ({"optimizer.name": "sgd", "optimizer.nesterov": True, "optimizer.momentum": 0.0},
+     r"config\.optimizer\.nesterov=True: Nesterov momentum needs momentum > 0"),  # was plain SGD
 ])
 def test_config_values_nothing_can_use_are_refused(changes, message):
   config = flaxnets.get_config()

@@ -17,7 +17,8 @@ from PIL import Image
 
 import flaxnets
 from flaxnets.data.files import encode_labels, read_image_folder, read_text_table
-from flaxnets.data.text import (Vocabulary, bucket_length, default_buckets, lm_windows,
+from flaxnets.data.text import (Vocabulary, bucket_length, default_buckets, lm_eval_windows,
+                                lm_windows,
                                  padded_lengths)
 
 # ----------------------------------------------------------------------------- helpers
@@ -333,6 +334,21 @@ def test_lm_windows():
   assert x[:, 0].tolist() == [0, 3, 6]
   with pytest.raises(ValueError, match="length 4 is too short for seq_len=4"):
     lm_windows(np.arange(4), seq_len=4)
+
+
+@pytest.mark.parametrize("n", [2, 9, 12, 13])
+def test_lm_eval_windows_score_every_target_once(n):
+  x, y, lengths = lm_eval_windows(np.arange(1, n + 1), seq_len=4)
+  real = np.arange(4)[None] < (np.full((len(x), 1), 4) if lengths is None else lengths[:, None])
+  assert real.sum() == n - 1 and (lengths is None) == ((n - 1) % 4 == 0)
+  np.testing.assert_array_equal(x[real], np.arange(1, n))   # each input once, in order
+  np.testing.assert_array_equal(y[real], np.arange(2, n + 1))
+  assert not x[~real].any() and not y[~real].any()           # padding is 0
+  if n >= 5:  # the full windows are lm_windows' own
+    full = (n - 1) // 4
+    np.testing.assert_array_equal(x[:full], lm_windows(np.arange(1, n + 1), 4)[0][:full])
+  with pytest.raises(ValueError, match="length 1 has no next-token target"):
+    lm_eval_windows(np.arange(1), seq_len=4)
 
 
 # ----------------------------------------------------------------------------- TFDS

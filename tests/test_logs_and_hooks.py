@@ -108,6 +108,32 @@ def test_early_stopping_settings_that_cannot_work_are_named(capsys):
   assert capsys.readouterr().out == ""
 
 
+def test_schedule_settings_that_cannot_work_are_named(capsys):
+  from types import SimpleNamespace
+  from flaxnets.training import loop
+  config = flaxnets.get_config()
+  data = SimpleNamespace(name="digits", val={}, input_kind="image")
+  loop.warn_ineffective_settings(config, data, None)
+  assert capsys.readouterr().out == ""  # the defaults
+  config.num_epochs, config.optimizer.warmup_epochs = 2, 5.0  # the decay had never started
+  config.optimizer.schedule, config.optimizer.end_lr_factor = "constant", 0.1  # had been ignored
+  loop.warn_ineffective_settings(config, data, None)
+  out = capsys.readouterr().out
+  assert ("config.optimizer.warmup_epochs=5.0 is not less than num_epochs=2: the learning rate "
+          "rises through the whole run") in out
+  assert "config.optimizer.end_lr_factor=0.1 has no effect with schedule='constant'" in out
+
+
+def test_macro_f1_counts_a_class_that_is_only_predicted():
+  """As scikit-learn's average='macro': a class absent from the labels but predicted
+  scores 0; leaving it out had given 0.889 here instead of 0.667."""
+  from flaxnets import metrics
+  labels, preds = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, 2, 3])
+  scores = metrics.f1_scores(metrics.confusion_matrix(labels, preds, 5))
+  assert scores["per_class_f1"] == pytest.approx([1, 1, 2 / 3, 0, 0])
+  assert scores["macro_f1"] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)  # class 4: neither
+
+
 def test_augmenting_what_is_not_an_image_is_named(capsys):
   """An RNN reading digits row by row had dropped flip and crops without a word."""
   config = flaxnets.get_config()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from flaxnets.data import files, sources
-from flaxnets.data.text import Vocabulary, lm_windows
+from flaxnets.data.text import Vocabulary, lm_eval_windows, lm_windows
 from flaxnets.data.types import Dataset
 
 _TABLE_SUFFIXES = (".tsv", ".tsv.gz", ".csv", ".csv.gz")
@@ -238,21 +238,25 @@ def text_file_dataset(dcfg: Any) -> Dataset:
                            min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
                            split_punctuation=dcfg.split_punctuation)
 
-  def windows(part: str, stride: int | None, what: str) -> dict[str, np.ndarray]:
+  def windows(part: str, what: str) -> dict[str, np.ndarray]:
     ids = vocab.token_ids(part)
+    val = what.startswith("validation")
     try:
-      x, y = lm_windows(ids, dcfg.seq_len, stride)
+      if not val:  # training windows overlap by half: each position seen with two contexts
+        x, y = lm_windows(ids, dcfg.seq_len, dcfg.seq_len // 2)
+        return {"inputs": x, "labels": y}
+      # Every validation target once, the tail in a padded window: dropping it had left
+      # up to seq_len - 1 tokens (14% of a small split) unscored.
+      x, y, lengths = lm_eval_windows(ids, dcfg.seq_len)
     except ValueError as e:
-      raise ValueError(f"text file {str(path)!r}: its {what} is too short for "
-                       f"config.dataset.seq_len={dcfg.seq_len} ({e}); use a shorter seq_len"
-                       f"{' or a larger val_fraction' if what.startswith('validation') else ''}"
+      raise ValueError(f"text file {str(path)!r}: its {what} is too short"
+                       f"{'' if val else f' for config.dataset.seq_len={dcfg.seq_len}'} "
+                       f"({e}); use a {'larger val_fraction' if val else 'shorter seq_len'}"
                        ) from None
-    return {"inputs": x, "labels": y}
+    return {"inputs": x, "labels": y, **({} if lengths is None else {"seq_lengths": lengths})}
 
-  # Training windows overlap by half so each position is seen with two contexts.
-  train = windows(text[:cut], dcfg.seq_len // 2,
-                  f"training part (the first {1 - dcfg.val_fraction:.0%})")
-  val = (windows(text[cut:], None, f"validation part (the last {dcfg.val_fraction:.0%}, "
+  train = windows(text[:cut], f"training part (the first {1 - dcfg.val_fraction:.0%})")
+  val = (windows(text[cut:], f"validation part (the last {dcfg.val_fraction:.0%}, "
                  "val_fraction)") if dcfg.val_fraction > 0 else None)
   return Dataset(train=train, val=val, test=None, num_classes=len(vocab),
                  label_names=list(vocab.tokens), input_kind="tokens", vocab=vocab, task="lm",

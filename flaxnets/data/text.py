@@ -285,3 +285,32 @@ def lm_windows(ids_1d: np.ndarray, seq_len: int,
   windows = np.lib.stride_tricks.sliding_window_view(ids_1d, seq_len + 1)[::stride]
   return (np.ascontiguousarray(windows[:, :-1], np.int32),
           np.ascontiguousarray(windows[:, 1:], np.int32))
+
+
+def lm_eval_windows(ids_1d: np.ndarray, seq_len: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """A token stream [T] -> (inputs, targets [N, seq_len] int32, lengths [N] or None) that
+  score every next-token target exactly once: non-overlapping windows, the last one padded
+  with 0 and its real length in `lengths` (None when the windows fill exactly).
+
+  For evaluation: `lm_windows` drops a tail shorter than a window, up to seq_len - 1 of the
+  split's targets.
+  """
+  ids_1d = np.asarray(ids_1d)
+  if ids_1d.ndim != 1:
+    raise ValueError(f"lm_eval_windows expects a 1-D token stream, got shape {ids_1d.shape}")
+  if seq_len < 1:
+    raise ValueError(f"seq_len={seq_len}: expected >= 1")
+  n_targets = len(ids_1d) - 1
+  if n_targets < 1:
+    raise ValueError(f"a token stream of length {len(ids_1d)} has no next-token target: "
+                     "need at least 2 tokens")
+  n = -(-n_targets // seq_len)
+  x = np.zeros(n * seq_len, np.int32)
+  y = np.zeros(n * seq_len, np.int32)
+  x[:n_targets], y[:n_targets] = ids_1d[:-1], ids_1d[1:]
+  lengths = None
+  if n_targets % seq_len:
+    lengths = np.full(n, seq_len, np.int32)
+    lengths[-1] = n_targets % seq_len
+  return x.reshape(n, seq_len), y.reshape(n, seq_len), lengths

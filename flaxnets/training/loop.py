@@ -175,8 +175,17 @@ def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, histor
 
 
 def warn_ineffective_settings(config: Any, dataset: Dataset, workdir: Any) -> None:
-  """Early-stopping and augmentation settings that would not do what they say, named once
-  at the start."""
+  """Early-stopping, schedule and augmentation settings that would not do what they say,
+  named once at the start."""
+  o = config.optimizer
+  if o.warmup_epochs >= config.num_epochs:  # make_schedule ends the warmup at the last step
+    log(f"flaxnets: warning: config.optimizer.warmup_epochs={o.warmup_epochs!r} is not less "
+        f"than num_epochs={config.num_epochs}: the learning rate rises through the whole run "
+        f"and reaches optimizer.learning_rate only at its last step, with no "
+        f"{o.schedule} phase")
+  if o.end_lr_factor and o.schedule == "constant":
+    log(f"flaxnets: warning: config.optimizer.end_lr_factor={o.end_lr_factor!r} has no effect "
+        f"with schedule='constant'; it sets where 'cosine' and 'linear' decay to")
   aug = [f"{k}={config.augment[k]!r}" for k in ("flip", "crop_padding") if config.augment[k]]
   if aug and dataset.input_kind != "image":  # they had been dropped without a word
     log(f"flaxnets: warning: config.augment {', '.join(aug)} has no effect: it augments "
@@ -207,12 +216,17 @@ def check_task(config: Any, dataset: Dataset, model_cls: type) -> None:
     raise config_lib.ConfigError(
         f"config.model.name={config.model.name!r}: a {'/'.join(tasks)} model, but dataset "
         f"{dataset.name!r} is a {dataset.task} task; expected one of {fits}")
-  if dataset.task == "lm":  # next-token targets: no top-5 over classes is computed
-    for key, metric in (("checkpoint.best_metric", config.checkpoint.best_metric),
-                        ("early_stopping.metric", config.early_stopping.metric)):
-      if metric == "top5_accuracy":
-        raise config_lib.ConfigError(f"config.{key}={metric!r}: expected 'loss' or "
-                                     f"'accuracy' for language-model dataset {dataset.name!r}")
+  for key, metric in (("checkpoint.best_metric", config.checkpoint.best_metric),
+                      ("early_stopping.metric", config.early_stopping.metric)):
+    if metric != "top5_accuracy":
+      continue
+    if dataset.task == "lm":  # next-token targets: no top-5 over classes is computed
+      raise config_lib.ConfigError(f"config.{key}={metric!r}: expected 'loss' or "
+                                   f"'accuracy' for language-model dataset {dataset.name!r}")
+    if dataset.num_classes <= 5:  # every class is in the top 5: always 1.0, never improves
+      raise config_lib.ConfigError(
+          f"config.{key}={metric!r}: dataset {dataset.name!r} has {dataset.num_classes} "
+          f"classes, so top-5 accuracy is always 1.0; expected 'loss' or 'accuracy'")
 
 
 def buckets_for(dataset: Dataset) -> tuple[int, ...] | None:
