@@ -122,6 +122,29 @@ def test_linked_images_in_an_archive_are_images(tmp_path):
     files.read_image_folder(tmp_path / "dangling.tar")
 
 
+def test_a_linked_class_folder_in_an_archive_is_read_as_the_folder_reads_it(tmp_path):
+  """train/c -> ../extra: the directory reader follows it; the archive had dropped class c
+  without a word. A folder link into itself (a loop) and one naming no images are skipped."""
+  root = tmp_path / "tree"
+  _images(root / "train", classes=("a", "b"), n=2)
+  _images(root / "extra", classes=("sub",), n=3, seed=1)
+  os.symlink("../extra/sub", root / "train" / "c")
+  os.symlink("../../notes.txt", root / "train" / "b" / "readme")
+  (root / "notes.txt").write_text("not an image")
+  want = files.read_image_folder(root / "train")
+  os.symlink("..", root / "train" / "a" / "loop")  # os.walk had followed it round and round
+  got = files.read_image_folder(root / "train")
+  assert got[2] == want[2] and np.array_equal(got[0], want[0])
+  archive = tmp_path / "tree.tar"
+  with tarfile.open(archive, "w") as tf:
+    tf.add(root, ".")  # tarfile stores links as link members; it does not follow them
+  assert sum(m.issym() for m in tarfile.open(archive).getmembers()) == 3
+  got = files.read_image_folder(archive, split="train")
+  assert got[2] == want[2] == ["a", "b", "c"]
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_array_equal(got[0], want[0])
+
+
 @pytest.mark.parametrize("mode,inner", [("w:gz", "."), ("w:bz2", "train")])
 def test_a_split_archive_reads_with_or_without_its_top_folder(tmp_path, mode, inner):
   _images(tmp_path / "src" / "train")

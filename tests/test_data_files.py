@@ -368,7 +368,8 @@ def tfds():
       def _info(self):
         return mod.core.DatasetInfo(builder=self, features=mod.features.FeaturesDict({
             "image": mod.features.Image(shape=(6, 6, 3)), "text": mod.features.Text(),
-            "label": mod.features.ClassLabel(names=["cat", "dog", "eel"])}))
+            "label": mod.features.ClassLabel(names=["cat", "dog", "eel"]),
+            "parity": mod.features.ClassLabel(names=["even", "odd"])}))
 
       def _split_generators(self, dl_manager):
         return {"train": self._generate_examples(12)}
@@ -378,14 +379,15 @@ def tfds():
           buf = io.BytesIO()
           Image.fromarray(np.full((6, 6, 3), i, np.uint8)).save(buf, format="PNG")
           buf.seek(0)
-          yield i, {"image": buf, "text": f"review {i}", "label": i % 3}
+          yield i, {"image": buf, "text": f"review {i}", "label": i % 3, "parity": i % 2}
 
     class FlaxnetsTestNumpySet(FlaxnetsTestPngSet):
       """Images given as numpy arrays: TFDS needs TensorFlow to encode them."""
 
       def _generate_examples(self, n):
         for i in range(n):
-          yield i, {"image": np.zeros((6, 6, 3), np.uint8), "text": "x", "label": 0}
+          yield i, {"image": np.zeros((6, 6, 3), np.uint8), "text": "x", "label": 0,
+                    "parity": 0}
 
     _TEST_BUILDERS.update(png="flaxnets_test_png_set", numpy="flaxnets_test_numpy_set")
   return mod
@@ -423,6 +425,32 @@ def test_load_tfds_prepared_array_record(tfds, tmp_path):
     load_tfds(_TEST_BUILDERS["png"], "train", data_dir=tmp_path, image_key="img")
   with pytest.raises(FileNotFoundError, match=r"'mnist' is not prepared.*prepare_tfds"):
     load_tfds("mnist", "train", data_dir=tmp_path / "elsewhere")
+
+
+def test_tfds_dataset_config_reads_the_label_column_and_an_absent_default_test(tfds,
+                                                                              tmp_path):
+  """label_column had been ignored ('label' read whatever it said); a missing label was
+  named as the text feature; a dataset without 'test' failed with the default test_split."""
+  from flaxnets.data import sources
+  from flaxnets.data.tfds_source import prepare_tfds
+  prepare_tfds(_TEST_BUILDERS["png"], data_dir=tmp_path)  # it has a train split only
+  config = flaxnets.get_config()
+  config.dataset.update(name=f"tfds:{_TEST_BUILDERS['png']}", data_dir=str(tmp_path))
+  ds = sources.load_dataset(config.dataset)
+  assert ds.label_names == ["cat", "dog", "eel"] and ds.test is None
+  config.dataset.label_column = "parity"
+  ds = sources.load_dataset(config.dataset)
+  assert ds.label_names == ["even", "odd"] and ds.num_classes == 2
+  order = np.concatenate([ds.train["inputs"], ds.val["inputs"]])[:, 0, 0, 0]
+  labels = np.concatenate([ds.train["labels"], ds.val["labels"]])
+  np.testing.assert_array_equal(labels, order % 2)  # pixel value = example number
+  config.dataset.label_column = "label_category"
+  with pytest.raises(ValueError, match=r"config\.dataset\.label_column='label_category': TFDS "
+                                       r"dataset '.*' has no such feature; its features are"):
+    sources.load_dataset(config.dataset)
+  config.dataset.label_column, config.dataset.test_split = "label", "validation"
+  with pytest.raises(ValueError, match=r"split='validation'.*Unknown split"):  # one named
+    sources.load_dataset(config.dataset)
 
 
 def test_tfds_not_prepared_in_the_default_data_dir_is_one_line(tmp_path):

@@ -91,7 +91,11 @@ def _decode_chunk(chunk: list[tuple[str, bytes | str]],
 def _scan_dir(root: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, str]]:
   """Yields (relative path parts, display name, file path) for each image under root."""
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames.sort()
+    here = pathlib.Path(os.path.realpath(dirpath))
+    # A link to a folder holding this one is a loop: os.walk had gone round it until the
+    # path was too long. Links elsewhere (even to a sibling class) are followed.
+    dirnames[:] = sorted(d for d in dirnames if not here.is_relative_to(
+        os.path.realpath(os.path.join(dirpath, d))))
     rel = pathlib.Path(dirpath).relative_to(root).parts
     for fn in sorted(filenames):
       if _is_image(rel + (fn,)):
@@ -106,33 +110,46 @@ def _member_parts(name: str) -> tuple[str, ...]:
 def _scan_tar(archive: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, bytes]]:
   """Streams (member path parts, display name, member bytes) for each image member.
 
-  Hard links and symlinks to images (as `cp -al` or dedup tools leave) are images too:
-  their targets are read in a second pass, since a streamed archive cannot go back.
+  Hard links and symlinks to images (as `cp -al` or dedup tools leave) are images too,
+  and a symlink to a folder holds the images under its target, as the directory reader
+  follows it: targets are read in a second pass, since a streamed archive cannot go back.
   """
   links: dict[tuple[str, ...], tuple[str, ...]] = {}  # link -> the member it names
+  folder_links: dict[tuple[str, ...], tuple[str, ...]] = {}  # other links: maybe folders
   try:
     with tarfile.open(archive, "r|*") as tf:
       for member in tf:
         parts = _member_parts(member.name)
-        if not parts or not _is_image(parts):
+        if not parts:
+          continue
+        if member.islnk():  # linkname: a path from the archive's top
+          target = _member_parts(member.linkname)
+        elif member.issym():  # linkname: relative to the link's folder
+          target = _member_parts(posixpath.normpath(posixpath.join(
+              "/".join(parts[:-1]), member.linkname)))
+        if not _is_image(parts):
+          if member.issym() and _is_image(parts + ("x.png",)):
+            folder_links[parts] = target  # a link to a folder had dropped its class unsaid
           continue
         if member.isfile():
           yield parts, f"{member.name!r} in {archive}", tf.extractfile(member).read()
-        elif member.islnk():  # linkname: a path from the archive's top
-          links[parts] = _member_parts(member.linkname)
-        elif member.issym():  # linkname: relative to the link's folder
-          links[parts] = _member_parts(posixpath.normpath(posixpath.join(
-              "/".join(parts[:-1]), member.linkname)))
-    if links:
-      yield from _scan_tar_links(archive, links)
+        elif member.islnk() or member.issym():
+          links[parts] = target
+    if links or folder_links:
+      yield from _scan_tar_links(archive, links, folder_links)
   except (tarfile.TarError, EOFError, OSError) as e:
     raise ValueError(f"cannot read archive {archive}: {type(e).__name__}: {e} "
                      f"(expected a {'/'.join(ARCHIVE_SUFFIXES)} archive)") from None
 
 
-def _scan_tar_links(archive: pathlib.Path, links: dict[tuple[str, ...], tuple[str, ...]]
+def _scan_tar_links(archive: pathlib.Path, links: dict[tuple[str, ...], tuple[str, ...]],
+                    folder_links: dict[tuple[str, ...], tuple[str, ...]] | None = None
                     ) -> Iterator[tuple[tuple[str, ...], str, bytes]]:
-  """The images that link members name, read in one more pass over the archive."""
+  """The images that link members name, and those under linked folders (at the link's
+  path), read in one more pass over the archive. A folder link naming no images is not
+  one (e.g. a link to a text file) and is skipped, as other files are."""
+  folder_links = {link: target for link, target in (folder_links or {}).items()
+                  if target and target != link[:len(target)]}  # a link into itself: a loop
   wanted: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
   for link, target in links.items():
     for _ in range(8):  # a link to a link (a cycle stays a link: reported missing below)
@@ -142,11 +159,18 @@ def _scan_tar_links(archive: pathlib.Path, links: dict[tuple[str, ...], tuple[st
   with tarfile.open(archive, "r|*") as tf:
     for member in tf:
       target = _member_parts(member.name)
-      if member.isfile() and target in wanted:
-        data = tf.extractfile(member).read()
-        found.add(target)
-        for link in wanted[target]:
-          yield link, f"{'/'.join(link)!r} in {archive} (a link to {member.name!r})", data
+      if not member.isfile():
+        continue
+      under = [link + target[len(t):] for link, t in folder_links.items()
+               if target[:len(t)] == t and len(target) > len(t) and _is_image(target)]
+      if target not in wanted and not under:
+        continue
+      data = tf.extractfile(member).read()
+      found.add(target)
+      for link in wanted.get(target, []):
+        yield link, f"{'/'.join(link)!r} in {archive} (a link to {member.name!r})", data
+      for path in under:
+        yield path, f"{'/'.join(path)!r} in {archive} (in a linked folder: {member.name!r})", data
   missing = [(link, target) for target, ls in wanted.items() if target not in found
              for link in ls]
   if missing:

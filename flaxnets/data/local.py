@@ -273,17 +273,33 @@ def tfds_dataset(dcfg: Any) -> Dataset:
   size = (dcfg.image_size, dcfg.image_size) if dcfg.image_size else None
 
   def load(split):
+    label = dcfg.label_column  # had been ignored: 'label' was read whatever it said
     try:
-      return tfds_source.load_tfds(name, split, data_dir, image_size=size)
-    except tfds_source.MissingFeatureError:
-      return tfds_source.load_tfds(name, split, data_dir, text_key=dcfg.text_column)
+      try:
+        return tfds_source.load_tfds(name, split, data_dir, label_key=label, image_size=size)
+      except tfds_source.MissingFeatureError as e:
+        if e.role != "image_key":
+          raise
+      return tfds_source.load_tfds(name, split, data_dir, label_key=label,
+                                   text_key=dcfg.text_column)
+    except tfds_source.MissingFeatureError as e:  # name the setting, not load_tfds' argument
+      if e.role == "label_key":
+        raise ValueError(f"config.dataset.label_column={label!r}: TFDS dataset {name!r} has "
+                         f"no such feature; its features are {list(e.features)}") from None
+      raise ValueError(f"config.dataset.text_column={dcfg.text_column!r}: TFDS dataset "
+                       f"{name!r} has neither an 'image' feature nor this text feature; its "
+                       f"features are {list(e.features)}") from None
 
   train_raw = load(dcfg.train_split)
   names = list(train_raw["label_names"])
   raw = {"train": train_raw}
   for role in ("val", "test"):
-    if dcfg[f"{role}_split"]:
-      raw[role] = load(dcfg[f"{role}_split"])
+    split = dcfg[f"{role}_split"]
+    known = train_raw["split_names"]  # [] where TFDS does not say (its mock_data)
+    if role == "test" and split == "test" and known and "test" not in known:
+      continue  # the default test split may be absent (tf_flowers has only 'train')
+    if split:
+      raw[role] = load(split)
   if "images" in train_raw:
     splits = {k: {"inputs": v["images"], "labels": v["labels"]} for k, v in raw.items()}
     kind, vocab = "image", None

@@ -86,14 +86,20 @@ def _read_all(source, n: int):
 
 
 class MissingFeatureError(ValueError):
-  """The dataset has no feature of the requested name (e.g. no 'image' in a text set)."""
+  """The dataset has no feature of the requested name (e.g. no 'image' in a text set);
+  `key`, `role` ('image_key', 'text_key' or 'label_key') and `features` say which."""
+
+  def __init__(self, message: str, key: str = "", role: str = "",
+               features: tuple[str, ...] = ()):
+    super().__init__(message)
+    self.key, self.role, self.features = key, role, tuple(features)
 
 
 def _check_key(key: str, features: Any, name: str, role: str) -> None:
   keys = list(features.keys())
   if key not in keys:
     raise MissingFeatureError(f"TFDS dataset {name!r} has no feature {key!r} ({role}); "
-                              f"its features are {keys}")
+                              f"its features are {keys}", key, role, keys)
 
 
 def load_tfds(name: str, split: str, data_dir: str | None = None,
@@ -109,7 +115,8 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
     'images'      uint8 [N, H, W, C] (when text_key is None), or
     'texts'       list[str] of N texts (when text_key is given, e.g. 'text');
     'labels'      int32 [N] (when label_key is not None);
-    'label_names' list[str]: the ClassLabel names, or '0'..'K-1' for plain int labels.
+    'label_names' list[str]: the ClassLabel names, or '0'..'K-1' for plain int labels;
+    'split_names' list[str]: the splits the dataset has (e.g. ['train', 'test']).
   """
   tfds = _tfds()
   data_dir = None if data_dir is None else os.fspath(data_dir)
@@ -129,7 +136,7 @@ def load_tfds(name: str, split: str, data_dir: str | None = None,
     if label_key is not None:
       labels.append(ex[label_key])
 
-  out: dict[str, Any] = {}
+  out: dict[str, Any] = {"split_names": sorted(source.dataset_info.splits.keys())}
   if text_key is not None:
     out["texts"] = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in data]
   else:
