@@ -86,7 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
                                   # smoothed targets' entropy)
 
   c.augment = ml_collections.ConfigDict()
-  c.augment.crop_padding = 0      # random crop after padding by this many pixels; 0: off
+  c.augment.crop_padding = 0      # random crop after padding by this many pixels of the
+                                  # training mean colour (0 once standardised); 0: off
   c.augment.flip = False          # random horizontal flip
 
   c.parallel = ml_collections.ConfigDict()

@@ -218,6 +218,9 @@ class Predictor:
     from PIL import Image
     from flaxnets.data import files
     p = pathlib.Path(path)
+    if p.is_dir():
+      raise IsADirectoryError(f"image file {str(p)!r} is a folder: expected image files "
+                              f"(e.g. {str(p / '*.png')!r})")
     if not p.is_file():
       raise FileNotFoundError(f"image file {str(p)!r} does not exist")
     shape = (self.input_shape if self.input_kind == "image" else
@@ -225,6 +228,11 @@ class Predictor:
     if not shape:
       raise ValueError(f"image file {str(p)!r}: this model reads {self.input_kind} inputs, "
                        "not images")
+    lo, hi = self.meta.get("input_range") or (0.0, 255.0)  # arrays given to train()
+    if lo < 0 or hi <= 1 or hi > 255:  # e.g. x / 255: files had given 255x the inputs
+      raise ValueError(f"image file {str(p)!r}: this model trained on arrays in [{lo:g}, "
+                       f"{hi:g}], and image files decode to pixels in 0..255; pass an array "
+                       "of the image scaled as the training arrays were")
     h, w, c = shape
     try:
       with Image.open(p) as img:

@@ -450,6 +450,27 @@ def test_predicting_image_files_matches_training_decode(tmp_path, model):
   assert out.returncode == 0 and out.stdout.startswith(paths[0]), out.stderr
 
 
+def test_image_files_for_a_model_of_scaled_arrays_are_refused(tmp_path):
+  """Trained on x / 255: files decode to 0..255 and had been predicted on silently, with
+  other classes. Arrays in 0..255 take files; a folder is named as one."""
+  from PIL import Image
+  x, y = _xy(n=24, shape=(8, 8, 3))  # in [0, 1)
+  png = tmp_path / "one.png"
+  Image.fromarray((x[0] * 255).astype(np.uint8)).save(png)
+  for scale, name in ((1.0, "unit"), (255.0, "pixels")):
+    flaxnets.train(_quiet(num_epochs=1, batch_size=8, **{"dataset.name": "arrays"}),
+                   data={"train": (x * scale, y)}, workdir=str(tmp_path / name))
+  with pytest.raises(ValueError, match=r"one\.png': this model trained on arrays in \[[\d.e-]+, "
+                                       r"0\.99\d*\], and image files decode to pixels in "
+                                       r"0\.\.255"):
+    flaxnets.load(tmp_path / "unit").predict([str(png)])
+  proba = flaxnets.load(tmp_path / "pixels").predict_proba([str(png)])
+  np.testing.assert_allclose(proba, flaxnets.load(tmp_path / "pixels").predict_proba(
+      (x[:1] * 255).astype(np.uint8)), atol=1e-6)  # the pixels the PNG holds
+  with pytest.raises(IsADirectoryError, match=r"image file '.*' is a folder: expected image"):
+    flaxnets.load(tmp_path / "pixels").predict([str(tmp_path)])
+
+
 @pytest.mark.parametrize("train_mode,test_mode", [("RGB", "L"), ("L", "RGB")])
 def test_test_split_takes_the_train_splits_channels_and_size(tmp_path, train_mode, test_mode):
   from PIL import Image

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import warnings
 
 import numpy as np
 import pytest
@@ -120,6 +121,22 @@ def test_linked_images_in_an_archive_are_images(tmp_path):
   with pytest.raises(ValueError, match=r"1 link member\(s\) name no file in it, e\.g\. "
                                        r"'b/gone\.png' -> 'nowhere/x\.png'"):
     files.read_image_folder(tmp_path / "dangling.tar")
+
+
+def test_an_image_below_its_class_folder_is_named(tmp_path):
+  """The message had named no file and offered the class 'cat' as a split=."""
+  _images(tmp_path / "pets", classes=("cat", "dog"), n=1)
+  _images(tmp_path / "pets" / "cat", classes=("closeups",), n=1)
+  (tmp_path / "pets" / "__MACOSX").mkdir()  # resource forks: not an empty class
+  with pytest.raises(ValueError, match=r"class folders sit under different parent folders, "
+                                       r"e\.g\. 'cat/0\.png', 'cat/closeups/0\.png': "
+                                       r"expected <class>/<image>, each image directly in "
+                                       r"its class folder$"):
+    files.read_image_folder(tmp_path / "pets")
+  (tmp_path / "pets" / "cat" / "closeups" / "0.png").unlink()
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # __MACOSX had been warned about as an empty class
+    assert files.read_image_folder(tmp_path / "pets")[2] == ["cat", "dog"]
 
 
 def test_a_linked_class_folder_in_an_archive_is_read_as_the_folder_reads_it(tmp_path):

@@ -202,7 +202,7 @@ class _Layout:
   def __init__(self, path: pathlib.Path, split: str | None, split_parts: tuple[str, ...]):
     self.path, self.split, self.split_parts = path, split, split_parts
     self.top_level: set[str] = set()  # first folders of images nested >= 3 deep
-    self.prefixes: set[str] = set()   # folders holding the class folders
+    self.prefixes: dict[str, str] = {}  # folders holding the class folders: an image in each
     self.loose = 0                    # images outside any class folder
     self.count = 0
 
@@ -221,7 +221,7 @@ class _Layout:
         continue
       prefix = "/".join(parts[:-2])
       if prefix not in self.prefixes:
-        self.prefixes.add(prefix)
+        self.prefixes[prefix] = "/".join(parts)
         if len(self.prefixes) > 1:
           self.check()  # fail early while streaming an archive
       self.count += 1
@@ -243,17 +243,21 @@ class _Layout:
                        f"{'/'.join(IMAGE_EXTENSIONS)} files (case-insensitive) in class "
                        f"subfolders{hint}")
     if len(self.prefixes) > 1:
-      shown = ", ".join(repr(p) for p in sorted(self.prefixes)[:8])
-      raise ValueError(f"{path}: class folders sit under different parent folders ({shown}): "
-                       "expected one level of class folders; pass split= to pick one of the "
-                       f"top-level folders {sorted(self.top_level)}")
+      shown = ", ".join(repr(self.prefixes[p]) for p in sorted(self.prefixes)[:4])
+      where = f"{path}{f' (split {split!r})' if split else ''}"
+      tops = sorted(self.top_level)
+      hint = (f"; a dataset with splits takes one of its top-level folders {tops} as "
+              "config.dataset.train_split (split=)" if len(tops) > 1 else "")
+      raise ValueError(f"{where}: class folders sit under different parent folders, e.g. "
+                       f"{shown}: expected <class>/<image>, each image directly in its class "
+                       f"folder{hint}")
 
 
 def _warn_empty_classes(parent: pathlib.Path, class_names: list[str]) -> None:
   """Warn about class folders beside the found ones that hold no images (Keras would
   count them as classes; here a class is a folder with at least one image)."""
   empty = sorted(d.name for d in parent.iterdir()
-                 if d.is_dir() and not d.name.startswith(".") and d.name not in class_names)
+                 if d.is_dir() and _is_image((d.name, "x.png")) and d.name not in class_names)
   if empty:
     warnings.warn(f"{parent}: class folder(s) {empty} hold no {'/'.join(IMAGE_EXTENSIONS)} "
                   f"images, so they are not classes of this dataset; its {len(class_names)} "

@@ -246,7 +246,18 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray],
           "vocab_size": dataset.vocab_size,
           "image_shape": None if dataset.image_shape is None else list(dataset.image_shape),
           "stats": {k: np.asarray(v).tolist() for k, v in stats.items()},
+          "input_range": _pixel_range(dataset),
           "flaxnets_version": flaxnets.__version__}
+
+
+def _pixel_range(dataset: Dataset) -> list[float] | None:
+  """[min, max] of images given as arrays, which predict() compares with the 0..255 that
+  image files decode to; None for other data (files and TFDS decode to 0..255 too)."""
+  if dataset.name != "arrays" or (dataset.input_kind != "image" and
+                                  dataset.image_shape is None):
+    return None
+  x = dataset.train["inputs"]
+  return [float(x.min()), float(x.max())] if x.size else None
 
 
 CHECKPOINT_DIRS = ("checkpoints", "best")

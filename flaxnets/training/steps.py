@@ -30,7 +30,11 @@ def preprocess(x: jax.Array, stats: dict[str, Any]) -> jax.Array:
 
 
 def augment_images(x: jax.Array, rng: jax.Array, crop_padding: int, flip: bool) -> jax.Array:
-  """Random crop after zero padding, and random horizontal flip; x [B, H, W, C]."""
+  """Random crop after zero padding, and random horizontal flip; x [B, H, W, C].
+
+  x is already standardised (`preprocess`), so the padding is the training mean colour
+  (torchvision's RandomCrop pads black); with dataset.normalize=False it is black.
+  """
   b, h, w, _ = x.shape
   crop_rng, flip_rng = jax.random.split(rng)
   if crop_padding:
