@@ -453,17 +453,19 @@ def test_tfds_dataset_config_reads_the_label_column_and_an_absent_default_test(t
     sources.load_dataset(config.dataset)
 
 
-def test_tfds_not_prepared_in_the_default_data_dir_is_one_line(tmp_path):
-  """No ~/tensorflow_datasets at all: TFDS raised a KeyError ('splits is empty')."""
+@pytest.mark.parametrize("name", ["mnist", "glue/sst2"])
+def test_tfds_not_prepared_in_the_default_data_dir_is_one_line(tmp_path, name):
+  """No ~/tensorflow_datasets at all: TFDS raised a KeyError ('splits is empty'). glue,
+  whose module TFDS imports lazily, had been called an unknown dataset."""
   import subprocess
   import sys
   env = dict(os.environ, HOME=str(tmp_path), JAX_PLATFORMS="cpu")
   env.pop("TFDS_DATA_DIR", None)
   out = subprocess.run([sys.executable, "-m", "flaxnets.cli", "train",
-                        "--config.dataset.name=tfds:mnist"], capture_output=True, text=True,
+                        f"--config.dataset.name=tfds:{name}"], capture_output=True, text=True,
                        timeout=300, env=env)
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-  assert "TFDS dataset 'mnist' is not prepared under" in out.stderr and "prepare_tfds" in \
+  assert f"TFDS dataset {name!r} is not prepared under" in out.stderr and "prepare_tfds" in \
       out.stderr, out.stderr
 
 

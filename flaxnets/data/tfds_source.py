@@ -8,6 +8,7 @@ inside the functions because importing it is slow.
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 from typing import Any
 
@@ -26,6 +27,30 @@ def _tfds():
   return tfds
 
 
+# TFDS imports the families of its older builders lazily (glue lives in `text`), and a
+# builder is registered only once its module is imported: without TensorFlow nothing
+# imports them, so 'glue/sst2' was "unknown" although it reads without TensorFlow.
+_FAMILIES = ("audio", "graphs", "image", "image_classification", "object_detection",
+             "question_answering", "structured", "summarization", "text",
+             "text_simplification", "time_series", "translate", "video", "vision_language")
+
+
+def _register_families() -> bool:
+  """Import TFDS's builder families (once); True when this call imported any."""
+  if _register_families.done:
+    return False
+  _register_families.done = True
+  for family in _FAMILIES:
+    try:
+      importlib.import_module(f"tensorflow_datasets.{family}")
+    except Exception:  # noqa: BLE001 -- a family whose extra packages are absent
+      pass
+  return True
+
+
+_register_families.done = False
+
+
 def _not_found(tfds, name: str, data_dir: str | None) -> ValueError:
   base = name.split("/")[0].split(":")[0]
   close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False),
@@ -41,6 +66,8 @@ def _builder(tfds, name: str, data_dir: str | None):
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
+    if _register_families():
+      return _builder(tfds, name, data_dir)
     raise _not_found(tfds, name, data_dir) from None
   except AssertionError as e:  # e.g. a version that cannot be loaded
     raise ValueError(f"TFDS dataset {name!r}: {e}") from None
@@ -51,6 +78,8 @@ def _data_source(tfds, name: str, split: str, data_dir: str | None):
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
+    if _register_families():
+      return _data_source(tfds, name, split, data_dir)
     raise _not_found(tfds, name, data_dir) from None
   # not prepared: NotImplementedError under a given data_dir; KeyError ("splits is
   # empty") when the default data_dir does not exist (tfds 4.9)
