@@ -165,7 +165,9 @@ _RULES: list[tuple[str, Any, str]] = [
 _MODEL_RULES: list[tuple[str, Any, str]] = [
     ("dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     ("embed_dropout", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
-    ("bn_momentum", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    # Flax's momentum keeps this much of the running average (1 - torch's momentum); 1.0
+    # never updates it, so evaluation had normalised with the initial 0 and 1: chance.
+    ("bn_momentum", lambda v: 0.0 <= v < 1.0, "a number in [0, 1) (Flax's: 1 - torch's)"),
     ("logit_scale", _positive, "a finite number > 0"),
     ("num_pools", _non_negative, "an integer >= 0"),
     ("num_layers", lambda v: v >= 1, "an integer >= 1"),
@@ -177,6 +179,9 @@ _MODEL_RULES: list[tuple[str, Any, str]] = [
     ("kernel_sizes", lambda v: len(v) >= 1, "a non-empty sequence of integers >= 1"),
 ]
 _MODEL_RULE_KEYS = {key for key, _, _ in _MODEL_RULES}
+# Model fields the trainer sets itself (checked here, before any data is read).
+_TRAINER_FIELDS = {"bn_axis_name": "the trainer sets it itself (under parallel.strategy="
+                                   "'pmap'); expected it unset"}
 
 
 def _type_ok(value: Any, default: Any) -> bool:
@@ -258,6 +263,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f"config.{key}={value!r}: expected {allowed}")
   from flaxnets.models import registry  # models register themselves on import
   import flaxnets.models  # noqa: F401
+  if "name" not in config.model:  # a model section written out whole: had been AttributeError
+    raise ConfigError(f"config.model.name: missing; expected one of {sorted(registry.MODELS)}")
   name = config.model.name
   if name not in registry.MODELS:
     raise ConfigError(f"config.model.name={name!r}: expected one of {sorted(registry.MODELS)}")
@@ -265,9 +272,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in config.model.keys():
     if key == "name":
       continue
-    if key not in fields:
-      raise ConfigError(f"config.model.{key}={config.model[key]!r}: not a field of model "
-                        f"{name!r}; allowed: {sorted(fields)}")
+    if key not in fields or key in _TRAINER_FIELDS:
+      allowed = sorted(set(fields) - set(_TRAINER_FIELDS))
+      raise ConfigError(f"config.model.{key}={config.model[key]!r}: "
+                        f"{_TRAINER_FIELDS.get(key, f'not a field of model {name!r}')}; "
+                        f"allowed: {allowed}")
   hints = typing.get_type_hints(registry.MODELS[name])
   for key in config.model.keys():
     if key != "name":

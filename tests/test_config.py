@@ -93,6 +93,31 @@ def test_unknown_model_field_lists_fields():
   assert "config.model.hiden=64" in str(e.value) and "'hidden'" in str(e.value)
 
 
+def test_a_model_section_without_a_name_is_named():
+  """Written out whole, Flax-examples style: had been AttributeError "'name'"."""
+  config = flaxnets.get_config()
+  config.model = ml_collections.ConfigDict({"features": (16, 32), "hidden": 64})
+  with pytest.raises(ConfigError, match=r"config\.model\.name: missing; expected one of \["):
+    validate(config)
+
+
+def test_a_field_the_trainer_sets_is_refused_and_not_offered():
+  """bn_axis_name passed validation (after the data was read, the model refused it) and was
+  listed among the allowed fields."""
+  config = flaxnets.get_config()
+  config.model.name = "resnet20"
+  config.model.bn_axis_name = "x"
+  with pytest.raises(ConfigError, match=r"config\.model\.bn_axis_name='x': the trainer sets it "
+                                        r"itself .*; allowed: \[") as e:
+    validate(config)
+  assert "bn_axis_name" not in str(e.value).split("allowed:")[1]
+  del config.model["bn_axis_name"]
+  config.model.hiden = 64
+  with pytest.raises(ConfigError, match="not a field of model 'resnet20'") as e:
+    validate(config)
+  assert "bn_axis_name" not in str(e.value).split("allowed:")[1]
+
+
 def _from_dict(**changes):
   """A config as loaded from JSON/YAML: plain dict values, no ConfigDict type locking."""
   d = flaxnets.get_config().to_dict()
@@ -168,7 +193,8 @@ def test_cli_override_under_a_missing_key_is_one_line(tmp_path):
     ("rnn", "bidirectional", 1, "expected bool, got int"),
     ("rnn", "embed_dropout", 1.0, "expected a number in [0, 1)"),
     ("conv1d", "num_pools", -1, "expected an integer >= 0"),
-    ("fast_cnn", "bn_momentum", 1.5, "expected a number in [0, 1]"),
+    ("fast_cnn", "bn_momentum", 1.5, "expected a number in [0, 1)"),
+    ("fast_cnn", "bn_momentum", 1.0, "expected a number in [0, 1) (Flax's: 1 - torch's)"),
     ("fast_cnn", "logit_scale", 0.0, "expected a finite number > 0"),
     # 'last' is an RNN pooling; the convnets had accepted it here and failed at init.
     ("conv1d", "pooling", "last", "expected one of ('max', 'mean') for model 'conv1d'"),

@@ -136,8 +136,10 @@ class VGG(nn.Module):
 class BasicBlock(nn.Module):
   """ResNet basic block: conv3x3-BN-relu-conv3x3-BN + shortcut, relu.
 
-  The shortcut is a 1x1 conv + BN when the shape changes (option B), which is
-  what the published 272,474 / 11,173,962 parameter counts assume.
+  The shortcut is a 1x1 conv + BN when the shape changes (He et al.'s option B), as in
+  the common CIFAR reimplementations whose counts these match: 272,474 for ResNet-20
+  (the paper's CIFAR nets use option A, identity with zero padding: 269,722, its
+  "0.27M") and 11,173,962 for the CIFAR ResNet-18.
   """
   features: int
   strides: int

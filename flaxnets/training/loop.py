@@ -138,10 +138,6 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
       # Ids past the embedding table would read NaN (jnp.take's fill mode) or clamp.
       raise config_lib.ConfigError(f"config.model.vocab_size={given!r}: expected >= {needed}, "
                                    f"{what} (leave it unset to use that)")
-  if kwargs.get("bn_axis_name") is not None:  # unbound outside pmap: a NameError in JAX
-    raise config_lib.ConfigError(
-        f"config.model.bn_axis_name={kwargs['bn_axis_name']!r}: the trainer sets it itself "
-        "(under parallel.strategy='pmap'); expected it unset")
   if "bn_axis_name" in fields and strategy_name == "pmap":
     kwargs["bn_axis_name"] = parallel.AXIS
   return registry.build_model(name, **kwargs)
