@@ -49,8 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.test_split = "test"           # "" -> none; the default 'test' may be absent
   d.val_fraction = 0.1            # stratified, round(fraction * N) examples in all
   d.data_dir = ""                 # tfds data_dir
-  d.text_column = "sentence"
-  d.label_column = "label"
+  d.text_column = "sentence"      # text tables, and the text feature of tfds text sets
+  d.label_column = "label"        # text tables, and the label feature of any tfds set
   d.image_size = 0                # resize image folders and tfds images to this square
                                   # size; 0 keeps the train split's size (other splits
                                   # are resized to it)

@@ -34,11 +34,14 @@ _CHUNK = 64
 # ----------------------------------------------------------------------------- images
 
 
+def _hidden(parts: tuple[str, ...]) -> bool:
+  """A hidden file or folder, or macOS resource forks, on the path."""
+  return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
 def _is_image(parts: tuple[str, ...]) -> bool:
   """An image file name, outside hidden folders and macOS resource forks."""
-  if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-    return False
-  return parts[-1].lower().endswith(IMAGE_EXTENSIONS)
+  return not _hidden(parts) and parts[-1].lower().endswith(IMAGE_EXTENSIONS)
 
 
 def image_to_array(im: Image.Image, image_size: tuple[int, int] | None) -> np.ndarray:
@@ -128,7 +131,7 @@ def _scan_tar(archive: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, byt
           target = _member_parts(posixpath.normpath(posixpath.join(
               "/".join(parts[:-1]), member.linkname)))
         if not _is_image(parts):
-          if member.issym() and _is_image(parts + ("x.png",)):
+          if member.issym() and not _hidden(parts):
             folder_links[parts] = target  # a link to a folder had dropped its class unsaid
           continue
         if member.isfile():
@@ -257,7 +260,7 @@ def _warn_empty_classes(parent: pathlib.Path, class_names: list[str]) -> None:
   """Warn about class folders beside the found ones that hold no images (Keras would
   count them as classes; here a class is a folder with at least one image)."""
   empty = sorted(d.name for d in parent.iterdir()
-                 if d.is_dir() and _is_image((d.name, "x.png")) and d.name not in class_names)
+                 if d.is_dir() and not _hidden((d.name,)) and d.name not in class_names)
   if empty:
     warnings.warn(f"{parent}: class folder(s) {empty} hold no {'/'.join(IMAGE_EXTENSIONS)} "
                   f"images, so they are not classes of this dataset; its {len(class_names)} "

@@ -35,20 +35,20 @@ _FAMILIES = ("audio", "graphs", "image", "image_classification", "object_detecti
              "text_simplification", "time_series", "translate", "video", "vision_language")
 
 
+_families_imported: list[bool] = []
+
+
 def _register_families() -> bool:
-  """Import TFDS's builder families (once); True when this call imported any."""
-  if _register_families.done:
+  """Import TFDS's builder families, once; True when this call imported them."""
+  if _families_imported:
     return False
-  _register_families.done = True
+  _families_imported.append(True)
   for family in _FAMILIES:
     try:
       importlib.import_module(f"tensorflow_datasets.{family}")
     except Exception:  # noqa: BLE001 -- a family whose extra packages are absent
       pass
   return True
-
-
-_register_families.done = False
 
 
 def _not_found(tfds, name: str, data_dir: str | None) -> ValueError:
