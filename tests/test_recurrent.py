@@ -242,6 +242,21 @@ def test_dropout_between_layers_train_only():
   assert np.all(np.asarray(out1[0])[pad] == 0.0)
 
 
+def test_dropout_between_layers_does_not_depend_on_the_padding():
+  """A batch bucketed to another length keeps its real steps' masks: one [B, T, D] draw
+  had changed them, so max_len (the buckets) changed training without truncating."""
+  x, lengths = _inputs(), jnp.asarray(LENGTHS)
+  model = recurrent.StackedRNN("simple", H, num_layers=2, dropout=0.5, bidirectional=True)
+  params = model.init(jax.random.key(0), x, lengths)
+  apply = jax.jit(model.apply, static_argnames="train")
+  train = lambda t: apply(params, jnp.pad(x, ((0, 0), (0, t - T), (0, 0))), lengths,
+                          train=True, rngs={"dropout": jax.random.key(3)})
+  (out, last), (out_long, last_long) = train(T), train(2 * T + 3)
+  np.testing.assert_allclose(out_long[:, :T], out, atol=1e-6)
+  np.testing.assert_allclose(last_long, last, atol=1e-6)
+  assert not np.allclose(out, apply(params, x, lengths, train=False)[0])  # it drops
+
+
 def test_single_layer_has_no_dropout():
   """Dropout is between layers only: one layer has nowhere to apply it."""
   x = _inputs()

@@ -629,6 +629,16 @@ class StackedRNN(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def _dropout_per_step(self, x: Array) -> Array:
+    """Dropout between layers whose mask at step t depends on t only, not on how far the
+    batch is padded: one [B, T, D] draw had given the real steps of a batch bucketed to 60
+    other masks than at 43 (padding changed training). Zeros stay zeros."""
+    key = self.make_rng("dropout")
+    b, t, d = x.shape
+    keep = jax.vmap(lambda s: jax.random.bernoulli(jax.random.fold_in(key, s), 1.0 - self.dropout,
+                                                   (b, d)), out_axes=1)(jnp.arange(t))
+    return jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
+
   @nn.compact
   def __call__(self, inputs: Array, seq_lengths: Array | None = None, *,
                train: bool = False) -> tuple[Array, Array]:
@@ -647,10 +657,8 @@ class StackedRNN(nn.Module):
                   param_dtype=self.param_dtype)
     x, last_h = inputs, None
     for i in range(self.num_layers):
-      if i > 0 and self.dropout > 0.0:
-        # Dropout maps 0 to 0, so padded steps stay exactly zero; the next layer
-        # masks them anyway.
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      if i > 0 and self.dropout > 0.0 and train:
+        x = self._dropout_per_step(x)
       layer_cls = Bidirectional if self.bidirectional else RNNLayer
       layer = layer_cls(name=f"layer_{i}", **kwargs)
       x, last_h = layer(x, seq_lengths)
