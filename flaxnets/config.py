@@ -184,6 +184,13 @@ _TRAINER_FIELDS = {"bn_axis_name": "the trainer sets it itself (under parallel.s
                                    "'pmap'); expected it unset"}
 
 
+# Text settings and the datasets that read them (a tfds dataset, when it is a text one).
+_TEXT_SOURCES = ("text_table", "text_file", "tfds:<name>")
+_TEXT_KEYS = [("max_len", ("text_table", "tfds:<name>")), ("seq_len", ("text_file",)),
+              *((k, _TEXT_SOURCES) for k in ("vocab_level", "lowercase", "split_punctuation",
+                                              "min_freq", "max_vocab"))]
+
+
 def _type_ok(value: Any, default: Any) -> bool:
   if isinstance(default, bool):
     return isinstance(value, bool)
@@ -303,6 +310,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"config.dataset.image_size={d.image_size!r}: only image_folder and "
                       f"tfds:<name> datasets resize images, and config.dataset.name="
                       f"{d.name!r}; resize the arrays yourself (or image_size=0)")
+  defaults = get_config().dataset
+  for key, readers in _TEXT_KEYS:  # a text setting on other data had been ignored unsaid
+    if d[key] != defaults[key] and d.name not in readers and not (
+        d.name.startswith("tfds:") and "tfds:<name>" in readers):
+      hint = {("arrays", "max_len"): "truncate or pad the arrays yourself",
+              ("text_file", "max_len"): "a text_file's windows are dataset.seq_len tokens",
+              }.get((d.name, key), "set dataset.name")
+      raise ConfigError(f"config.dataset.{key}={d[key]!r}: only {readers} datasets read it, "
+                        f"and config.dataset.name={d.name!r}; {hint} (or {key}="
+                        f"{defaults[key]!r})")
   o = config.optimizer
   if o.name == "sgd" and o.nesterov and o.momentum == 0:  # optax ran plain SGD; torch refuses
     raise ConfigError("config.optimizer.nesterov=True: Nesterov momentum needs momentum > 0, "

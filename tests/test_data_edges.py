@@ -46,6 +46,18 @@ def _images(folder, classes=("a", "b"), n=4, seed=0):
     ({"optimizer.learning_rate": float("inf")},
      r"config\.optimizer\.learning_rate=inf: expected a finite number > 0"),
     ({"optimizer.clip_norm": float("nan")}, r"config\.optimizer\.clip_norm=nan: expected a finite"),
+    # Text settings on data that has no text: had been ignored without a word.
+    ({"dataset.name": "arrays", "dataset.max_len": 10},
+     r"config\.dataset\.max_len=10: only \('text_table', 'tfds:<name>'\) datasets read it, and "
+     r"config\.dataset\.name='arrays'; truncate or pad the arrays yourself \(or max_len=0\)"),
+    ({"dataset.name": "text_file", "dataset.path": "c.txt", "dataset.max_len": 64},
+     r"config\.dataset\.max_len=64: only .*name='text_file'; a text_file's windows are "
+     r"dataset\.seq_len tokens \(or max_len=0\)"),
+    ({"dataset.min_freq": 5}, r"config\.dataset\.min_freq=5: only \('text_table', 'text_file', "
+                              r"'tfds:<name>'\) datasets read it, and config\.dataset\.name="
+                              r"'digits'"),
+    ({"dataset.name": "mnist1d", "dataset.seq_len": 40},
+     r"config\.dataset\.seq_len=40: only \('text_file',\) datasets read it"),
     ({"optimizer.name": "sgd", "optimizer.nesterov": True, "optimizer.momentum": 0.0},
      r"config\.optimizer\.nesterov=True: Nesterov momentum needs momentum > 0"),  # was plain SGD
 ])
@@ -58,6 +70,14 @@ def test_config_values_nothing_can_use_are_refused(changes, message):
       node = node[p]
     node[leaf] = value
   with pytest.raises(ConfigError, match=message):
+    validate(config)
+
+
+def test_text_settings_pass_for_the_datasets_that_read_them():
+  for name, key, value in (("tfds:imdb_reviews", "max_len", 200), ("tfds:glue/sst2", "min_freq", 2),
+                           ("text_file", "seq_len", 64), ("text_table", "max_len", 50)):
+    config = flaxnets.get_config()
+    config.dataset.name, config.dataset[key] = name, value
     validate(config)
 
 
