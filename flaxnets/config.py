@@ -37,7 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.log_every_steps = 50
   c.progress = True               # tqdm bar per epoch (process 0 only)
-  c.debug = False                 # chex checks for NaN/Inf gradients in every step (slower)
+  c.debug = False                 # chex checks for NaN/Inf gradients and state, every step
+                                  # (slower)
   c.tensorboard = True            # TensorBoard event files in WORKDIR/tensorboard
 
   c.dataset = ml_collections.ConfigDict()

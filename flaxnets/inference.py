@@ -180,7 +180,7 @@ class Predictor:
     if x.shape[1:] != want:
       raise ValueError(f"inputs of shape {x.shape}: expected [batch, {', '.join(map(str, want))}] "
                        f"(or one example {want})")
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == bool):  # bfloat16 too
       raise ValueError(f"inputs of dtype {x.dtype}: expected numbers")
     x = x.astype(np.float32)
     bad = non_finite_examples(x)

@@ -99,6 +99,17 @@ def test_bfloat16_inputs_are_numbers(tmp_path):
       {"a": x.copy()})
   config = _quiet(num_epochs=1, batch_size=32, **{"dataset.name": "arrays"})
   flaxnets.train(config, str(tmp_path), data={"train": (x.astype(jnp.bfloat16), y)})
+  # ... and the model predicts on what it trained on (had been "expected numbers")
+  predictor = flaxnets.load(tmp_path)
+  np.testing.assert_array_equal(predictor.predict_proba(x.astype(jnp.bfloat16)),
+                                predictor.predict_proba(x.astype(jnp.bfloat16).astype(np.float32)))
+  # A NaN row is refused where it enters, as in float32 (it had trained into a "divergence")
+  bad = x.astype(jnp.bfloat16)
+  bad[3, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match=r"data\['train'\] inputs: 1 example\(s\) hold NaN"):
+    sources.from_arrays((bad, y))
+  with pytest.raises(ValueError, match=r"inputs: 1 example\(s\) hold NaN or infinity"):
+    predictor.predict(bad)
 
 
 def test_evaluate_names_what_it_was_given():

@@ -770,6 +770,12 @@ def test_debug_checks_gradients_in_every_step(tmp_path):
   config = small_config(num_epochs=1, debug=True, log_every_steps=50)
   assert np.isfinite(flaxnets.train(config).history[0]["loss"])
   config.optimizer.learning_rate = 1e30  # the first update overflows: step 2's gradients
-  with pytest.raises(FloatingPointError, match=r"config\.debug: step 2 \(epoch 1\): .*"
-                                               r"assert_tree_all_finite.*no workdir"):
+  with pytest.raises(FloatingPointError, match=r"config\.debug: step 2 \(epoch 1\): the "
+                                               r"gradients hold NaN or Inf; .*no workdir"):
+    flaxnets.train(config)
+  # Finite gradients, but adam's nu = g^2 overflows and freezes the parameters: the run
+  # had finished as if nothing were wrong.
+  config.optimizer.update(learning_rate=1e6, schedule="constant", name="adam")
+  with pytest.raises(FloatingPointError, match=r"config\.debug: step \d+ \(epoch 1\): the "
+                                               r"optimizer state holds NaN or Inf"):
     flaxnets.train(config)

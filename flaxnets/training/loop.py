@@ -171,14 +171,19 @@ def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, histor
 
 
 def warn_ineffective_settings(config: Any, dataset: Dataset, workdir: Any) -> None:
-  """Early-stopping, schedule and augmentation settings that would not do what they say,
-  named once at the start."""
+  """Early-stopping, schedule, precision and augmentation settings that would not do what
+  they say (or quietly do less), named once at the start."""
   o = config.optimizer
   if o.warmup_epochs >= config.num_epochs:  # make_schedule ends the warmup at the last step
     log(f"flaxnets: warning: config.optimizer.warmup_epochs={o.warmup_epochs!r} is not less "
         f"than num_epochs={config.num_epochs}: the learning rate rises through the whole run "
         f"and reaches optimizer.learning_rate only at its last step, with no "
         f"{o.schedule} phase")
+  if config.model.get("param_dtype") == "bfloat16":  # small updates had vanished unsaid
+    log("flaxnets: warning: config.model.param_dtype='bfloat16' keeps the weights and the "
+        "optimizer state in bfloat16, whose 8-bit mantissa rounds away any update under about "
+        "1/256 of a weight (small learning rates then barely train); dtype='bfloat16' with "
+        "float32 params is the usual mixed precision")
   if o.end_lr_factor and o.schedule == "constant":
     log(f"flaxnets: warning: config.optimizer.end_lr_factor={o.end_lr_factor!r} has no effect "
         f"with schedule='constant'; it sets where 'cosine' and 'linear' decay to")
@@ -483,8 +488,12 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         except AssertionError as e:  # config.debug's chex checks
           if not config.debug:
             raise
-          raise FloatingPointError(f"config.debug: step {step + 1} (epoch {epoch + 1}): {e}; "
-                                   f"{kept()}") from None
+          # chex's message dumps the whole tree (every leaf of a large model): name the part
+          what = next((w for w in steps.DEBUG_PARTS if f"Custom message: {w}." in str(e)), None)
+          if what:
+            what = f"{what} {'holds' if what.endswith('state') else 'hold'} NaN or Inf"
+          raise FloatingPointError(f"config.debug: step {step + 1} (epoch {epoch + 1}): "
+                                   f"{what or e}; {kept()}") from None
         step += 1
         position["next_index"] += 1
         sums = m if sums is None else _add(sums, m)

@@ -79,6 +79,11 @@ def _reduce(tree: Any, axis_name: str | None) -> Any:
   return jax.lax.psum(tree, axis_name) if axis_name else tree
 
 
+# What config.debug's checks name when they fail (chex's own message dumps every leaf).
+DEBUG_PARTS = ("the gradients", "the updated parameters", "the optimizer state",
+               "the batch statistics")
+
+
 def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callable,
                     label_smoothing: float = 0.0, crop_padding: int = 0, flip: bool = False,
                     axis_name: str | None = None, debug: bool = False) -> Callable:
@@ -109,12 +114,17 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
 
     (loss, (logits, updates, losses, correct, weight)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
-    if debug:  # a chex value assertion: the loop runs the step under chex.chexify
-      chex.assert_tree_all_finite(grads)
+    if debug:  # chex value assertions: the loop runs the step under chex.chexify
+      chex.assert_tree_all_finite(grads, custom_message=DEBUG_PARTS[0])
     grads = _reduce(grads, axis_name)
     new_state = state.apply_gradients(grads=grads)
     if has_bn:
       new_state = new_state.replace(batch_stats=updates["batch_stats"])
+    if debug:  # finite gradients can still overflow a state (adam's nu = g^2 at lr 1e6)
+      for part, tree in zip(DEBUG_PARTS[1:], (new_state.params, new_state.opt_state,
+                                              new_state.batch_stats)):
+        if jax.tree.leaves(tree):
+          chex.assert_tree_all_finite(tree, custom_message=part)
     metrics = _reduce({"loss_sum": (losses * weight).sum(), "correct": (correct * weight).sum(),
                        "count": weight.sum()}, axis_name)
     metrics["grad_norm"] = optax.tree.norm(grads)
