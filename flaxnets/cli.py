@@ -4,7 +4,7 @@ r"""Command line: `flaxnets train | eval | predict | plot | prepare`.
     flaxnets train --config experiments/configs/mnist1d_conv.py --config.seed=1 \
         --workdir runs/mnist1d
     flaxnets eval runs/mnist1d [--split test] [--step best]
-    flaxnets predict runs/mnist1d INPUT...            # image files, .npy arrays or text
+    flaxnets predict runs/mnist1d INPUT...            # image files, .npy/.npz arrays or text
     flaxnets plot runs/mnist1d                        # PNG curves and confusion matrix
     flaxnets prepare tfds:mnist [--data_dir DIR]
 
@@ -166,7 +166,8 @@ def _predict(argv: list[str]) -> int:
   fv = flags.FlagValues()
   flags.DEFINE_string("step", "best", "best | latest | a step number", flag_values=fv)
   flags.DEFINE_integer("top", 3, "probabilities to print per input", flag_values=fv)
-  usage = "flaxnets predict WORKDIR INPUT... (image files, .npy arrays, or text)"
+  usage = ("flaxnets predict WORKDIR INPUT... (image files, .npy arrays, .npz files of "
+           "'inputs' and 'seq_lengths', or text)")
   rest = _parse(argv, fv, "predict", usage)
   if rest is None:
     return 0

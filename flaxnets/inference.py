@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import warnings
+import zipfile
 from typing import Any, Sequence
 
 import jax
@@ -113,7 +114,8 @@ class Predictor:
     t = self.input_shape[0]
     if isinstance(inputs, (list, tuple)) and not inputs:
       inputs = np.zeros((0, t), np.int32)  # no examples
-    texts = isinstance(inputs, (list, tuple)) and isinstance(inputs[0], (str, pathlib.Path))
+    texts = isinstance(inputs, (list, tuple)) and any(  # numpy had made [b'..', '..'] '<U'
+        isinstance(i, (str, bytes, pathlib.Path)) for i in inputs)
     if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "USO":
       texts, inputs = True, list(inputs.reshape(-1) if inputs.ndim == 2 and
                                  inputs.shape[1:] == (1,) else inputs)
@@ -151,8 +153,9 @@ class Predictor:
                        "without a vocabulary; expected int ids [batch, T]")
     for i, s in enumerate(inputs):
       if not isinstance(s, str):
-        raise ValueError(f"inputs[{i}] of type {type(s).__name__}: expected text strings "
-                         "(or int token ids [batch, T])")
+        decode = " (decode bytes first: b.decode())" if isinstance(s, bytes) else ""
+        raise ValueError(f"inputs[{i}] of type {type(s).__name__}: expected text strings"
+                         f"{decode} (or int token ids [batch, T])")
     if given_lengths:
       raise ValueError("seq_lengths: texts carry their own lengths; pass seq_lengths with "
                        "int token ids only")
@@ -196,7 +199,8 @@ class Predictor:
         self._warned = True
         warnings.warn(f"this model was trained with seq_lengths, and none were given: each "
                       f"input is read as all {self.input_shape[0]} steps; pass "
-                      "predict(x, seq_lengths=...) for padded sequences", stacklevel=3)
+                      "predict(x, seq_lengths=...) for padded sequences (flaxnets predict: an "
+                      ".npz file of 'inputs' and 'seq_lengths')", stacklevel=3)
       return batch
     if self.input_kind == "image":
       raise ValueError("seq_lengths: this model reads images, which have no time axis; "
@@ -291,37 +295,53 @@ class Predictor:
     if top < 1:
       raise ValueError(f"top={top!r}: expected an integer >= 1")
     # Runs of image files (or texts) are predicted together; each .npy file (one
-    # example or a batch: floats shaped like the inputs, or int token ids) on its own.
-    groups: list[tuple[list[str], Any]] = []
+    # example or a batch: floats shaped like the inputs, or int token ids) on its own, as
+    # each .npz of 'inputs' and 'seq_lengths' (padded series and their lengths).
+    groups: list[tuple[list[str], Any, Any]] = []
     for s in inputs:
-      if s.endswith(".npy") and not pathlib.Path(s).is_file():
+      if s.endswith((".npy", ".npz")) and not pathlib.Path(s).is_file():
         raise FileNotFoundError(f"array file {s!r} does not exist")
-      if s.endswith(".npy"):
+      if s.endswith((".npy", ".npz")):
         try:
-          arr = np.load(s, allow_pickle=False)
+          arr, lengths = self._load_array_file(s)
           if self.input_kind == "tokens" and not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(f"an array of {arr.dtype}: expected int token ids [batch, T]")
-          n = len(self.prepare(arr)["inputs"])
+          n = len(self.prepare(arr, lengths)["inputs"])
         except EOFError:  # np.load of an empty or cut-short file
-          raise ValueError(f"{s}: the file ends before its array does; expected a .npy "
-                           "file written by numpy.save") from None
+          raise ValueError(f"{s}: the file ends before its array does; expected a file "
+                           "written by numpy.save (.npy) or numpy.savez (.npz)") from None
         except ValueError as e:
           raise ValueError(f"{s}: {e}") from None
         if n == 0:
           raise ValueError(f"{s}: an array of shape {arr.shape} holds no examples")
-        groups.append(([s] if n == 1 else [f"{s}#{i}" for i in range(n)], arr))
+        groups.append(([s] if n == 1 else [f"{s}#{i}" for i in range(n)], arr, lengths))
       elif groups and isinstance(groups[-1][1], list):
         groups[-1][0].append(s)
         groups[-1][1].append(s)
       else:
-        groups.append(([s], [s]))
+        groups.append(([s], [s], None))
     lines = []
-    for names, raw in groups:
-      for name, p in zip(names, self.predict_proba(raw)):
+    for names, raw, lengths in groups:
+      for name, p in zip(names, self.predict_proba(raw, lengths)):
         order = np.argsort(-p)[:top]
         tops = ", ".join(f"{self.label_names[j]}={p[j]:.3f}" for j in order)
         lines.append(f"{name}\t{self.label_names[order[0]]}\t{tops}")
     return lines
+
+  @staticmethod
+  def _load_array_file(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A .npy array, or the 'inputs' and optional 'seq_lengths' of a .npz file."""
+    if path.endswith(".npy"):
+      return np.load(path, allow_pickle=False), None
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        unknown = sorted(set(f.files) - {"inputs", "seq_lengths"})
+        if "inputs" not in f.files or unknown:
+          raise ValueError(f"arrays {sorted(f.files)}: expected 'inputs' and optionally "
+                           "'seq_lengths' (numpy.savez(path, inputs=x, seq_lengths=lengths))")
+        return f["inputs"], (f["seq_lengths"] if "seq_lengths" in f.files else None)
+    except zipfile.BadZipFile as e:
+      raise ValueError(f"not a .npz file ({e}); expected one written by numpy.savez") from None
 
   def evaluate(self, split: str = "test") -> dict[str, Any]:
     """Metrics on a split of the dataset the model was trained on."""

@@ -304,6 +304,11 @@ def test_text_model_predicts_raw_strings(tmp_path):
                                 predictor.predict_proba(ids))
   with pytest.raises(ValueError, match="a list of float64 values; expected text strings"):
     predictor.predict([[0.5, 1.5]])
+  # bytes first: numpy had made the list '<U11' and called it "not text strings"
+  for mixed, i in (([b"dull", "a great movie"], 0), (["a great movie", b"dull"], 1)):
+    with pytest.raises(ValueError, match=rf"inputs\[{i}\] of type bytes: expected text "
+                                         r"strings \(decode bytes first"):
+      predictor.predict(mixed)
 
 
 def test_load_accepts_a_relative_workdir(tmp_path, monkeypatch):

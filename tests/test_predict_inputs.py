@@ -72,6 +72,27 @@ def test_series_lengths_reach_the_model_after_load(padded_series, tmp_path):
     predictor.predict(x[:2], seq_lengths=np.array([0, 16]))
 
 
+def test_describe_takes_series_and_their_lengths_from_an_npz(padded_series, tmp_path):
+  """`flaxnets predict` had no way to pass lengths: it read the padding, and its warning
+  advised predict(x, seq_lengths=...), which the command line cannot do."""
+  workdir, x, lengths = padded_series
+  predictor = flaxnets.load(workdir)
+  np.savez(tmp_path / "batch.npz", inputs=x[:3], seq_lengths=lengths[:3])
+  want = predictor.predict_proba(x[:3], seq_lengths=lengths[:3])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # lengths given: no warning
+    lines = predictor.describe([str(tmp_path / "batch.npz")], top=2)
+  assert [line.split("\t")[0] for line in lines] == [f"{tmp_path / 'batch.npz'}#{i}"
+                                                     for i in range(3)]
+  for line, p in zip(lines, want):
+    assert line.split("\t")[2].startswith(f"{predictor.label_names[int(np.argmax(p))]}="
+                                          f"{p.max():.3f}")
+  np.savez(tmp_path / "wrong.npz", x=x[:3])
+  with pytest.raises(ValueError, match=r"wrong\.npz: arrays \['x'\]: expected 'inputs' and "
+                                       r"optionally 'seq_lengths'"):
+    predictor.describe([str(tmp_path / "wrong.npz")])
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("digits")
