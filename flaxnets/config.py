@@ -282,9 +282,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       continue
     if key not in fields or key in _TRAINER_FIELDS:
       allowed = sorted(set(fields) - set(_TRAINER_FIELDS))
-      raise ConfigError(f"config.model.{key}={config.model[key]!r}: "
-                        f"{_TRAINER_FIELDS.get(key, f'not a field of model {name!r}')}; "
-                        f"allowed: {allowed}")
+      why = _TRAINER_FIELDS[key] if key in fields else f"not a field of model {name!r}"
+      raise ConfigError(f"config.model.{key}={config.model[key]!r}: {why}; allowed: {allowed}")
   hints = typing.get_type_hints(registry.MODELS[name])
   for key in config.model.keys():
     if key != "name":
@@ -317,11 +316,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         d.name.startswith("tfds:") and "tfds:<name>" in readers):
       hint = {("arrays", "max_len"): "truncate or pad the arrays yourself",
               ("text_file", "max_len"): "a text_file's windows are dataset.seq_len tokens",
+              ("text_table", "seq_len"): "a text table's texts are cut at dataset.max_len",
               }.get((d.name, key), "set dataset.name")
-      raise ConfigError(f"config.dataset.{key}={d[key]!r}: only {readers} datasets read it, "
-                        f"and config.dataset.name={d.name!r}; {hint} (or {key}="
+      raise ConfigError(f"config.dataset.{key}={d[key]!r}: only {', '.join(readers)} datasets "
+                        f"read it, and config.dataset.name={d.name!r}; {hint} (or {key}="
                         f"{defaults[key]!r})")
   o = config.optimizer
+  if o.nesterov and o.name != "sgd":  # had been ignored
+    raise ConfigError(f"config.optimizer.nesterov=True: only sgd takes Nesterov momentum, and "
+                      f"config.optimizer.name={o.name!r}; set name='sgd' (or nesterov=False)")
   if o.name == "sgd" and o.nesterov and o.momentum == 0:  # optax ran plain SGD; torch refuses
     raise ConfigError("config.optimizer.nesterov=True: Nesterov momentum needs momentum > 0, "
                       "and config.optimizer.momentum=0; set momentum (or nesterov=False)")

@@ -333,15 +333,19 @@ class Predictor:
     """A .npy array, or the 'inputs' and optional 'seq_lengths' of a .npz file."""
     if path.endswith(".npy"):
       return np.load(path, allow_pickle=False), None
+    expected = "expected one written by numpy.savez(path, inputs=x, seq_lengths=lengths)"
     try:
-      with np.load(path, allow_pickle=False) as f:
-        unknown = sorted(set(f.files) - {"inputs", "seq_lengths"})
-        if "inputs" not in f.files or unknown:
-          raise ValueError(f"arrays {sorted(f.files)}: expected 'inputs' and optionally "
-                           "'seq_lengths' (numpy.savez(path, inputs=x, seq_lengths=lengths))")
-        return f["inputs"], (f["seq_lengths"] if "seq_lengths" in f.files else None)
+      f = np.load(path, allow_pickle=False)
     except zipfile.BadZipFile as e:
-      raise ValueError(f"not a .npz file ({e}); expected one written by numpy.savez") from None
+      raise ValueError(f"not a .npz file ({e}); {expected}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):  # a .npy array under a .npz name
+      raise ValueError(f"a single array, not a .npz file of named arrays; {expected}")
+    with f:
+      unknown = sorted(set(f.files) - {"inputs", "seq_lengths"})
+      if "inputs" not in f.files or unknown:
+        raise ValueError(f"arrays {sorted(f.files)}: expected 'inputs' and optionally "
+                         "'seq_lengths' (numpy.savez(path, inputs=x, seq_lengths=lengths))")
+      return f["inputs"], (f["seq_lengths"] if "seq_lengths" in f.files else None)
 
   def evaluate(self, split: str = "test") -> dict[str, Any]:
     """Metrics on a split of the dataset the model was trained on."""

@@ -188,13 +188,20 @@ def test_unknown_validation_metric_raises_before_anything_is_deleted(tmp_path, k
 @pytest.mark.parametrize("key", ["checkpoint.best_metric", "early_stopping.metric"])
 def test_top5_of_five_or_fewer_classes_is_refused(tmp_path, key):
   """Always 1.0 there: it had stopped training after `patience` epochs and kept epoch 1."""
-  x, y = _xy(classes=3)
+  x, y = _xy(classes=5)
   config = _quiet(num_epochs=1, **{"dataset.name": "arrays", key: "top5_accuracy",
                                    "early_stopping.patience": 1})
   with pytest.raises(ConfigError, match=rf"config\.{key}='top5_accuracy': dataset 'arrays' "
-                                        r"has 3 classes, so top-5 accuracy is always 1\.0"):
+                                        r"has 5 classes, so top-5 accuracy is always 1\.0"):
     flaxnets.train(config, data={"train": (x, y)}, workdir=str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
+  from flaxnets.training import loop
+  from flaxnets.models import registry
+  ds = sources.from_arrays(_xy(classes=6))  # six classes: top-5 can miss
+  loop.check_task(config, ds, registry.MODELS["simple_cnn"])
+  config.early_stopping.patience = 0  # an early-stopping metric never read is let be
+  config.checkpoint.best_metric = "accuracy"
+  loop.check_task(config, sources.from_arrays(_xy(classes=3)), registry.MODELS["simple_cnn"])
 
 
 def test_auto_mode_minimises_loss_and_maximises_the_rest():

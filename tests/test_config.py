@@ -111,6 +111,10 @@ def test_a_field_the_trainer_sets_is_refused_and_not_offered():
                                         r"itself .*; allowed: \[") as e:
     validate(config)
   assert "bn_axis_name" not in str(e.value).split("allowed:")[1]
+  config.model.name = "rnn"  # a model without the field: named as no field of it
+  with pytest.raises(ConfigError, match=r"bn_axis_name='x': not a field of model 'rnn'"):
+    validate(config)
+  config.model.name = "resnet20"
   del config.model["bn_axis_name"]
   config.model.hiden = 64
   with pytest.raises(ConfigError, match="not a field of model 'resnet20'") as e:

@@ -48,16 +48,21 @@ def _images(folder, classes=("a", "b"), n=4, seed=0):
     ({"optimizer.clip_norm": float("nan")}, r"config\.optimizer\.clip_norm=nan: expected a finite"),
     # Text settings on data that has no text: had been ignored without a word.
     ({"dataset.name": "arrays", "dataset.max_len": 10},
-     r"config\.dataset\.max_len=10: only \('text_table', 'tfds:<name>'\) datasets read it, and "
+     r"config\.dataset\.max_len=10: only text_table, tfds:<name> datasets read it, and "
      r"config\.dataset\.name='arrays'; truncate or pad the arrays yourself \(or max_len=0\)"),
     ({"dataset.name": "text_file", "dataset.path": "c.txt", "dataset.max_len": 64},
      r"config\.dataset\.max_len=64: only .*name='text_file'; a text_file's windows are "
      r"dataset\.seq_len tokens \(or max_len=0\)"),
-    ({"dataset.min_freq": 5}, r"config\.dataset\.min_freq=5: only \('text_table', 'text_file', "
-                              r"'tfds:<name>'\) datasets read it, and config\.dataset\.name="
+    ({"dataset.min_freq": 5}, r"config\.dataset\.min_freq=5: only text_table, text_file, "
+                              r"tfds:<name> datasets read it, and config\.dataset\.name="
                               r"'digits'"),
     ({"dataset.name": "mnist1d", "dataset.seq_len": 40},
-     r"config\.dataset\.seq_len=40: only \('text_file',\) datasets read it"),
+     r"config\.dataset\.seq_len=40: only text_file datasets read it"),
+    ({"dataset.name": "text_table", "dataset.path": "t", "dataset.seq_len": 40},
+     r"seq_len=40: .*; a text table's texts are cut at dataset\.max_len \(or seq_len=128\)"),
+    ({"optimizer.name": "adam", "optimizer.nesterov": True},
+     r"config\.optimizer\.nesterov=True: only sgd takes Nesterov momentum, and "
+     r"config\.optimizer\.name='adam'"),
     ({"optimizer.name": "sgd", "optimizer.nesterov": True, "optimizer.momentum": 0.0},
      r"config\.optimizer\.nesterov=True: Nesterov momentum needs momentum > 0"),  # was plain SGD
 ])
@@ -160,26 +165,45 @@ def test_an_image_below_its_class_folder_is_named(tmp_path):
 
 
 def test_a_linked_class_folder_in_an_archive_is_read_as_the_folder_reads_it(tmp_path):
-  """train/c -> ../extra: the directory reader follows it; the archive had dropped class c
-  without a word. A folder link into itself (a loop) and one naming no images are skipped."""
+  """train/c -> ../extra/sub: the directory reader follows it; the archive had dropped
+  class c without a word. Also a link to that link, a target under a hidden folder, an
+  image link inside the linked folder; link loops are walked once; a link to a text file
+  is skipped; a folder link out of the archive is warned about."""
   root = tmp_path / "tree"
   _images(root / "train", classes=("a", "b"), n=2)
   _images(root / "extra", classes=("sub",), n=3, seed=1)
+  _images(root / ".cache", classes=("hid",), n=1, seed=2)
+  os.link(root / "extra" / "sub" / "0.png", root / "extra" / "sub" / "9.png")
   os.symlink("../extra/sub", root / "train" / "c")
+  os.symlink("c", root / "train" / "d")
+  os.symlink("../.cache/hid", root / "train" / "e")
   os.symlink("../../notes.txt", root / "train" / "b" / "readme")
   (root / "notes.txt").write_text("not an image")
-  want = files.read_image_folder(root / "train")
   os.symlink("..", root / "train" / "a" / "loop")  # os.walk had followed it round and round
-  got = files.read_image_folder(root / "train")
-  assert got[2] == want[2] and np.array_equal(got[0], want[0])
+  for one, other in (("x", "y"), ("y", "x")):  # x/to_y/to_x/to_y/...: a longer loop
+    (root / "train" / one).mkdir(exist_ok=True)
+    os.symlink(f"../{other}", root / "train" / one / f"to_{other}")
+  with pytest.warns(UserWarning, match=r"class folder\(s\) \['x', 'y'\] hold no"):
+    got_dir = files.read_image_folder(root / "train")
+  assert got_dir[2] == ["a", "b", "c", "d", "e"]
+  assert np.bincount(got_dir[1]).tolist() == [2, 2, 4, 4, 1]
   archive = tmp_path / "tree.tar"
   with tarfile.open(archive, "w") as tf:
     tf.add(root, ".")  # tarfile stores links as link members; it does not follow them
-  assert sum(m.issym() for m in tarfile.open(archive).getmembers()) == 3
-  got = files.read_image_folder(archive, split="train")
-  assert got[2] == want[2] == ["a", "b", "c"]
-  np.testing.assert_array_equal(got[1], want[1])
-  np.testing.assert_array_equal(got[0], want[0])
+  assert sum(m.issym() for m in tarfile.open(archive).getmembers()) == 7
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    got = files.read_image_folder(archive, split="train")
+  assert got[2] == got_dir[2]
+  np.testing.assert_array_equal(got[1], got_dir[1])
+  np.testing.assert_array_equal(got[0], got_dir[0])
+  with tarfile.open(tmp_path / "out.tar", "w") as tf:
+    tf.add(root / "train" / "a", "train/a", recursive=False)
+    tf.add(root / "train" / "a" / "0.png", "train/a/0.png")
+    tf.add(root / "train" / "c", "train/c")  # its target, extra/sub, is not in this archive
+  with pytest.warns(UserWarning, match=r"1 link member\(s\) name nothing inside it, e\.g\. "
+                                       r"'train/c' -> 'extra/sub'"):
+    assert files.read_image_folder(tmp_path / "out.tar", split="train")[2] == ["a"]
 
 
 @pytest.mark.parametrize("mode,inner", [("w:gz", "."), ("w:bz2", "train")])

@@ -18,8 +18,7 @@ from PIL import Image
 import flaxnets
 from flaxnets.data.files import encode_labels, read_image_folder, read_text_table
 from flaxnets.data.text import (Vocabulary, bucket_length, default_buckets, lm_eval_windows,
-                                lm_windows,
-                                 padded_lengths)
+                                lm_windows, padded_lengths)
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -232,19 +232,26 @@ def test_a_stop_signal_to_one_process_stops_all_at_one_step(tmp_path, reference)
 # ---- start-up errors --------------------------------------------------------------------
 
 
-def test_a_busy_workdir_is_refused_on_every_process(tmp_path):
-  """Process 0 holds the lock for the run. The others had not been told it was refused:
-  they loaded data, built the model and waited for process 0 until a timeout."""
+@pytest.mark.parametrize("lock", ["held", "a folder"])
+def test_a_busy_workdir_is_refused_on_every_process(tmp_path, lock):
+  """Process 0 holds the lock for the run. The others had not been told it was refused
+  (busy, or any error taking it): they loaded data, built the model and waited for
+  process 0 until a timeout."""
+  import contextlib
   import fcntl
   workdir = tmp_path / "workdir"
   workdir.mkdir()
   script = tmp_path / "child.py"
   script.write_text(CHILD)
   coordinator = f"127.0.0.1:{_free_port()}"
-  with open(workdir / ".lock", "a+") as held:
-    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run's lock
-    held.write("4242 on elsewhere\n")
-    held.flush()
+  with contextlib.ExitStack() as stack:
+    if lock == "held":
+      held = stack.enter_context(open(workdir / ".lock", "a+"))
+      fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run's lock
+      held.write("4242 on elsewhere\n")
+      held.flush()
+    else:
+      (workdir / ".lock").mkdir()  # process 0 cannot open it
     commands = [[sys.executable, str(script), json.dumps({
         "devices": 2, "num_processes": 2, "process_id": pid, "coordinator": coordinator,
         "out": str(tmp_path / "out"), "workdir": str(workdir), "config": CONFIG})]
@@ -254,10 +261,11 @@ def test_a_busy_workdir_is_refused_on_every_process(tmp_path):
     codes = _run_group(commands, logs, stop_on_failure=False)
   assert time.monotonic() - start < 60
   assert codes == [1, 1], [_tail(log) for log in logs]
-  assert (f"CheckpointError: workdir {str(workdir)!r} is in use by another training run "
-          "(process 4242 on elsewhere)") in logs[0].read_text()
-  assert (f"CheckpointError: workdir {str(workdir)!r} is in use by another training run "
-          "(process 0 of this run found it locked)") in logs[1].read_text()
+  first = (f"CheckpointError: workdir {str(workdir)!r} is in use by another training run "
+           "(process 4242 on elsewhere)" if lock == "held" else "IsADirectoryError")
+  assert first in logs[0].read_text(), _tail(logs[0])
+  assert (f"CheckpointError: workdir {str(workdir)!r}: process 0 of this run could not take "
+          "its lock") in logs[1].read_text(), _tail(logs[1])
   assert not (workdir / "checkpoints").exists()
 
 

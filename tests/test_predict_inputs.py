@@ -91,6 +91,10 @@ def test_describe_takes_series_and_their_lengths_from_an_npz(padded_series, tmp_
   with pytest.raises(ValueError, match=r"wrong\.npz: arrays \['x'\]: expected 'inputs' and "
                                        r"optionally 'seq_lengths'"):
     predictor.describe([str(tmp_path / "wrong.npz")])
+  np.save(tmp_path / "plain.npy", x[:3])
+  (tmp_path / "plain.npy").rename(tmp_path / "plain.npz")  # had been a TypeError traceback
+  with pytest.raises(ValueError, match=r"plain\.npz: a single array, not a \.npz file"):
+    predictor.describe([str(tmp_path / "plain.npz")])
 
 
 @pytest.fixture(scope="module")

@@ -93,12 +93,19 @@ def _decode_chunk(chunk: list[tuple[str, bytes | str]],
 
 def _scan_dir(root: pathlib.Path) -> Iterator[tuple[tuple[str, ...], str, str]]:
   """Yields (relative path parts, display name, file path) for each image under root."""
+  # The real folders on each walked folder's path: a link back to one of them is a loop,
+  # which os.walk had followed until the path was too long. Other links (even to a
+  # sibling class) are followed.
+  chains = {str(root): {os.path.realpath(root)}}
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    here = pathlib.Path(os.path.realpath(dirpath))
-    # A link to a folder holding this one is a loop: os.walk had gone round it until the
-    # path was too long. Links elsewhere (even to a sibling class) are followed.
-    dirnames[:] = sorted(d for d in dirnames if not here.is_relative_to(
-        os.path.realpath(os.path.join(dirpath, d))))
+    chain = chains.pop(dirpath, set())
+    kept = []
+    for d in sorted(dirnames):
+      real = os.path.realpath(os.path.join(dirpath, d))
+      if real not in chain:
+        kept.append(d)
+        chains[os.path.join(dirpath, d)] = chain | {real}
+    dirnames[:] = kept
     rel = pathlib.Path(dirpath).relative_to(root).parts
     for fn in sorted(filenames):
       if _is_image(rel + (fn,)):
@@ -149,24 +156,38 @@ def _scan_tar_links(archive: pathlib.Path, links: dict[tuple[str, ...], tuple[st
                     folder_links: dict[tuple[str, ...], tuple[str, ...]] | None = None
                     ) -> Iterator[tuple[tuple[str, ...], str, bytes]]:
   """The images that link members name, and those under linked folders (at the link's
-  path), read in one more pass over the archive. A folder link naming no images is not
-  one (e.g. a link to a text file) and is skipped, as other files are."""
-  folder_links = {link: target for link, target in (folder_links or {}).items()
-                  if target and target != link[:len(target)]}  # a link into itself: a loop
+  path, as the directory reader sees them), read in one more pass over the archive.
+
+  A link that names no member of the archive, and has no file suffix (a folder link out
+  of the archive, whose images it does not hold), is warned about; other links to
+  non-images are skipped, as other files are.
+  """
+  folders: dict[tuple[str, ...], tuple[str, ...]] = {}
+  for link, target in (folder_links or {}).items():
+    for _ in range(8):  # a link to a folder link
+      target = (folder_links or {}).get(target, target)
+    if target and target != link[:len(target)]:  # a link into itself is a loop: skipped
+      folders[link] = target
+  for link, target in list(links.items()):  # image links inside a linked folder
+    for folder, t in folders.items():
+      if link[:len(t)] == t:
+        links.setdefault(folder + link[len(t):], target)
   wanted: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
   for link, target in links.items():
     for _ in range(8):  # a link to a link (a cycle stays a link: reported missing below)
       target = links.get(target, target)
     wanted.setdefault(target, []).append(link)
-  found = set()
+  found, named = set(), set()  # images read; folder links with a member under them
   with tarfile.open(archive, "r|*") as tf:
     for member in tf:
       target = _member_parts(member.name)
-      if not member.isfile():
-        continue
-      under = [link + target[len(t):] for link, t in folder_links.items()
-               if target[:len(t)] == t and len(target) > len(t) and _is_image(target)]
-      if target not in wanted and not under:
+      under = []
+      for folder, t in folders.items():
+        if target[:len(t)] == t:
+          named.add(folder)
+          if len(target) > len(t) and _is_image(folder + target[len(t):]):
+            under.append(folder + target[len(t):])
+      if not member.isfile() or (target not in wanted and not under):
         continue
       data = tf.extractfile(member).read()
       found.add(target)
@@ -181,6 +202,13 @@ def _scan_tar_links(archive: pathlib.Path, links: dict[tuple[str, ...], tuple[st
     raise ValueError(f"archive {archive}: {len(missing)} link member(s) name no file in it, "
                      f"e.g. {'/'.join(link)!r} -> {'/'.join(target)!r}: expected links to "
                      "images inside the archive")
+  outside = [(link, target) for link, target in folders.items()
+             if link not in named and not posixpath.splitext(link[-1])[1]]
+  if outside:
+    link, target = outside[0]
+    warnings.warn(f"archive {archive}: {len(outside)} link member(s) name nothing inside it, "
+                  f"e.g. {'/'.join(link)!r} -> {'/'.join(target)!r}, so any images behind "
+                  "them are not read (`tar -h` stores what links point to)", stacklevel=4)
 
 
 def archive_split_folders(archive: str | os.PathLike) -> set[str]:

@@ -606,27 +606,29 @@ def workdir_lock(workdir: str | pathlib.Path | None) -> Iterator[None]:
     yield
     return
   path = pathlib.Path(workdir).absolute()
-  busy = "workdir {!r} is in use by another training run ({}); wait for it to finish, or use " \
-         "another workdir"
   f, error = None, None
-  if is_chief():  # process 0 holds the lock for all the run's processes
-    path.mkdir(parents=True, exist_ok=True)
-    f = open(path / ".lock", "a+")
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      f.seek(0)
-      holder = f.read().strip() or "unknown"
-      f.close()
-      f, error = None, CheckpointError(busy.format(str(path), f"process {holder}"))
-  if jax.process_count() > 1:  # every process learns the outcome: the others had gone on
-    from jax.experimental import multihost_utils  # and waited for process 0 until timeouts
-    refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
-    if refused and error is None:
-      error = CheckpointError(busy.format(str(path), "process 0 of this run found it locked"))
-  if error is not None:
-    raise error
   try:
+    if is_chief():  # process 0 holds the lock for all the run's processes
+      try:
+        path.mkdir(parents=True, exist_ok=True)
+        f = open(path / ".lock", "a+")
+        try:
+          fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+          f.seek(0)
+          error = CheckpointError(
+              f"workdir {str(path)!r} is in use by another training run (process "
+              f"{f.read().strip() or 'unknown'}); wait for it to finish, or use another workdir")
+      except Exception as e:  # noqa: BLE001 -- every process must hear of it (below)
+        error = e
+    if jax.process_count() > 1:  # the other processes had gone on, and waited for process 0
+      from jax.experimental import multihost_utils  # until a timeout
+      refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+      if refused and error is None:
+        error = CheckpointError(f"workdir {str(path)!r}: process 0 of this run could not take "
+                                "its lock (its own error says why)")
+    if error is not None:
+      raise error
     if f is not None:
       f.truncate(0)
       f.write(f"{os.getpid()} on {socket.gethostname()}\n")

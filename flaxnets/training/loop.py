@@ -219,8 +219,9 @@ def check_task(config: Any, dataset: Dataset, model_cls: type) -> None:
         f"{dataset.name!r} is a {dataset.task} task; expected one of {fits}")
   for key, metric in (("checkpoint.best_metric", config.checkpoint.best_metric),
                       ("early_stopping.metric", config.early_stopping.metric)):
-    if metric != "top5_accuracy":
-      continue
+    if metric != "top5_accuracy" or (key == "early_stopping.metric" and
+                                     not config.early_stopping.patience):
+      continue  # an early-stopping metric without patience is never read
     if dataset.task == "lm":  # next-token targets: no top-5 over classes is computed
       raise config_lib.ConfigError(f"config.{key}={metric!r}: expected 'loss' or "
                                    f"'accuracy' for language-model dataset {dataset.name!r}")
