@@ -38,6 +38,27 @@ def test_default_job_learns_digits_and_writes_logs(tmp_path):
   assert len(results["test"]["confusion_matrix"]) == 10
 
 
+def test_the_final_validation_reuses_the_last_epochs_pass(monkeypatch):
+  """It had evaluated the same weights twice; with restore_best it must evaluate again."""
+  from flaxnets.training import loop
+  calls = []
+  run_eval = loop.run_eval
+
+  def counting(eval_fn, state, split, *args, **kwargs):
+    calls.append(len(split["labels"]))
+    return run_eval(eval_fn, state, split, *args, **kwargs)
+
+  monkeypatch.setattr(loop, "run_eval", counting)
+  config = _quiet(flaxnets.get_config())
+  config.num_epochs = 2
+  result = flaxnets.train(config)
+  assert calls == [179, 179, 360]  # val per epoch, then test only
+  want = flaxnets.evaluate(result, "val")
+  assert result.val_metrics == {k: v for k, v in want.items() if k in result.val_metrics}
+  val_history = [h for h in result.history if h["split"] == "val"]
+  assert val_history[-1]["loss"] == result.val_metrics["loss"]
+
+
 def test_same_config_same_numbers():
   config = _quiet(flaxnets.get_config())
   config.num_epochs = 1

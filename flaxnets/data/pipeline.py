@@ -92,7 +92,9 @@ class TrainIterator:
     b = self.global_batch
     ds = grain.MapDataset.range(self.steps_per_epoch).map(lambda i: perm[i * b:(i + 1) * b])
     self.epoch = epoch
-    self._it = iter(ds.to_iter_dataset())
+    # No reader threads: a map that slices an index array costs less than the thread pool
+    # Grain starts each epoch by default (57-89 us against 17 us a batch, one core).
+    self._it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
     if next_index:
       self._it.set_state({"next_index": next_index})
     self._next_index = next_index

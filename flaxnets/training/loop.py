@@ -442,7 +442,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                       f"checkpoint in {workdir}. Run the same command again to resume.", result)
 
   # ---- epochs ----------------------------------------------------------------------
-  val_metrics = None
+  val_metrics, val_step = None, None  # the last validation, and the step it is of
   # A run resumed after it had stopped early stays stopped.
   stopped_early = bool(config.early_stopping.patience) and \
       early.bad_epochs >= config.early_stopping.patience
@@ -551,6 +551,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       if dataset.val is not None:
         val_metrics = run_eval(eval_step, state, dataset.val, eval_batch, strategy, buckets,
                                dataset.num_classes)
+        val_step = step
         vrec = {"split": "val", "epoch": epoch + 1, "step": step, "loss": val_metrics["loss"],
                 "accuracy": val_metrics["accuracy"], "wall_time": run_wall_time()}
         history.append(vrec)
@@ -584,7 +585,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                                    strategy, config.early_stopping.metric)
     if restored:
       evaluated = f"epoch {early.best_epoch} (early_stopping.restore_best)"
-  if dataset.val is not None:
+      val_step = None
+  if dataset.val is not None and val_step != step:  # else the last epoch's pass is of these
     val_metrics = run_eval(eval_step, state, dataset.val, eval_batch, strategy, buckets,
                            dataset.num_classes)
   test_metrics = None
