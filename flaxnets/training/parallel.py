@@ -169,6 +169,10 @@ class Strategy:
     if jax.process_count() > 1:
       return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
               for k, v in batch.items()}
+    if self.name == "single" and self.devices[0].platform == "cpu":
+      # The device's memory is the host's: the jitted step takes numpy as it is, where
+      # device_put had cost 160 us a digits batch against 22 (a tenth of a small step).
+      return batch
     return jax.device_put(batch, self.data_sharding)
 
   # -- back to the host -------------------------------------------------------------------
