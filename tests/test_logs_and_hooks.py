@@ -176,6 +176,24 @@ def test_restore_best_takes_the_early_stopping_metrics_best_epoch(tmp_path, work
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_best_checkpoint_takes_early_stoppings_min_delta_with_restore_best(tmp_path):
+  """README: with restore_best and the same metric, load() returns the weights results.json
+  reports. best/ had compared strictly: an epoch better by less than min_delta became best/
+  while restore_best reported the epoch before it."""
+  config = flaxnets.get_config()
+  config.progress, config.tensorboard, config.num_epochs = False, False, 8
+  config.early_stopping.update(patience=1, min_delta=0.02, restore_best=True)
+  config.checkpoint.best_metric = "loss"
+  result = flaxnets.train(config, workdir=str(tmp_path))
+  losses = [h["loss"] for h in result.history if h["split"] == "val"]
+  assert result.stopped_early and 0 < losses[-2] - losses[-1] < 0.02, losses  # the case
+  for a, b in zip(jax.tree.leaves(flaxnets.load(tmp_path).params),
+                  jax.tree.leaves(result.state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["evaluated_weights"] == f"epoch {len(losses) - 1} (early_stopping.restore_best)"
+
+
 def test_metric_writer_resume_and_fresh_starts_keep_every_row(tmp_path):
   log = tmp_path / "metrics.jsonl"
   # a kill left the last row without its newline; the resume keeps rows up to step 10

@@ -316,6 +316,12 @@ class Checkpointer:
     if restart:  # --restart: start over explicitly
       remove_checkpoints(self.workdir)
     self.ccfg = config.checkpoint
+    es = config.early_stopping
+    # With restore_best by the same metric and mode, best/ must pick early stopping's epoch
+    # (README: load() then returns the weights results.json reports): its min_delta too.
+    same = (es.metric, config_lib.metric_mode(es.metric, es.mode)) == (
+        self.ccfg.best_metric, config_lib.metric_mode(self.ccfg.best_metric, self.ccfg.best_mode))
+    self.min_delta = es.min_delta if es.patience and es.restore_best and same else 0.0
     self.meta = metadata(config, dataset, stats)
     # A run killed mid-save leaves a temporary folder behind; it is never a step.
     opts = dict(enable_async_checkpointing=self.ccfg.async_save, create=True,
@@ -365,7 +371,9 @@ class Checkpointer:
     if self.best_value is None:
       return True
     mode = config_lib.metric_mode(self.ccfg.best_metric, self.ccfg.best_mode)
-    return value > self.best_value if mode == "max" else value < self.best_value
+    if mode == "max":
+      return value > self.best_value + self.min_delta
+    return value < self.best_value - self.min_delta
 
   def save(self, step: int, state: Any, extra: dict[str, Any],
            val_metrics: dict[str, float] | None = None, force: bool = False) -> None:
