@@ -1,11 +1,11 @@
 """ResNet-20 on CIFAR-10 from the JPEG copy in ../shared/data/cifar10_jpg.
 
 ResNet-20 of He et al. (2016) with a common modern CIFAR recipe: SGD with Nesterov
-momentum 0.9, lr 0.1 (linear warmup over the first epoch, then cosine decay), weight decay
-5e-4 (coupled, as SGD recipes use it; biases and BN scales excluded), batch 128, random
-crop after 4-pixel padding and horizontal flips. (He et al. used plain momentum, weight
-decay 1e-4 and a step schedule: 91.25% test after 164 epochs.) Validation is a seeded, stratified 10% of the
-50,000 training images; test is the 10,000.
+momentum 0.9, lr 0.1 (linear warmup over the first epoch, then cosine decay), weight
+decay 5e-4 (coupled, as SGD recipes use it; biases and BN scales excluded), batch 128,
+random crop after 4-pixel padding and horizontal flips. (He et al. used plain momentum,
+weight decay 1e-4 and a step schedule: 91.25% test after 164 epochs.) Validation is a
+seeded, stratified 10% of the 50,000 training images; test is the 10,000.
 
 TFDS variant (needs a prepared copy: flaxnets.data.tfds_source.prepare_tfds('cifar10')):
     --set dataset.name='tfds:cifar10' dataset.path=''

@@ -317,11 +317,12 @@ class Checkpointer:
       remove_checkpoints(self.workdir)
     self.ccfg = config.checkpoint
     es = config.early_stopping
-    # With restore_best by the same metric and mode, best/ must pick early stopping's epoch
-    # (README: load() then returns the weights results.json reports): its min_delta too.
+    # With restore_best by the same metric and mode, best/ takes early stopping's epoch
+    # (README: load() then returns the weights results.json reports), min_delta and all:
+    # the loop passes its choice to save(). Compared apart, they had picked other epochs.
     same = (es.metric, config_lib.metric_mode(es.metric, es.mode)) == (
         self.ccfg.best_metric, config_lib.metric_mode(self.ccfg.best_metric, self.ccfg.best_mode))
-    self.min_delta = es.min_delta if es.patience and es.restore_best and same else 0.0
+    self.follows_early_stopping = bool(es.patience and es.restore_best and same)
     self.meta = metadata(config, dataset, stats)
     # A run killed mid-save leaves a temporary folder behind; it is never a step.
     opts = dict(enable_async_checkpointing=self.ccfg.async_save, create=True,
@@ -371,13 +372,13 @@ class Checkpointer:
     if self.best_value is None:
       return True
     mode = config_lib.metric_mode(self.ccfg.best_metric, self.ccfg.best_mode)
-    if mode == "max":
-      return value > self.best_value + self.min_delta
-    return value < self.best_value - self.min_delta
+    return value > self.best_value if mode == "max" else value < self.best_value
 
   def save(self, step: int, state: Any, extra: dict[str, Any],
-           val_metrics: dict[str, float] | None = None, force: bool = False) -> None:
-    """Save `state` (host arrays) at `step`; also to best/ when val_metrics improve.
+           val_metrics: dict[str, float] | None = None, force: bool = False,
+           improved: bool | None = None) -> None:
+    """Save `state` (host arrays) at `step`; also to best/ when val_metrics improve (or,
+    given, when `improved`: early stopping's choice, see `follows_early_stopping`).
 
     A step that is already saved is left as it is: the same step of the same run
     holds the same state (a resumed run replays the steps after its checkpoint; best/
@@ -390,7 +391,8 @@ class Checkpointer:
       return
     self._check_finite(step, state)
     metric = f"val_{self.ccfg.best_metric}"
-    improved = bool(val_metrics) and metric in val_metrics and self._better(val_metrics[metric])
+    improved = bool(val_metrics) and metric in val_metrics and (
+        self._better(val_metrics[metric]) if improved is None else improved)
     if improved:
       self.best_value = float(val_metrics[metric])
     meta = dict(self.meta, metrics=val_metrics or {}, best_value=self.best_value,

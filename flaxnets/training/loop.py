@@ -238,7 +238,8 @@ def buckets_for(dataset: Dataset) -> tuple[int, ...] | None:
 
 
 def prefetch(batches: Iterator[dict], strategy: parallel.Strategy, size: int = 2) -> Iterator:
-  """Keep `size` batches already transferred to the devices ahead of the step."""
+  """Keep `size` batches placed by `strategy.put_batch` (on the devices; numpy for a
+  single CPU device) ahead of the step."""
   queue: collections.deque = collections.deque()
   for batch in batches:
     queue.append(strategy.put_batch(batch))
@@ -412,7 +413,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   # one of the last batch consumed: (epoch, batches consumed in it).
   position = dict(train_it.get_state())
 
-  def save(final_metrics=None, force=False):
+  def save(final_metrics=None, force=False, improved=None):
     if ckpt is not None:
       extra = {"iterator": dict(position), "history": history,
                "early_stopping": early.state_dict(),
@@ -421,7 +422,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                "wall_time_s": run_wall_time(), "config_changes": config_changes}
       if position["next_index"] and sums is not None:  # so the resumed epoch's record is exact
         extra["epoch_sums"] = jax.device_get(strategy.unreplicate(sums))
-      ckpt.save(step, strategy.get_state(state), extra, final_metrics, force=force)
+      ckpt.save(step, strategy.get_state(state), extra, final_metrics, force=force,
+                improved=improved)
 
   def exit_preempted():
     save(force=True)
@@ -568,7 +570,9 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         rates += f", {record['tokens_per_sec']:.0f} tok/s"
       log(msg + rates)
       save({"val_" + k: v for k, v in (val_metrics or {}).items()
-            if isinstance(v, float)} or None)
+            if isinstance(v, float)} or None,
+           improved=(early.best_epoch == epoch + 1 if ckpt is not None and
+                     ckpt.follows_early_stopping and val_metrics is not None else None))
       if stop_agreed():
         exit_preempted()
       if stopped_early:

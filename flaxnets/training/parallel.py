@@ -156,7 +156,8 @@ class Strategy:
     """This process's rows of a global batch {k: [B_local, ...]} -> device arrays.
 
     pmap gets {k: [local devices, B_local / local devices, ...]}; mesh gets global
-    arrays {k: [B, ...]} sharded over 'data'.
+    arrays {k: [B, ...]} sharded over 'data'; a single CPU device gets the numpy batch
+    itself, which the jitted step reads in place.
     """
     if self.name == "pmap":
       n = len(self.local_devices)
