@@ -42,7 +42,8 @@ def main() -> int:
     results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
     rows.append({"run": i, "wall_s": wall, "test_accuracy": results["test"]["accuracy"],
                  "train_time_s": results["train_time_s"],
-                 "in_process_s": results["wall_time_s"]})
+                 "in_process_s": results["wall_time_s"], "device": results["device_kind"],
+                 "devices": len(results["devices"])})
     shutil.rmtree(workdir, ignore_errors=True)
   load = os.getloadavg()[0]
   print(f"{'run':>3} {'wall s':>7} {'in train() s':>13} {'training s':>11} {'test acc':>9}")

@@ -18,6 +18,7 @@
 set -u
 OUTDIR=${OUT:-/tmp/gpu_session}
 mkdir -p "$OUTDIR"
+STAMP=$(mktemp)  # results written after it are this session's (the repo holds older ones)
 TINY=""
 SUF=gpu
 if [[ "${1:-}" == "--tiny" ]]; then TINY=--tiny; SUF=cpu_tiny; fi
@@ -55,8 +56,9 @@ step() {  # name limit command...
   local rc=$?
   echo "=== $name: rc=$rc after $((SECONDS - t0)) s"
   tail -n 25 "$OUTDIR/$name.log"
-  # Only $OUTDIR comes back from a lent machine: copy every result so far after each step.
-  cp "$R"/*_"$SUF"*.json "$OUTDIR/" 2>/dev/null
+  # Only $OUTDIR comes back from a lent machine: copy this session's results after each
+  # step (not the committed ones: a step that failed before writing would look measured).
+  find "$R" -maxdepth 1 -name "*_${SUF}*.json" -newer "$STAMP" -exec cp {} "$OUTDIR/" \;
 }
 
 # Target 1: LSTM/GRU layers vs cuDNN, the four shapes, fp32 and bf16, unroll sweep.
@@ -67,7 +69,7 @@ RUNS="--runs 5"; [[ -n "$TINY" ]] && RUNS="--runs 2"
 step speedrun "${SPEEDRUN_S:-120}" $PY experiments/benchmarks/cifar10_speedrun.py $TINY $RUNS \
   --out "$R/cifar10_speedrun_$SUF.json"
 # Target 4, airbench's lookahead EMA, 64x BN-bias lr, dirac and PyTorch init: 10 and 8 epochs.
-AB=${AIRBENCH_S:-0}; [[ -n "$TINY" && "$AB" == "0" ]] && AB=240
+AB=${AIRBENCH_S-}; [[ -z "$AB" ]] && { [[ -n "$TINY" ]] && AB=240 || AB=0; }  # 0 skips
 step speedrun_airbench "$AB" $PY experiments/benchmarks/cifar10_speedrun.py $TINY $RUNS --airbench \
   --out "$R/cifar10_speedrun_airbench_$SUF.json"
 if [[ -z "$TINY" ]]; then
