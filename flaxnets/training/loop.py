@@ -569,10 +569,11 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       if "tokens_per_sec" in record:
         rates += f", {record['tokens_per_sec']:.0f} tok/s"
       log(msg + rates)
+      # best/ takes early stopping's pick when restore_best watches its metric
+      follow = ckpt is not None and ckpt.follows_early_stopping and val_metrics is not None
       save({"val_" + k: v for k, v in (val_metrics or {}).items()
             if isinstance(v, float)} or None,
-           improved=(early.best_epoch == epoch + 1 if ckpt is not None and
-                     ckpt.follows_early_stopping and val_metrics is not None else None))
+           improved=early.best_epoch == epoch + 1 if follow else None)
       if stop_agreed():
         exit_preempted()
       if stopped_early:
