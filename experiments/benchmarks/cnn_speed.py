@@ -282,6 +282,8 @@ def main(argv=None) -> int:
   loop_steps = args.loop_steps or (4 if tiny else 100)
   dtypes = args.dtypes or (["float32"] if backend == "cpu" else ["float32", "bfloat16"])
   have_torch = not args.no_torch and __import__("importlib.util").util.find_spec("torch") is not None
+  if not args.no_torch and not have_torch:
+    print("torch is not installed: the PyTorch rows are skipped (pip install '.[bench]')")
   compile_ = args.torch_compile == "yes" or (args.torch_compile == "auto" and backend != "cpu")
   device = "cpu" if backend == "cpu" else "cuda"
   out = {"benchmark": "cnn_speed", "model": model_name, "batch": batch, "backend": backend,

@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     result["torch_step_min_round_median_ms"] = tl["step_ms"]["min_round_median_ms"]
     result["torch_lstm"] = tl
   except ImportError:
+    print("torch is not installed: its LSTM is not measured (torch_lstm: null)")
     result["torch_lstm"] = result["torch_top_ops"] = None
   result["loadavg_end"] = [round(v, 1) for v in os.getloadavg()]
 

@@ -360,6 +360,8 @@ def run_one(args, partial_out: pathlib.Path | None = None) -> dict:
     if args.dtypes:
       configs = [(*c[:5], tuple(args.dtypes)) for c in configs]
   torch_runner = None
+  if not args.no_torch and not torch_available():
+    print("torch is not installed: the PyTorch columns are skipped (pip install '.[bench]')")
   if not args.no_torch and torch_available():
     device = "cpu" if backend == "cpu" else "cuda"
     threads = 1 if args.threads == "1" else None
