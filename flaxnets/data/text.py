@@ -226,8 +226,7 @@ class Vocabulary:
         raise ValueError(f"{path}: field {key!r} is {cfg.get(key)!r:.60}, expected a "
                          f"{typ.__name__}")
     try:
-      return cls(cfg["tokens"], cfg["level"], cfg["lowercase"],
-                 bool(cfg.get("split_punctuation", False)), int(cfg.get("punct_rules", 1)))
+      return cls.from_dict(cfg)
     except ValueError as e:
       raise ValueError(f"{path}: {e}") from None
 
