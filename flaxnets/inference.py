@@ -369,14 +369,21 @@ class Predictor:
       raise ValueError(f"the dataset differs from the one this checkpoint was trained on "
                        f"({'; '.join(diffs)}); the data at {config.dataset.path!r}, or how "
                        "this flaxnets reads it, changed since training")
-    from flaxnets.training.state import TrainState
-    import optax
-    state = TrainState.create(apply_fn=self.model.apply, params=self.params, tx=optax.identity(),
-                              batch_stats=self.batch_stats, rng=jax.random.PRNGKey(0))
-    result = loop.TrainResult(state=state, history=[], val_metrics=None, test_metrics=None,
+    # Kept while the weights are these: its tx is part of the compiled eval step's key.
+    held = getattr(self, "_eval_state", None)
+    if held is None or held[0] is not self.params or held[1] is not self.batch_stats:
+      from flaxnets.training.state import TrainState
+      import optax
+      held = (self.params, self.batch_stats, TrainState.create(
+          apply_fn=self.model.apply, params=self.params, tx=optax.identity(),
+          batch_stats=self.batch_stats, rng=jax.random.PRNGKey(0)))
+      self._eval_state = held
+    result = loop.TrainResult(state=held[2], history=[], val_metrics=None, test_metrics=None,
                               config=config, model=self.model, dataset=dataset, stats=self.stats,
                               workdir=None, train_time_s=0.0)
-    return loop.evaluate(result, split)
+    if split not in ("train", "val", "test") or getattr(dataset, split) is None:
+      return loop.evaluate(result, split)  # its error names the splits there are
+    return loop.evaluate_with(result, split, owner=self)
 
   # -- export --------------------------------------------------------------------------------
   def export(self, path: str | pathlib.Path) -> pathlib.Path:

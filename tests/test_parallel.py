@@ -217,6 +217,32 @@ def test_random_streams_differ_between_devices_and_reproduce(strategy):
 
 
 @pytest.mark.parametrize("strategy", ["single", "pmap", "mesh"])
+def test_running_sums_add_each_steps_metrics(strategy):
+  """The loop's step adds the epoch's metric sums inside the compiled step: its state and
+  per-step metrics are the plain step's, and its sums are theirs added up."""
+  want_state, want_history = _train("single", "simple_cnn", 3, 0, features=(8, 16), hidden=32)
+  s = parallel.Strategy(strategy)
+  model = _model("simple_cnn", s, features=(8, 16), hidden=32)
+  state = _initial_state("simple_cnn", features=(8, 16), hidden=32).replace(apply_fn=model.apply)
+  step = s.compile_train(steps.with_running_sums(steps.make_train_step(
+      num_classes=10, stats={}, schedule=optax.constant_schedule(0.1),
+      axis_name=s.axis_name)), running_sums=True)
+  state, sums, history = s.put_state(state), s.put_state(steps.zero_sums()), []
+  for batch in _batches(3, 0):
+    state, metrics, sums = step(state, s.put_batch(batch), sums)
+    history.append(s.unreplicate(metrics))
+  _assert_trees_close(s.get_state(state).params, want_state.params)
+  _assert_metrics_close(history, want_history)
+  sums = s.unreplicate(sums)
+  assert set(sums) == set(steps.TRAIN_METRICS)
+  for k in steps.TRAIN_METRICS:
+    assert np.asarray(sums[k]).dtype == np.float32
+    np.testing.assert_allclose(float(sums[k]), sum(float(m[k]) for m in history), rtol=1e-6,
+                               err_msg=k)
+  assert float(sums["count"]) == 3 * GLOBAL_BATCH
+
+
+@pytest.mark.parametrize("strategy", ["single", "pmap", "mesh"])
 def test_eval_counts_every_example_once(strategy):
   """37 examples, eval batches of 16 over 8 devices: the padded tail counts zero times."""
   rng = np.random.default_rng(5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import flaxnets
-from helpers import quiet_config as _quiet
+from helpers import counting_compiles, quiet_config as _quiet
 
 
 def _cli(*args):
@@ -231,7 +231,11 @@ def test_evaluate_refuses_data_whose_classes_changed(tmp_path):
   config = _quiet(num_epochs=1, batch_size=8, **{"dataset.name": "image_folder",
                                                  "dataset.path": str(root)})
   flaxnets.train(config, workdir=str(tmp_path / "wd"))
-  assert 0.0 <= flaxnets.load(tmp_path / "wd").evaluate("test")["accuracy"] <= 1.0
+  predictor = flaxnets.load(tmp_path / "wd")
+  assert 0.0 <= predictor.evaluate("test")["accuracy"] <= 1.0
+  with counting_compiles() as compiles:  # the predictor keeps its compiled eval step
+    assert predictor.evaluate("train")["count"] == 22  # 24 less the 10% held out for val
+  assert compiles == []
   for split in ("train", "test"):  # renamed: it scored every dog as wrong
     (root / split / "dog").rename(root / split / "hound")
   with pytest.raises(ValueError, match=r"differs from the one this checkpoint was trained on "

@@ -6,6 +6,7 @@ import pytest
 
 import flaxnets
 from flaxnets.data import sources
+from helpers import counting_compiles
 
 
 def _quiet(config):
@@ -106,6 +107,11 @@ def test_train_on_numpy_arrays_and_evaluate(capsys):
   metrics = flaxnets.evaluate(result, "test")
   assert metrics["count"] == 40
   assert metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+  # Another split (padded to the same eval batch) reuses the compiled eval step.
+  with counting_compiles() as compiles:
+    val = flaxnets.evaluate(result, "val")
+  assert val["loss"] == pytest.approx(result.val_metrics["loss"], rel=1e-6)
+  assert compiles == [], "evaluate compiled its eval step again for another split"
   with pytest.raises(ValueError, match=r"split='holdout': expected one of"):
     flaxnets.evaluate(result, "holdout")
 

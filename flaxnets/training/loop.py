@@ -90,12 +90,6 @@ class Progress:
       self.bar.close()
 
 
-@jax.jit
-def _add(a: Any, b: Any) -> Any:
-  """Running metric sums on the device: one dispatch per step, no host sync."""
-  return jax.tree.map(lambda x, y: x + y, a, b)
-
-
 # How the start line names each input kind: int [N, T] arrays are read as token ids, and
 # a user who meant a series of integers reads it there.
 INPUT_WORDS = {"image": "images", "series": "series", "tokens": "int token ids"}
@@ -395,12 +389,12 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
     return resumed_wall + time.time() - start_time
 
   # ---- compile ---------------------------------------------------------------------
-  train_step = strategy.compile_train(steps.make_train_step(
+  train_step = strategy.compile_train(steps.with_running_sums(steps.make_train_step(
       num_classes=dataset.num_classes, stats=stats, schedule=schedule,
       label_smoothing=config.optimizer.label_smoothing,
       crop_padding=config.augment.crop_padding if dataset.input_kind == "image" else 0,
       flip=config.augment.flip and dataset.input_kind == "image",
-      axis_name=strategy.axis_name, debug=config.debug))
+      axis_name=strategy.axis_name, debug=config.debug)), running_sums=True)
   if config.debug:  # chex's value assertions inside the compiled step, checked every call
     import chex
     train_step = chex.chexify(train_step, async_check=False)
@@ -479,15 +473,20 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       epoch_start = time.time()
       bar = Progress(config.progress, steps_per_epoch - train_it.get_state()["next_index"],
                      epoch, config.num_epochs)
-      sums, resumed_sums = resumed_sums, None
+      # The epoch's train metric sums, added up inside the step; a resumed epoch's carry on.
+      host_sums, continued = steps.zero_sums(), resumed_sums is not None
+      if continued:
+        host_sums = {k: np.asarray(resumed_sums.get(k, 0.0), np.float32) for k in host_sums}
+      resumed_sums = None
+      sums = strategy.put_state(host_sums)
       # Rates count what this process ran: a resumed epoch's earlier steps are not timed.
-      counted_before = 0.0 if sums is None else float(sums["count"])
+      counted_before = float(host_sums["count"])
       epoch_steps = 0
       window_start, window_examples = time.time(), 0
       stopping = False
       for batch in prefetch(train_it.epoch_batches(), strategy):
         try:
-          state, m = train_step(state, batch)
+          state, m, sums = train_step(state, batch, sums)
         except AssertionError as e:  # config.debug's chex checks
           if not config.debug:
             raise
@@ -499,7 +498,6 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                                    f"{what or e}; {kept()}") from None
         step += 1
         position["next_index"] += 1
-        sums = m if sums is None else _add(sums, m)
         epoch_steps += 1
         window_examples += config.batch_size
         if step % config.log_every_steps == 0:
@@ -531,7 +529,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         position.update(epoch=epoch + 1, next_index=0)
       if stopping and position["next_index"]:
         exit_preempted()
-      if sums is None:
+      if not (epoch_steps or continued):  # no step ran in this epoch (nor before a resume)
         continue
       sums = strategy.unreplicate(jax.device_get(sums))
       epoch_time = time.time() - epoch_start
@@ -637,9 +635,20 @@ def evaluate(result: TrainResult, split: str = "test") -> dict[str, Any]:
   if split not in ("train", "val", "test") or data is None:
     have = [s for s in ("train", "val", "test") if getattr(result.dataset, s) is not None]
     raise ValueError(f"split={split!r}: expected one of the dataset's splits {have}")
+  return evaluate_with(result, split, owner=result)
+
+
+def evaluate_with(result: TrainResult, split: str, owner: Any) -> dict[str, Any]:
+  """`evaluate` with its compiled step kept on `owner` (the result, or the Predictor that
+  made it): evaluating another split, or again, compiles nothing new for the same shapes."""
   strategy = parallel.Strategy("single")
-  eval_step = strategy.compile_eval(steps.make_eval_step(
-      num_classes=result.dataset.num_classes, stats=result.stats))
+  key = (result.dataset.num_classes, result.stats)
+  cached = getattr(owner, "_compiled_eval", None)
+  if cached is None or cached[0][0] != key[0] or cached[0][1] is not key[1]:
+    cached = (key, strategy.compile_eval(steps.make_eval_step(num_classes=key[0],
+                                                              stats=key[1])))
+    owner._compiled_eval = cached  # holds the stats it was made for (`is`: no id reuse)
   state = strategy.put_state(result.state)
-  return run_eval(eval_step, state, data, result.config.eval_batch_size, strategy,
-                  buckets_for(result.dataset), result.dataset.num_classes, with_confusion=True)
+  return run_eval(cached[1], state, getattr(result.dataset, split),
+                  result.config.eval_batch_size, strategy, buckets_for(result.dataset),
+                  result.dataset.num_classes, with_confusion=True)

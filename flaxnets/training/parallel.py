@@ -214,12 +214,18 @@ class Strategy:
     return np.asarray(self.to_host(preds))
 
   # -- compilation ------------------------------------------------------------------------
-  def compile_train(self, train_step: Callable) -> Callable:
-    """`train_step(state, batch) -> (state, metrics)`, compiled; the old state is donated."""
+  def compile_train(self, train_step: Callable, running_sums: bool = False) -> Callable:
+    """`train_step(state, batch) -> (state, metrics)`, compiled; the old state is donated.
+
+    With `running_sums` the step is `steps.with_running_sums`' `(state, batch, sums) ->
+    (state, metrics, sums)`: the sums are placed like the state (`put_state`) and donated.
+    """
+    donate = (0, 2) if running_sums else (0,)
     if self.name == "pmap":
-      return jax.pmap(train_step, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
-    return jax.jit(train_step, in_shardings=(self.replicated, self.data_sharding),
-                   out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+      return jax.pmap(train_step, axis_name=AXIS, devices=self.devices, donate_argnums=donate)
+    ins = (self.replicated, self.data_sharding) + ((self.replicated,) if running_sums else ())
+    return jax.jit(train_step, in_shardings=ins, out_shardings=self.replicated,
+                   donate_argnums=donate)
 
   def compile_eval(self, eval_step: Callable) -> Callable:
     """`eval_step(state, batch) -> metrics`, compiled (per-example outputs stay sharded)."""
