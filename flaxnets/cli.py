@@ -60,12 +60,15 @@ def _train(argv: list[str]) -> int:
   fv = flags.FlagValues()
   default = str(pathlib.Path(__file__).with_name("config.py"))
   usage = "flaxnets train [--config FILE] [--config.KEY=VALUE ...] [--workdir DIR]"
-  try:  # it reads the --config.A.B=V overrides of sys.argv and walks their parents now
+  # It reads the --config.A.B=V overrides of sys.argv and walks their parents now: those of
+  # `argv` (main(argv) called from Python had taken none of them, "Unknown command line flag").
+  saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "flaxnets", "train", *argv]
+  try:
     config_flag = config_flags.DEFINE_config_file(
         "config", default, "task config file (a .py with get_config())", flag_values=fv,
         lock_config=False, accept_new_attributes=True)
   except (KeyError, TypeError) as e:  # TypeError: a path through a leaf (a str's "key")
-    overrides = [a for a in sys.argv[1:] + argv if a.startswith("--config.")]
+    overrides = [a for a in argv if a.startswith("--config.")]
     text = str(e.args[0] if e.args else e)
     key = text.strip("'\"").split("'")[0].split()[0]
     arg = next((a for a in overrides
@@ -87,6 +90,8 @@ def _train(argv: list[str]) -> int:
                        f"({text}); usage: {usage}") from None
     raise UsageError(f"{arg}: the config has no key {key!r} on that path (only the last "
                      f"key of an override may be new); usage: {usage}") from None
+  finally:
+    sys.argv = saved_argv
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results",
                       flag_values=fv)
   flags.DEFINE_boolean("restart", False, "delete the checkpoints in workdir and start over",
@@ -127,6 +132,8 @@ def _train(argv: list[str]) -> int:
     before = argv[at - 1].lstrip("-") if at > 0 else ""
     if before in ("restart", "distributed") and rest[0].lower() in _BOOL_WORDS:
       hint = f" (a boolean flag takes --{before}={rest[0]}, or --{before} / --no{before})"
+    elif before.startswith("config.") and "=" not in before and rest[0].lower() in _BOOL_WORDS:
+      hint = f" (a boolean config value takes --{before}={rest[0]}; --{before} alone sets True)"
     elif fv.workdir is None:
       hint = f" (did you mean --workdir {rest[0]}?)"
     else:

@@ -185,11 +185,20 @@ _TRAINER_FIELDS = {"bn_axis_name": "the trainer sets it itself (under parallel.s
                                    "'pmap'); expected it unset"}
 
 
-# Text settings and the datasets that read them (a tfds dataset, when it is a text one).
+# Dataset settings and the datasets that read them (a tfds dataset, when it is a text one).
 _TEXT_SOURCES = ("text_table", "text_file", "tfds:<name>")
-_TEXT_KEYS = [("max_len", ("text_table", "tfds:<name>")), ("seq_len", ("text_file",)),
-              *((k, _TEXT_SOURCES) for k in ("vocab_level", "lowercase", "split_punctuation",
-                                              "min_freq", "max_vocab"))]
+_SPLIT_SOURCES = ("image_folder", "text_table", "tfds:<name>")
+_READERS = [("max_len", ("text_table", "tfds:<name>")), ("seq_len", ("text_file",)),
+            *((k, _TEXT_SOURCES) for k in ("vocab_level", "lowercase", "split_punctuation",
+                                            "min_freq", "max_vocab")),
+            *((k, _SPLIT_SOURCES) for k in ("train_split", "val_split", "test_split")),
+            *((k, ("text_table", "tfds:<name>")) for k in ("text_column", "label_column")),
+            ("val_fraction", ("arrays", "mnist1d", "image_folder", "text_table", "text_file",
+                              "tfds:<name>"))]
+_FIXED_SPLITS = {"digits": "digits' split is fixed (1258 train / 179 val / 360 test)",
+                 "mnist1d": "mnist1d's test split is fixed (val_fraction carves val from train)",
+                 "arrays": "pass the splits as data={'train': ..., 'val': ..., 'test': ...}",
+                 "text_file": "a text_file's last val_fraction is validation, and it has no test"}
 
 
 def _type_ok(value: Any, default: Any) -> bool:
@@ -311,13 +320,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f"tfds:<name> datasets resize images, and config.dataset.name="
                       f"{d.name!r}; resize the arrays yourself (or image_size=0)")
   defaults = get_config().dataset
-  for key, readers in _TEXT_KEYS:  # a text setting on other data had been ignored unsaid
+  for key, readers in _READERS:  # a setting the dataset does not read had been ignored unsaid
     if d[key] != defaults[key] and d.name not in readers and not (
         d.name.startswith("tfds:") and "tfds:<name>" in readers):
       hint = {("arrays", "max_len"): "truncate or pad the arrays yourself",
               ("text_file", "max_len"): "a text_file's windows are dataset.seq_len tokens",
               ("text_table", "seq_len"): "a text table's texts are cut at dataset.max_len",
-              }.get((d.name, key), "set dataset.name")
+              }.get((d.name, key))
+      if hint is None:
+        hint = (_FIXED_SPLITS[d.name] if key.endswith(("_split", "_fraction")) and
+                d.name in _FIXED_SPLITS else "set dataset.name")
       raise ConfigError(f"config.dataset.{key}={d[key]!r}: only {', '.join(readers)} datasets "
                         f"read it, and config.dataset.name={d.name!r}; {hint} (or {key}="
                         f"{defaults[key]!r})")

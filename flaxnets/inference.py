@@ -233,7 +233,9 @@ class Predictor:
       raise ValueError(f"image file {str(p)!r}: this model reads {self.input_kind} inputs, "
                        "not images")
     lo, hi = self.meta.get("input_range") or (0.0, 255.0)  # arrays given to train()
-    if lo < 0 or hi <= 1 or hi > 255:  # e.g. x / 255: files had given 255x the inputs
+    # e.g. x / 255, or scikit-learn's 0..16 digits: files had given 255x (16x) the inputs.
+    # The pixels of a set of 8-bit images reach past 127.
+    if lo < 0 or hi < 128 or hi > 255:
       raise ValueError(f"image file {str(p)!r}: this model trained on arrays in [{lo:g}, "
                        f"{hi:g}], and image files decode to pixels in 0..255; pass an array "
                        "of the image scaled as the training arrays were")
@@ -269,7 +271,7 @@ class Predictor:
     return np.concatenate(outs)
 
   def predict(self, inputs: Any, seq_lengths: Any = None) -> np.ndarray:
-    """Class ids int [N]."""
+    """Class ids int [N]; a language model's most likely next token ids [N, T]."""
     return self.predict_proba(inputs, seq_lengths).argmax(-1)
 
   def predict_labels(self, inputs: Any, seq_lengths: Any = None) -> list[str]:
@@ -395,7 +397,7 @@ class Predictor:
     inputs and labels.
     """
     from jax import export
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).expanduser()
     if path.is_dir():  # checked before the (slow) export, so nothing is half written
       raise IsADirectoryError(f"export path {str(path)!r} is a directory; expected a file "
                               "name such as 'model.jax' (its .json is written beside it)")
@@ -442,11 +444,18 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
   best/ hold the same step) is intact loads from that copy, with a warning.
   """
   from flaxnets.training.checkpoint import CheckpointError
-  workdir = pathlib.Path(workdir).absolute()  # Orbax needs absolute paths
+  workdir = pathlib.Path(workdir).expanduser().absolute()  # Orbax needs absolute paths
   for attempt in range(3):
     step_dir = _step_dir(workdir, step)
     try:
-      return _load_step(step_dir)
+      predictor = _load_step(step_dir)
+      best = predictor.meta.get("best_value")
+      if step == "best" and step_dir.parent.name == "checkpoints" and best is not None:
+        metric = predictor.meta["config"]["checkpoint"]["best_metric"]  # best/ lost (deleted)
+        warnings.warn(f"{str(workdir / 'best')!r} holds no checkpoint, though this run saved "
+                      f"a best one (validation {metric} {best:g}); loaded the latest step, "
+                      f"{step_dir.name}, instead", stacklevel=2)
+      return predictor
     except CheckpointError as e:
       if step in ("best", "latest") and not step_dir.exists() and attempt < 2:
         continue  # pruned by a run that saved a newer step meanwhile

@@ -108,7 +108,7 @@ def plot_confusion(cm: list[list[int]], names: list[str], out: pathlib.Path) -> 
 
 def plot_workdir(workdir: str | pathlib.Path) -> list[pathlib.Path]:
   """Write the PNGs for one run; returns their paths."""
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).expanduser()
   rows = _rows(workdir)  # before creating anything: a mistyped workdir stays absent
   out_dir = workdir / "plots"
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -115,6 +115,10 @@ def test_bfloat16_inputs_are_numbers(tmp_path):
 def test_evaluate_names_what_it_was_given():
   with pytest.raises(TypeError, match=r"result: expected the TrainResult .*got NoneType"):
     flaxnets.evaluate(None)
+  from flaxnets.inference import Predictor
+  predictor = Predictor.__new__(Predictor)
+  with pytest.raises(TypeError, match=r"got Predictor \(call its own \.evaluate\(split\)\)"):
+    flaxnets.evaluate(predictor)  # a loaded workdir
 
 
 def test_bad_sequence_lengths_and_token_ids_raise():
@@ -469,19 +473,23 @@ def test_predicting_image_files_matches_training_decode(tmp_path, model):
 
 
 def test_image_files_for_a_model_of_scaled_arrays_are_refused(tmp_path):
-  """Trained on x / 255: files decode to 0..255 and had been predicted on silently, with
-  other classes. Arrays in 0..255 take files; a folder is named as one."""
+  """Trained on x / 255 (or on 0..16, as scikit-learn's digits): files decode to 0..255 and
+  had been predicted on silently, with other classes. Arrays in 0..255 take files; a folder
+  is named as one."""
   from PIL import Image
   x, y = _xy(n=24, shape=(8, 8, 3))  # in [0, 1)
   png = tmp_path / "one.png"
   Image.fromarray((x[0] * 255).astype(np.uint8)).save(png)
-  for scale, name in ((1.0, "unit"), (255.0, "pixels")):
+  for scale, name in ((1.0, "unit"), (255.0, "pixels"), (16.0, "sixteen")):
     flaxnets.train(_quiet(num_epochs=1, batch_size=8, **{"dataset.name": "arrays"}),
                    data={"train": (x * scale, y)}, workdir=str(tmp_path / name))
   with pytest.raises(ValueError, match=r"one\.png': this model trained on arrays in \[[\d.e-]+, "
                                        r"0\.99\d*\], and image files decode to pixels in "
                                        r"0\.\.255"):
     flaxnets.load(tmp_path / "unit").predict([str(png)])
+  # scikit-learn's digits are 0..16: files had been predicted on at 16x their scale
+  with pytest.raises(ValueError, match=r"trained on arrays in \[[\d.e-]+, 15\.\d*\]"):
+    flaxnets.load(tmp_path / "sixteen").predict([str(png)])
   proba = flaxnets.load(tmp_path / "pixels").predict_proba([str(png)])
   np.testing.assert_allclose(proba, flaxnets.load(tmp_path / "pixels").predict_proba(
       (x[:1] * 255).astype(np.uint8)), atol=1e-6)  # the pixels the PNG holds

@@ -15,6 +15,7 @@ import os
 import pathlib
 import re
 import shutil
+import warnings
 import signal
 import subprocess
 import sys
@@ -594,6 +595,19 @@ def test_resuming_on_relabelled_arrays_is_refused(tmp_path):
       flaxnets.train(config, str(tmp_path), data=data)
   assert tree_digest(tmp_path / "checkpoints") == before
   assert int(flaxnets.train(config, str(tmp_path), data={"train": (x, y)}).state.step) == 3
+  with warnings.catch_warnings():  # no validation, so no best/: the latest, without a word
+    warnings.simplefilter("error")
+    assert flaxnets.load(tmp_path).path.name == "3"
+
+
+def test_load_warns_when_the_best_checkpoint_is_gone(tmp_path, trained):
+  """best/ deleted by hand: load() had served the latest step as if the run had none."""
+  workdir = copy_run(trained, tmp_path)
+  shutil.rmtree(workdir / "best")
+  with pytest.warns(UserWarning, match=r"best' holds no checkpoint, though this run saved a "
+                                       r"best one \(validation accuracy [\d.]+\); loaded the "
+                                       r"latest step, 78, instead"):
+    assert flaxnets.load(workdir).path.name == "78"
 
 
 def test_optimizer_state_of_another_layout_is_refused_not_moved_aside(tmp_path, trained):
@@ -767,8 +781,13 @@ def test_divergence_message_says_what_was_saved(tmp_path, workdir, overrides, me
 def test_debug_checks_gradients_in_every_step(tmp_path):
   """config.debug had failed every run: chex's value assertion ran in a jitted step
   without chex.chexify."""
+  from chex._src import asserts_internal
+  waiting = list(asserts_internal.CHEXIFY_STORAGE.wait_fns)
   config = small_config(num_epochs=1, debug=True, log_every_steps=50)
   assert np.isfinite(flaxnets.train(config).history[0]["loss"])
+  # Nothing left for chex's exit hook, which had warned of uninspected asynchronous checks
+  # after every debug run (the step's checks are synchronous).
+  assert asserts_internal.CHEXIFY_STORAGE.wait_fns == waiting
   config.optimizer.learning_rate = 1e30  # the first update overflows: step 2's gradients
   with pytest.raises(FloatingPointError, match=r"config\.debug: step 2 \(epoch 1\): the "
                                                r"gradients hold NaN or Inf; .*no workdir"):

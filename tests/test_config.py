@@ -238,6 +238,14 @@ def test_cli_command_line_mistakes_are_one_line_with_exit_status_2(tmp_path, cap
                                        "ml_collections.ConfigDict(dict(num_epochs=1))\n")
   (tmp_path / "returns_none.py").write_text("def get_config():\n  pass\n")
   cases = [
+      # main(argv) from Python: config_flags had read only sys.argv's overrides
+      (["train", "--workdir", str(tmp_path / "w"), "--config.num_epochs=0"],
+       "config.num_epochs=0: expected an integer >= 1"),
+      (["train", "--workdir", str(tmp_path / "w"), "--config.num_epochs", "0"],
+       "config.num_epochs=0: expected an integer >= 1"),
+      (["train", "--workdir", str(tmp_path / "w"), "--config.debug", "True"],
+       "unexpected argument(s) ['True']: train takes only flags (a boolean config value takes "
+       "--config.debug=True; --config.debug alone sets True)"),
       (["train", "runs/x"], "unexpected argument(s) ['runs/x']: train takes only flags "
        "(did you mean --workdir runs/x?)"),
       # a value after a boolean flag, and a stray argument when --workdir was given

@@ -60,6 +60,20 @@ def _images(folder, classes=("a", "b"), n=4, seed=0):
      r"config\.dataset\.seq_len=40: only text_file datasets read it"),
     ({"dataset.name": "text_table", "dataset.path": "t", "dataset.seq_len": 40},
      r"seq_len=40: .*; a text table's texts are cut at dataset\.max_len \(or seq_len=128\)"),
+    # Split settings a dataset does not read: digits kept its 179 val and 360 test examples.
+    ({"dataset.val_fraction": 0.0},
+     r"config\.dataset\.val_fraction=0\.0: only arrays, mnist1d, image_folder, text_table, "
+     r"text_file, tfds:<name> datasets read it, and config\.dataset\.name='digits'; digits' "
+     r"split is fixed \(1258 train / 179 val / 360 test\) \(or val_fraction=0\.1\)"),
+    ({"dataset.test_split": ""}, r"config\.dataset\.test_split='': only image_folder, "
+                                 r"text_table, tfds:<name> datasets read it.*digits' split"),
+    ({"dataset.name": "mnist1d", "dataset.val_split": "test"},
+     r"config\.dataset\.val_split='test': .*; mnist1d's test split is fixed"),
+    ({"dataset.name": "arrays", "dataset.test_split": "holdout"},
+     r"test_split='holdout': .*name='arrays'; pass the splits as data="),
+    ({"dataset.name": "image_folder", "dataset.path": "p", "dataset.text_column": "text"},
+     r"config\.dataset\.text_column='text': only text_table, tfds:<name> datasets read it, "
+     r"and config\.dataset\.name='image_folder'; set dataset\.name"),
     ({"optimizer.name": "adam", "optimizer.nesterov": True},
      r"config\.optimizer\.nesterov=True: only sgd takes Nesterov momentum, and "
      r"config\.optimizer\.name='adam'"),

@@ -466,6 +466,7 @@ def test_tfds_not_prepared_in_the_default_data_dir_is_one_line(tmp_path, name):
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
   assert f"TFDS dataset {name!r} is not prepared under" in out.stderr and "prepare_tfds" in \
       out.stderr, out.stderr
+  assert f"run `flaxnets prepare tfds:{name}` once" in out.stderr  # the command README shows
 
 
 def test_tfds_unknown_name(tfds):

@@ -211,3 +211,21 @@ def test_vocab_size_on_float_inputs_names_the_setting():
              r"expected vocab_size unset \(None\)")
   with pytest.raises(flaxnets.ConfigError, match=message):
     flaxnets.train(config, data={"train": (x, np.arange(32) % 2)})
+
+
+def test_a_home_relative_workdir_is_expanded(tmp_path, monkeypatch):
+  """'~/runs/x' had made a folder named '~' in the current directory (dataset.path was
+  expanded, the workdir and the export path were not)."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  config = _quiet(flaxnets.get_config())
+  config.num_epochs = 1
+  result = flaxnets.train(config, workdir="~/runs/digits")
+  assert (tmp_path / "home" / "runs" / "digits" / "results.json").is_file()
+  assert not (tmp_path / "~").exists()
+  assert result.workdir == str(tmp_path / "home" / "runs" / "digits")
+  predictor = flaxnets.load("~/runs/digits")
+  assert predictor.export("~/digits.jax") == tmp_path / "home" / "digits.jax"
+  assert (tmp_path / "home" / "digits.jax").is_file() and not (tmp_path / "~").exists()
+  with pytest.raises(TypeError, match=r"workdir=3: expected a folder path"):
+    flaxnets.train(config, workdir=3)

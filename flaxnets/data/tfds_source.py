@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import shlex
 from typing import Any
 
 import numpy as np
@@ -86,10 +87,13 @@ def _data_source(tfds, name: str, split: str, data_dir: str | None):
   except (NotImplementedError, FileNotFoundError, AssertionError, KeyError) as e:
     builder = _builder(tfds, name, data_dir)
     if not builder.is_prepared():
+      command = f"flaxnets prepare tfds:{name}" + (
+          f" --data_dir {shlex.quote(str(data_dir))}" if data_dir else "")
       raise FileNotFoundError(
-          f"TFDS dataset {name!r} is not prepared under {builder.data_dir}: run "
-          f"flaxnets.data.tfds_source.prepare_tfds({name!r}, data_dir={data_dir!r}) once "
-          "(downloads it; image datasets need TensorFlow for that step)") from None
+          f"TFDS dataset {name!r} is not prepared under {builder.data_dir}: run `{command}` "
+          f"once (or flaxnets.data.tfds_source.prepare_tfds({name!r}, data_dir={data_dir!r})"
+          " from Python; it downloads the data, and image datasets need TensorFlow for that "
+          "step)") from None
     raise ValueError(f"TFDS dataset {name!r} at {builder.data_dir} cannot be read by "
                      f"random access: {e}") from None
   except ValueError as e:  # unknown split, bad split slice, bad config

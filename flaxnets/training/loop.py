@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import time
 from typing import Any, Iterator
@@ -293,6 +294,11 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
         f"config: expected an ml_collections.ConfigDict (flaxnets.get_config(), or a task "
         f"config file's get_config()), got {type(config).__name__}")
   config = config_lib.validate(config.copy_and_resolve_references())
+  if workdir is not None:  # '~/runs/x' had made a folder named '~' in the current one
+    if not isinstance(workdir, (str, os.PathLike)):
+      raise TypeError(f"workdir={workdir!r}: expected a folder path (str or pathlib.Path) "
+                      "or None")
+    workdir = str(pathlib.Path(workdir).expanduser())
   for key in ("path", "data_dir"):  # checkpoints record where the data is, from anywhere
     if config.dataset[key]:
       config.dataset[key] = str(pathlib.Path(config.dataset[key]).expanduser().absolute())
@@ -398,6 +404,14 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   if config.debug:  # chex's value assertions inside the compiled step, checked every call
     import chex
     train_step = chex.chexify(train_step, async_check=False)
+    # chexify registers a wait function for asynchronous checks even when there are none
+    # (async_check=False), and at exit chex warns of "statuses not inspected" for any it
+    # holds: unregister ours, which has nothing to wait for.
+    try:
+      from chex._src import asserts_internal
+      asserts_internal.CHEXIFY_STORAGE.wait_fns.remove(train_step.wait_checks)
+    except (ImportError, AttributeError, ValueError):  # another chex: at worst the warning
+      pass
   eval_step = strategy.compile_eval(steps.make_eval_step(
       num_classes=dataset.num_classes, stats=stats, axis_name=strategy.axis_name))
   state = strategy.put_state(state)
@@ -629,8 +643,10 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
 def evaluate(result: TrainResult, split: str = "test") -> dict[str, Any]:
   """Metrics of a trained model on one split ('train', 'val' or 'test') of its dataset."""
   if not isinstance(result, TrainResult):
+    hint = ("call its own .evaluate(split)" if hasattr(result, "evaluate") and
+            hasattr(result, "predict") else "for a workdir use flaxnets.load(workdir)")
     raise TypeError(f"result: expected the TrainResult that flaxnets.train returns, got "
-                    f"{type(result).__name__} (for a workdir use flaxnets.load(workdir))")
+                    f"{type(result).__name__} ({hint})")
   data = getattr(result.dataset, split, None)
   if split not in ("train", "val", "test") or data is None:
     have = [s for s in ("train", "val", "test") if getattr(result.dataset, s) is not None]
