@@ -14,10 +14,13 @@ FLAXNETS_TRACEBACK=1 for the full traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pathlib
 import sys
+from typing import Iterator
 
 from absl import flags
 
@@ -94,7 +97,7 @@ def _train(argv: list[str]) -> int:
     sys.argv = saved_argv
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results",
                       flag_values=fv)
-  flags.DEFINE_boolean("restart", False, "delete the checkpoints in workdir and start over",
+  flags.DEFINE_boolean("restart", False, "delete the checkpoint steps in workdir and start over",
                        flag_values=fv)
   flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() first "
                        "(multi-host; coordinator from JAX's environment variables or "
@@ -219,7 +222,45 @@ COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "plot": _plot,
             "prepare": _prepare}
 
 
+class _NoTraceback(logging.Filter):
+  """Orbax's records as their one-line message: a failed save (a full disk) logs the same
+  error with its traceback from each of its threads, dozens of lines before flaxnets' own."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if f"{os.sep}orbax{os.sep}" in record.pathname:
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
+@contextlib.contextmanager
+def _one_line_storage_errors(keep: bool) -> Iterator[None]:
+  """A storage error (a full disk) as flaxnets' one line, not hundreds: Orbax's logged
+  tracebacks become one line each, and the "Event loop is closed" tracebacks that
+  TensorStore's threads print after Orbax closed a save's event loop are dropped.
+  FLAXNETS_TRACEBACK=1 keeps everything. `keep`: until the process exits (the `flaxnets`
+  program: those threads go on printing after the command returned)."""
+  if os.environ.get("FLAXNETS_TRACEBACK"):
+    yield
+    return
+  hook, noise_filter = sys.unraisablehook, _NoTraceback()
+
+  def unraisablehook(unraisable):  # TensorStore reports them with PyErr_WriteUnraisable
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+      hook(unraisable)
+
+  sys.unraisablehook = unraisablehook
+  logging.getLogger("absl").addFilter(noise_filter)
+  try:
+    yield
+  finally:
+    if not keep:
+      sys.unraisablehook = hook
+      logging.getLogger("absl").removeFilter(noise_filter)
+
+
 def main(argv: list[str] | None = None) -> int:
+  program = argv is None  # run as the flaxnets program, not main(argv) from Python
   argv = sys.argv[1:] if argv is None else argv
   if not argv or argv[0] in ("-h", "--help", "help"):
     try:
@@ -236,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   from flaxnets.training.checkpoint import CheckpointError
   try:
-    return command(argv[1:])
+    with _one_line_storage_errors(keep=program):
+      return command(argv[1:])
   except UsageError as e:
     print(f"flaxnets {argv[0]}: {e}", file=sys.stderr)
     return 2

@@ -463,6 +463,73 @@ def test_config_change_is_refused_listing_keys_and_restart_starts_over(tmp_path,
   assert flaxnets.load(workdir, "latest").params["Conv_0"]["kernel"].shape == (3, 3, 1, 4)
 
 
+def test_a_fresh_start_moves_an_earlier_runs_best_aside(tmp_path, trained, capsys):
+  """checkpoints/ gone (deleted, or every step damaged) but best/ kept: the new run started
+  from scratch, skipped saving best/ at the step number it already held, and load() served
+  the earlier model beside the new run's results."""
+  workdir = copy_run(trained, tmp_path)
+  shutil.rmtree(workdir / "checkpoints")
+  old_best = sorted(p.name for p in (workdir / "best").iterdir())
+  config = small_config(**{"model.features": (4, 8), "num_epochs": 1})
+  capsys.readouterr()
+  flaxnets.train(config, str(workdir))
+  out = capsys.readouterr().out
+  assert f"best/{old_best[0]} is of an earlier run, and this one starts from scratch" in out
+  assert [p.name.split("-")[:2] for p in (workdir / "superseded").iterdir()] == [
+      ["best", old_best[0]]]
+  assert flaxnets.load(workdir).params["Conv_0"]["kernel"].shape == (3, 3, 1, 4)  # this run's
+
+
+def test_restart_deletes_only_step_folders_and_follows_a_linked_folder(tmp_path, trained):
+  """--restart had deleted everything under checkpoints/ and best/, and with checkpoints/ a
+  link (to a larger disk) it failed silently (rmtree refuses links), resumed the old steps
+  and left best/ empty."""
+  workdir = copy_run(trained, tmp_path)
+  store = tmp_path / "disk" / "checkpoints"
+  store.parent.mkdir()
+  shutil.move(str(workdir / "checkpoints"), str(store))
+  (workdir / "checkpoints").symlink_to(store)
+  (store / "README.txt").write_text("mine")
+  (workdir / "best" / "notes").mkdir()
+  (store / "60.orbax-checkpoint-tmp-123").mkdir()  # a killed save's leftover: Orbax's
+  config = small_config(num_epochs=1)
+  result = flaxnets.train(config, str(workdir), restart=True)
+  assert int(result.state.step) == 39  # started over: one epoch, not resumed at 78
+  assert (workdir / "checkpoints").is_symlink()
+  assert sorted(p.name for p in store.iterdir()) == ["35", "39", "README.txt"]
+  assert (store / "README.txt").read_text() == "mine" and (workdir / "best" / "notes").is_dir()
+
+
+def test_a_restart_that_cannot_delete_stops_before_anything_changes(tmp_path, trained,
+                                                                    monkeypatch):
+  """A checkpoints/ it could not write: the errors were ignored, the step folders' files
+  deleted, best/ emptied, and the run then failed on a 'damaged' step it had half deleted."""
+  workdir = copy_run(trained, tmp_path)
+  before = tree_digest(workdir)
+  locked = workdir / "checkpoints"
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda p, mode, **kw: (  # chmod a-w, as root is not held
+      False if pathlib.Path(p) == locked else real_access(p, mode, **kw)))
+  with pytest.raises(CheckpointError, match=r"restart \(--restart\): cannot delete .*checkpoints/"
+                                            r"\d+': .*checkpoints' is not writable; nothing was "
+                                            r"deleted"):
+    flaxnets.train(small_config(num_epochs=1), str(workdir), restart=True)
+  assert tree_digest(workdir) == before  # logs not moved aside either
+  monkeypatch.setattr(os, "access", real_access)
+  real_rmtree = shutil.rmtree
+
+  def failing(path, *args, **kwargs):
+    if pathlib.Path(path).parent == locked:
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_rmtree(path, *args, **kwargs)
+
+  monkeypatch.setattr(shutil, "rmtree", failing)
+  with pytest.raises(CheckpointError, match=r"restart \(--restart\): could not delete "
+                                            r".*Permission denied.*fix that and run again"):
+    flaxnets.train(small_config(num_epochs=1), str(workdir), restart=True)
+  assert (workdir / "metrics.jsonl").is_file()  # the logs stay where they are
+
+
 def test_resume_with_changed_settings_says_so_and_records_them(tmp_path, trained, capsys):
   workdir = copy_run(trained, tmp_path)
   config = small_config(**{"num_epochs": 3, "optimizer.learning_rate": 0.01})
@@ -798,3 +865,32 @@ def test_debug_checks_gradients_in_every_step(tmp_path):
   with pytest.raises(FloatingPointError, match=r"config\.debug: step \d+ \(epoch 1\): the "
                                                r"optimizer state holds NaN or Inf"):
     flaxnets.train(config)
+
+
+def test_a_full_disk_is_one_error_line_and_keeps_what_was_saved(tmp_path):
+  """A file size limit (as a full disk) failed Orbax's asynchronous save: over a thousand
+  lines of tracebacks from its threads and TensorStore's before the error, which did not
+  say that it was a checkpoint save."""
+  import resource
+  workdir = tmp_path / "run"
+
+  def limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, 100 * 1024))
+
+  out = subprocess.run([sys.executable, "-m", "flaxnets.cli", "train", f"--workdir={workdir}",
+                        "--config.num_epochs=2", "--config.progress=false"],
+                       capture_output=True, text=True, timeout=300, env=child_env(1),
+                       preexec_fn=limit_file_size)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert lines[-1].startswith(f"flaxnets train: saving a checkpoint in {workdir} failed: "), \
+      lines[-1]
+  assert "Traceback" not in out.stderr and len(lines) < 15, out.stderr[-3000:]
+  assert not [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  # With room again, the same command runs (nothing half-written is taken for a step).
+  again = subprocess.run([sys.executable, "-m", "flaxnets.cli", "train",
+                          f"--workdir={workdir}", "--config.num_epochs=2",
+                          "--config.progress=false"],
+                         capture_output=True, text=True, timeout=300, env=child_env(1))
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert flaxnets.load(workdir, "latest").path.name == "78"

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import time
@@ -277,12 +278,55 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+# What Orbax writes into checkpoints/ and best/: step folders, and a save's temporary one.
+_STEP_FOLDER = re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?$")
+
+
 def remove_checkpoints(workdir: str | pathlib.Path) -> None:
-  """Delete checkpoints/ and best/ (restart); every process waits until they are gone."""
+  """Delete the step folders of checkpoints/ and best/ (restart); every process waits until
+  they are gone.
+
+  Only Orbax's step folders go: anything else there stays, and a checkpoints/ that is a
+  link (to a larger disk) keeps its link, its steps deleted where they are. Permissions are
+  checked before anything is deleted, and a deletion that fails stops the run with one
+  error (it had been ignored: the restart resumed the old steps, or met them half deleted).
+  """
+  error = None
   if is_chief():
-    for sub in CHECKPOINT_DIRS:
-      shutil.rmtree(pathlib.Path(workdir) / sub, ignore_errors=True)
-  _sync("flaxnets_restart")  # no process may look for checkpoints before they are gone
+    try:
+      _remove_step_folders(pathlib.Path(workdir))
+    except OSError as e:  # every process must hear of it (below)
+      error = CheckpointError(f"restart (--restart): {e}; fix that and run again, or use "
+                              "another workdir (the logs were left where they are)")
+  if jax.process_count() > 1:  # the others wait for process 0 (and hear of its error)
+    from jax.experimental import multihost_utils
+    failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if failed and error is None:
+      error = CheckpointError("restart (--restart): process 0 of this run could not delete "
+                              "the checkpoints (its own error says why)")
+  if error is not None:
+    raise error
+
+
+def _remove_step_folders(root: pathlib.Path) -> None:
+  """remove_checkpoints on process 0: check, then delete."""
+  doomed = [p for sub in CHECKPOINT_DIRS if (root / sub).is_dir()
+            for p in sorted((root / sub).iterdir()) if _STEP_FOLDER.match(p.name)]
+  for p in doomed:  # every folder whose entries go must be writable
+    folders = [p.parent] + ([] if p.is_symlink() or not p.is_dir() else
+                            [p, *(d for d in p.rglob("*") if d.is_dir() and not d.is_symlink())])
+    for d in folders:
+      if not os.access(d, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot delete {str(p)!r}: {str(d)!r} is not writable; "
+                              "nothing was deleted")
+  for p in doomed:
+    try:
+      if p.is_symlink() or not p.is_dir():
+        p.unlink()
+      else:
+        shutil.rmtree(p)
+    except OSError as e:
+      raise OSError(f"could not delete {str(p)!r} ({e})") from None
 
 
 def check_disabled(workdir: str | pathlib.Path, restart: bool) -> None:
@@ -403,9 +447,21 @@ class Checkpointer:
                               meta=ocp.args.JsonSave(_jsonable(meta)))
     # best/ first, then checkpoints/: a best step missing is repaired on resume, and one
     # newer than the step resumed from is moved aside there and saved again by the replay.
-    if improved and step not in self.best.all_steps():
-      self.best.save(step, args=args, force=True)
-    self.latest.save(step, args=args, force=True)
+    with self._save_errors():
+      if improved and step not in self.best.all_steps():
+        self.best.save(step, args=args, force=True)
+      self.latest.save(step, args=args, force=True)
+
+  @contextlib.contextmanager
+  def _save_errors(self) -> Iterator[None]:
+    """A failed write (a full disk, a file size limit) as a CheckpointError that says it
+    was a checkpoint save. Saves are asynchronous, so it surfaces at the next save or at
+    close; Orbax commits a step only once all of it is written."""
+    try:
+      yield
+    except (ValueError, OSError, RuntimeError) as e:
+      raise CheckpointError(f"saving a checkpoint in {self.workdir} failed: {e} (the steps "
+                            "saved before it are kept whole)") from e
 
   def _check_finite(self, step: int, state: Any) -> None:
     """Refuse to write a diverged state: the last good checkpoint must stay the newest.
@@ -430,8 +486,9 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Block until every asynchronous save has been committed."""
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    with self._save_errors():
+      self.latest.wait_until_finished()
+      self.best.wait_until_finished()
 
   def close(self) -> None:
     """Wait for pending saves and release Orbax's threads (safe to call twice)."""
@@ -516,17 +573,7 @@ class Checkpointer:
     # A best/ step after the resumed one is of steps this run does again, perhaps with other
     # settings or after a damaged step: load() would have served it beside this run's
     # results. Moved aside (not deleted); a replay that repeats it saves it again.
-    newer = [s for s in self.best.all_steps() if s > step]
-    for s in newer:
-      dst = self.workdir / "superseded" / f"best-{s}-{time.strftime('%Y%m%d-%H%M%S')}"
-      if is_chief():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(self.best.directory / str(s)), str(dst))
-      _say(f"flaxnets: best/{s} is newer than the step resumed from ({step}), so it is of "
-           f"training this run does again; moved it to {dst}")
-    if newer:
-      _sync("flaxnets_best_moved")  # every process sees the same best/ before it reloads
-      self.best.reload()
+    newer = self._supersede_best(step)
     if meta.get("best_step") == step and step not in self.best.all_steps():
       ocp = _ocp()
       self.best.save(step, force=True, args=ocp.args.Composite(
@@ -534,6 +581,23 @@ class Checkpointer:
           extra=ocp.args.JsonSave(restored["extra"]), meta=ocp.args.JsonSave(meta)))
     elif newer and not self.best.all_steps() and self.best_value is not None:
       self._refill_best(step)
+
+  def _supersede_best(self, step: int) -> list[int]:
+    """Move best/'s steps after `step` (0: all of them) to superseded/; the steps moved."""
+    newer = [s for s in self.best.all_steps() if s > step]
+    for s in newer:
+      dst = self.workdir / "superseded" / f"best-{s}-{time.strftime('%Y%m%d-%H%M%S')}"
+      if is_chief():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.best.directory / str(s)), str(dst))
+      why = (f"newer than the step resumed from ({step}), so it is of training this run does "
+             "again" if step else "of an earlier run, and this one starts from scratch "
+             "(checkpoints/ has no step to resume)")
+      _say(f"flaxnets: best/{s} is {why}; moved it to {dst}")
+    if newer:
+      _sync("flaxnets_best_moved")  # every process sees the same best/ before it reloads
+      self.best.reload()
+    return newer
 
   def _refill_best(self, step: int) -> None:
     """best/ emptied by the move above (it keeps one step): copy back the newest kept step
@@ -573,6 +637,10 @@ class Checkpointer:
     for bad, moved, e in skipped:
       _say(f"flaxnets: checkpoint step {bad} is unusable and no older step is complete; "
            f"starting from scratch. Moved it to {moved}. {e}")
+    # A best/ left without checkpoints/ (deleted, all damaged, or a kill between the two
+    # saves of a first epoch) is not this run's: its step could equal one this run saves,
+    # which save() leaves as it is, and load() had served the earlier model.
+    self._supersede_best(0)
     return None
 
   def _move_aside(self, step: int) -> pathlib.Path:
