@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import math
+import types
 import typing
 from typing import Any
 
@@ -240,6 +241,13 @@ def _model_field_error(key: str, value: Any, hint: Any) -> str | None:
   if hint is Any:
     return None
   args = typing.get_args(hint)
+  if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) not in args:
+    problems = [_model_field_error(key, value, a) for a in args]  # `int | Sequence[int]`
+    if None in problems:
+      return None
+    kinds = " or ".join("a sequence of int" if typing.get_origin(a) else
+                        f"an {a.__name__}" if a is int else f"a {a.__name__}" for a in args)
+    return f"expected {kinds} ({problems[-1]})"
   if type(None) in args:  # `X | None`
     if value is None:
       return None
@@ -303,6 +311,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key, ok, allowed in _MODEL_RULES:
     if key in config.model and not ok(config.model[key]):
       raise ConfigError(f"config.model.{key}={config.model[key]!r}: expected {allowed}")
+  try:  # fields that must agree with each other (a model's __post_init__), before any data
+    registry.MODELS[name](**model_kwargs(config))
+  except ValueError as e:
+    raise ConfigError(f"config.model ({name!r}): {e}") from None
   poolings = getattr(registry.MODELS[name], "poolings", POOLINGS)  # a model's own, or all
   if "pooling" in config.model and config.model.pooling not in poolings:
     raise ConfigError(f"config.model.pooling={config.model.pooling!r}: expected one of "

@@ -318,3 +318,22 @@ def test_cli_command_help_lists_its_flags(command, flag, capsys):
   assert cli.main([command, "--help"]) == 0
   out = capsys.readouterr().out
   assert out.startswith(f"usage: flaxnets {command}") and flag in out
+
+
+@pytest.mark.parametrize("value,message", [
+    ((1, 1, 2, 2), r"config\.model \('vgg'\): convs_per_stage=\(1, 1, 2, 2\): 4 counts for the "
+                   r"5 stages of stage_features"),
+    ("2", r"config\.model\.convs_per_stage='2': expected an int or a sequence of int"),
+    ((1, 0, 2, 2, 2), r"convs_per_stage=\(1, 0, 2, 2, 2\): expected an int or a sequence of int "
+                      r"\(expected a sequence of integers >= 1 \(bad entry 0\)\)"),
+])
+def test_vgg_per_stage_counts_are_checked_before_any_data(value, message):
+  config = flaxnets.get_config()
+  config.model.name = "vgg"
+  config.model.stage_features = (64, 128, 256, 512, 512)
+  config.model.convs_per_stage = value
+  with pytest.raises(ConfigError, match=message):
+    validate(config)
+  config = flaxnets.get_config()
+  config.model.name, config.model.convs_per_stage = "vgg", (1, 1, 2)  # one per default stage
+  assert validate(config).model.convs_per_stage == (1, 1, 2)

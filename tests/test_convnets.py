@@ -98,6 +98,25 @@ def test_published_resnet_param_counts(name):
   assert count == PUBLISHED[name]  # exact: same layers as the reference nets
 
 
+@pytest.mark.parametrize("counts,convs,published", [
+    ((1, 1, 2, 2, 2), 8, 9_220_480),     # torchvision vgg11: 132,863,336 less its classifier
+    ((2, 2, 3, 3, 3), 13, 14_714_688)])  # vgg16: 138,357,544 less the same classifier
+def test_vgg_11_and_16_by_per_stage_counts(counts, convs, published):
+  """One conv count for every stage could not build VGG-11 or VGG-16. Their conv stacks
+  equal torchvision's, less each conv's bias and plus batch norm's scale and bias (as
+  vgg11_bn, vgg16_bn), with a dense head on global average pooling."""
+  model = registry.build_model("vgg", stage_features=(64, 128, 256, 512, 512),
+                               convs_per_stage=counts)
+  variables = jax.eval_shape(model.init, key(0), jax.ShapeDtypeStruct((1, 32, 32, 3),
+                                                                      jnp.float32))
+  params = variables["params"]
+  assert sum(k.startswith("Conv_") for k in params) == convs
+  channels = sum(p["kernel"].shape[-1] for k, p in params.items() if k.startswith("Conv_"))
+  assert num_params(params) == published - channels + 2 * channels + 512 * 10 + 10
+  with pytest.raises(ValueError, match=r"convs_per_stage=\(1, 2\): 2 counts for the 5 stages"):
+    registry.build_model("vgg", stage_features=(64, 128, 256, 512, 512), convs_per_stage=(1, 2))
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_num_classes_none_returns_features(name):
   model, x = make_model(name, num_classes=None)

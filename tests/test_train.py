@@ -229,3 +229,18 @@ def test_a_home_relative_workdir_is_expanded(tmp_path, monkeypatch):
   assert (tmp_path / "home" / "digits.jax").is_file() and not (tmp_path / "~").exists()
   with pytest.raises(TypeError, match=r"workdir=3: expected a folder path"):
     flaxnets.train(config, workdir=3)
+
+
+def test_the_final_table_has_no_header_over_no_splits(capsys):
+  """Train only (no val, no test): the table's header had been printed over no rows."""
+  rng = np.random.RandomState(0)
+  x = rng.randn(64, 6).astype(np.float32)
+  config = _quiet(flaxnets.get_config())
+  config.dataset.name, config.dataset.val_fraction = "arrays", 0.0
+  config.model.name, config.model.hidden_size = "rnn", 8
+  config.num_epochs, config.batch_size = 1, 16
+  result = flaxnets.train(config, data={"train": (x, (x[:, 0] > 0).astype(np.int32))})
+  assert result.val_metrics is None and result.test_metrics is None
+  out = capsys.readouterr().out
+  assert "accuracy" not in out.split("epoch   1:")[-1].split("\n", 1)[-1], out
+  assert "params " in out

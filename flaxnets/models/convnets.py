@@ -98,18 +98,36 @@ class SimpleCNN(nn.Module):
 class VGG(nn.Module):
   """VGG-style stages of [conv3x3-BN-relu] * convs_per_stage + maxpool(2).
 
+  `convs_per_stage` is one count for every stage, or one per stage: torchvision's
+  VGG-11 is stage_features=(64, 128, 256, 512, 512), convs_per_stage=(1, 1, 2, 2, 2), and
+  VGG-16 the same stages with (2, 2, 3, 3, 3) (with batch norm, as vgg11_bn/vgg16_bn).
   The head is global average pooling then dense (so any image size works), with
   an optional hidden dense layer when `hidden` is set.
   """
   input_kinds: ClassVar[tuple[str, ...]] = ("image",)
   num_classes: int | None = 10
   stage_features: Sequence[int] = (64, 128, 256)
-  convs_per_stage: int = 2
+  convs_per_stage: int | Sequence[int] = 2
   hidden: int | None = None
   dropout: float = 0.0
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    self._stage_convs()  # a mismatch is refused when the model is built, before any data
+    super().__post_init__()
+
+  def _stage_convs(self) -> tuple[int, ...]:
+    counts = self.convs_per_stage
+    if not isinstance(counts, Sequence):
+      return (counts,) * len(self.stage_features)
+    if len(counts) != len(self.stage_features):
+      raise ValueError(f"convs_per_stage={tuple(counts)!r}: {len(counts)} counts for the "
+                       f"{len(self.stage_features)} stages of stage_features="
+                       f"{tuple(self.stage_features)!r}; expected one count per stage, or one "
+                       "int for all")
+    return tuple(counts)
 
   @nn.compact
   def __call__(self, x: Array, seq_lengths: Array | None = None, *,
@@ -120,8 +138,8 @@ class VGG(nn.Module):
     norm = _batch_norm(self, use_running_average=not train)
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", use_bias=False,
                              dtype=self.dtype, param_dtype=self.param_dtype)
-    for f in self.stage_features:
-      for _ in range(self.convs_per_stage):
+    for f, n in zip(self.stage_features, self._stage_convs()):
+      for _ in range(n):
         x = nn.relu(norm()(conv(f)(x)))
       x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
     if self.num_classes is None:

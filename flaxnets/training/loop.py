@@ -613,10 +613,10 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   host_state = strategy.get_state(state)
   wall = run_wall_time()  # over every process of the run, like train_time
   counted = "tokens" if dataset.task == "lm" else "examples"  # what `count` counts
-  table = ["", f"{'split':<6} {'loss':>8} {'accuracy':>9} {counted:>9}"]
-  for name, m in (("val", val_metrics), ("test", test_metrics)):
-    if m is not None:
-      table.append(f"{name:<6} {m['loss']:>8.4f} {m['accuracy']:>9.4f} {m['count']:>9d}")
+  rows = [(name, m) for name, m in (("val", val_metrics), ("test", test_metrics)) if m]
+  table = [""] + ([f"{'split':<6} {'loss':>8} {'accuracy':>9} {counted:>9}"] if rows else [])
+  for name, m in rows:  # no val and no test split: no header over nothing
+    table.append(f"{name:<6} {m['loss']:>8.4f} {m['accuracy']:>9.4f} {m['count']:>9d}")
   table.append(f"params {param_count(host_state.params):,}; training {train_time:.1f} s; "
                f"total {wall:.1f} s")
   log("\n".join(table))
