@@ -126,6 +126,10 @@ def test_schedule_settings_that_cannot_work_are_named(capsys):
   loop.warn_ineffective_settings(config, data, None)
   assert "config.model.param_dtype='bfloat16' keeps the weights and the optimizer state in " \
       "bfloat16" in capsys.readouterr().out
+  config.model.dtype = "float16"  # no loss scaling: small gradients had flushed unsaid
+  loop.warn_ineffective_settings(config, data, None)
+  assert "config.model.dtype='float16' computes without loss scaling" in \
+      capsys.readouterr().out
 
 
 def test_macro_f1_counts_a_class_that_is_only_predicted():

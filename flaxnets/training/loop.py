@@ -179,6 +179,10 @@ def warn_ineffective_settings(config: Any, dataset: Dataset, workdir: Any) -> No
         "optimizer state in bfloat16, whose 8-bit mantissa rounds away any update under about "
         "1/256 of a weight (small learning rates then barely train); dtype='bfloat16' with "
         "float32 params is the usual mixed precision")
+  if config.model.get("dtype") == "float16":  # gradients under ~6e-8 had flushed to zero
+    log("flaxnets: warning: config.model.dtype='float16' computes without loss scaling, so "
+        "activation gradients under float16's smallest step (~6e-8) become zero and those over "
+        "65504 overflow; dtype='bfloat16' has float32's range and needs no loss scaling")
   if o.end_lr_factor and o.schedule == "constant":
     log(f"flaxnets: warning: config.optimizer.end_lr_factor={o.end_lr_factor!r} has no effect "
         f"with schedule='constant'; it sets where 'cosine' and 'linear' decay to")
