@@ -202,6 +202,14 @@ _FIXED_SPLITS = {"digits": "digits' split is fixed (1258 train / 179 val / 360 t
                  "text_file": "a text_file's last val_fraction is validation, and it has no test"}
 
 
+def dataset_reads(name: str, key: str) -> bool:
+  """Whether dataset `name` reads config.dataset.<key> (validate refuses a changed one that
+  it does not; a resume ignores one that it does not, as earlier runs may have set it)."""
+  readers = dict(_READERS).get(key)
+  return readers is None or name in readers or (name.startswith("tfds:") and
+                                                "tfds:<name>" in readers)
+
+
 def _type_ok(value: Any, default: Any) -> bool:
   if isinstance(default, bool):
     return isinstance(value, bool)
@@ -333,8 +341,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f"{d.name!r}; resize the arrays yourself (or image_size=0)")
   defaults = get_config().dataset
   for key, readers in _READERS:  # a setting the dataset does not read had been ignored unsaid
-    if d[key] != defaults[key] and d.name not in readers and not (
-        d.name.startswith("tfds:") and "tfds:<name>" in readers):
+    if d[key] != defaults[key] and not dataset_reads(d.name, key):
       hint = {("arrays", "max_len"): "truncate or pad the arrays yourself",
               ("text_file", "max_len"): "a text_file's windows are dataset.seq_len tokens",
               ("text_table", "seq_len"): "a text table's texts are cut at dataset.max_len",

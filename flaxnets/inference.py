@@ -7,6 +7,7 @@ call to a bucketed batch size, so varying batch sizes reuse a few compiled shape
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -28,6 +29,14 @@ BATCH_BUCKETS = (1, 8, 32, 128, 512)
 def _ocp():
   import orbax.checkpoint as ocp
   return ocp
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_tx() -> Any:
+  """One optax.identity() for every evaluation state: a state's tx is part of the key of
+  the compiled eval step, and a new one each call had compiled it again."""
+  import optax
+  return optax.identity()
 
 
 def _step_dir(workdir: pathlib.Path, step: str | int) -> pathlib.Path:
@@ -371,16 +380,10 @@ class Predictor:
       raise ValueError(f"the dataset differs from the one this checkpoint was trained on "
                        f"({'; '.join(diffs)}); the data at {config.dataset.path!r}, or how "
                        "this flaxnets reads it, changed since training")
-    # Kept while the weights are these: its tx is part of the compiled eval step's key.
-    held = getattr(self, "_eval_state", None)
-    if held is None or held[0] is not self.params or held[1] is not self.batch_stats:
-      from flaxnets.training.state import TrainState
-      import optax
-      held = (self.params, self.batch_stats, TrainState.create(
-          apply_fn=self.model.apply, params=self.params, tx=optax.identity(),
-          batch_stats=self.batch_stats, rng=jax.random.PRNGKey(0)))
-      self._eval_state = held
-    result = loop.TrainResult(state=held[2], history=[], val_metrics=None, test_metrics=None,
+    from flaxnets.training.state import TrainState
+    state = TrainState.create(apply_fn=self.model.apply, params=self.params, tx=_identity_tx(),
+                              batch_stats=self.batch_stats, rng=jax.random.PRNGKey(0))
+    result = loop.TrainResult(state=state, history=[], val_metrics=None, test_metrics=None,
                               config=config, model=self.model, dataset=dataset, stats=self.stats,
                               workdir=None, train_time_s=0.0)
     if split not in ("train", "val", "test") or getattr(dataset, split) is None:
@@ -451,7 +454,8 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
       predictor = _load_step(step_dir)
       best = predictor.meta.get("best_value")
       if step == "best" and step_dir.parent.name == "checkpoints" and best is not None:
-        metric = predictor.meta["config"]["checkpoint"]["best_metric"]  # best/ lost (deleted)
+        metric = ((predictor.meta.get("config") or {}).get("checkpoint") or {}).get(
+            "best_metric", "metric")  # best/ lost (deleted by hand, say)
         warnings.warn(f"{str(workdir / 'best')!r} holds no checkpoint, though this run saved "
                       f"a best one (validation {metric} {best:g}); loaded the latest step, "
                       f"{step_dir.name}, instead", stacklevel=2)

@@ -491,13 +491,23 @@ def test_restart_deletes_only_step_folders_and_follows_a_linked_folder(tmp_path,
   (workdir / "checkpoints").symlink_to(store)
   (store / "README.txt").write_text("mine")
   (workdir / "best" / "notes").mkdir()
-  (store / "60.orbax-checkpoint-tmp-123").mkdir()  # a killed save's leftover: Orbax's
   config = small_config(num_epochs=1)
   result = flaxnets.train(config, str(workdir), restart=True)
   assert int(result.state.step) == 39  # started over: one epoch, not resumed at 78
   assert (workdir / "checkpoints").is_symlink()
   assert sorted(p.name for p in store.iterdir()) == ["35", "39", "README.txt"]
   assert (store / "README.txt").read_text() == "mine" and (workdir / "best" / "notes").is_dir()
+
+
+def test_remove_checkpoints_takes_steps_and_save_leftovers_only(tmp_path):
+  for rel in ("checkpoints/5/state", "checkpoints/6.orbax-checkpoint-tmp-12/state",
+              "best/5/meta", "best/notes", "checkpoints/7x"):
+    (tmp_path / rel).mkdir(parents=True)
+  (tmp_path / "checkpoints" / "README.txt").write_text("mine")
+  checkpoint_lib.remove_checkpoints(tmp_path)
+  left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  assert left == ["best", "best/notes", "checkpoints", "checkpoints/7x",
+                  "checkpoints/README.txt"]
 
 
 def test_a_restart_that_cannot_delete_stops_before_anything_changes(tmp_path, trained,
@@ -511,7 +521,8 @@ def test_a_restart_that_cannot_delete_stops_before_anything_changes(tmp_path, tr
   monkeypatch.setattr(os, "access", lambda p, mode, **kw: (  # chmod a-w, as root is not held
       False if pathlib.Path(p) == locked else real_access(p, mode, **kw)))
   with pytest.raises(CheckpointError, match=r"restart \(--restart\): cannot delete .*checkpoints/"
-                                            r"\d+': .*checkpoints' is not writable; nothing was "
+                                            r"\d+': .*checkpoints' is not readable and writable; "
+                                            r"nothing was "
                                             r"deleted"):
     flaxnets.train(small_config(num_epochs=1), str(workdir), restart=True)
   assert tree_digest(workdir) == before  # logs not moved aside either
@@ -894,3 +905,15 @@ def test_a_full_disk_is_one_error_line_and_keeps_what_was_saved(tmp_path):
                          capture_output=True, text=True, timeout=300, env=child_env(1))
   assert again.returncode == 0, again.stderr[-2000:]
   assert flaxnets.load(workdir, "latest").path.name == "78"
+
+
+def test_a_dataset_setting_the_dataset_never_read_does_not_block_a_resume():
+  """Runs from before validate refused them (digits with val_fraction=0) had saved such a
+  setting: keeping it is now a ConfigError and dropping it had been a 'different config'."""
+  saved = flaxnets.get_config()
+  saved.dataset.val_fraction = 0.0
+  now = flaxnets.get_config()
+  assert checkpoint_lib.config_differences(saved.to_dict(), now.to_dict()) == []
+  saved.dataset.name = now.dataset.name = "mnist1d"  # which reads it: a real difference
+  assert checkpoint_lib.config_differences(saved.to_dict(), now.to_dict()) == [
+      "dataset.val_fraction: checkpoint 0.0 vs now 0.1"]

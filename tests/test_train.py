@@ -112,6 +112,10 @@ def test_train_on_numpy_arrays_and_evaluate(capsys):
     val = flaxnets.evaluate(result, "val")
   assert val["loss"] == pytest.approx(result.val_metrics["loss"], rel=1e-6)
   assert compiles == [], "evaluate compiled its eval step again for another split"
+  result.stats["mean"] += 3.0  # changed in place: the cached step must not serve the old ones
+  assert flaxnets.evaluate(result, "val")["loss"] != pytest.approx(val["loss"], rel=1e-3)
+  result.stats["mean"] -= 3.0
+  assert flaxnets.evaluate(result, "val")["loss"] == pytest.approx(val["loss"], rel=1e-6)
   with pytest.raises(ValueError, match=r"split='holdout': expected one of"):
     flaxnets.evaluate(result, "holdout")
 

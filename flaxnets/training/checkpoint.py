@@ -131,10 +131,18 @@ def _with_defaults(config: dict) -> dict[str, Any]:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-  """Dotted keys under RESUME_KEYS whose values differ between two config dicts."""
+  """Dotted keys under RESUME_KEYS whose values differ between two config dicts.
+
+  A dataset setting that the (same) dataset does not read is no difference: runs before
+  validate refused one (digits with val_fraction=0) resume with it left at its default.
+  """
   a, b = _with_defaults(saved), _with_defaults(current)
+  name = a.get("dataset.name")
   diffs = []
   for key in sorted(set(a) | set(b)):
+    if (key.startswith("dataset.") and name == b.get("dataset.name") and
+        not config_lib.dataset_reads(name, key[len("dataset."):])):
+      continue
     if any(key == r or key.startswith(r + ".") for r in RESUME_KEYS) and a.get(key) != b.get(key):
       diffs.append(f"{key}: checkpoint {a.get(key)!r} vs now {b.get(key)!r}")
   return diffs
@@ -312,13 +320,17 @@ def _remove_step_folders(root: pathlib.Path) -> None:
   """remove_checkpoints on process 0: check, then delete."""
   doomed = [p for sub in CHECKPOINT_DIRS if (root / sub).is_dir()
             for p in sorted((root / sub).iterdir()) if _STEP_FOLDER.match(p.name)]
-  for p in doomed:  # every folder whose entries go must be writable
-    folders = [p.parent] + ([] if p.is_symlink() or not p.is_dir() else
-                            [p, *(d for d in p.rglob("*") if d.is_dir() and not d.is_symlink())])
+  def unreadable(error: OSError) -> None:
+    raise PermissionError(f"cannot delete {str(p)!r}: {error}; nothing was deleted")
+
+  for p in doomed:  # every folder whose entries go must be listable and writable
+    folders = [str(p.parent)]
+    if p.is_dir() and not p.is_symlink():
+      folders += [top for top, _, _ in os.walk(p, onerror=unreadable)]  # links not followed
     for d in folders:
-      if not os.access(d, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot delete {str(p)!r}: {str(d)!r} is not writable; "
-                              "nothing was deleted")
+      if not os.access(d, os.R_OK | os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot delete {str(p)!r}: {d!r} is not readable and "
+                              "writable; nothing was deleted")
   for p in doomed:
     try:
       if p.is_symlink() or not p.is_dir():
@@ -337,6 +349,7 @@ def check_disabled(workdir: str | pathlib.Path, restart: bool) -> None:
   With restart they are deleted, as restart does with checkpoints enabled.
   """
   steps = existing_steps(workdir)
+  _sync("flaxnets_disabled_listed")  # all listed before process 0 may delete (below)
   if not steps:
     return
   if restart:
@@ -495,9 +508,14 @@ class Checkpointer:
     if self._closed:
       return
     self._closed = True
-    self.wait()
-    self.latest.close()
-    self.best.close()
+    try:
+      self.wait()
+    finally:  # released even when a save failed (wait raises its error)
+      for manager in (self.latest, self.best):
+        try:
+          manager.close()
+        except Exception:  # noqa: BLE001 -- that same failed save, raised by wait() above
+          pass
 
   # -- restore -----------------------------------------------------------------------------
   def best_step(self) -> int | None:
@@ -585,6 +603,9 @@ class Checkpointer:
   def _supersede_best(self, step: int) -> list[int]:
     """Move best/'s steps after `step` (0: all of them) to superseded/; the steps moved."""
     newer = [s for s in self.best.all_steps() if s > step]
+    # Every process lists best/ before process 0 moves anything (one that listed it after
+    # the move had skipped the barrier below and left the others waiting in it).
+    _sync("flaxnets_best_listed")
     for s in newer:
       dst = self.workdir / "superseded" / f"best-{s}-{time.strftime('%Y%m%d-%H%M%S')}"
       if is_chief():
@@ -594,8 +615,8 @@ class Checkpointer:
              "again" if step else "of an earlier run, and this one starts from scratch "
              "(checkpoints/ has no step to resume)")
       _say(f"flaxnets: best/{s} is {why}; moved it to {dst}")
+    _sync("flaxnets_best_moved")  # every process sees the same best/ before it reloads
     if newer:
-      _sync("flaxnets_best_moved")  # every process sees the same best/ before it reloads
       self.best.reload()
     return newer
 
@@ -718,13 +739,19 @@ def workdir_lock(workdir: str | pathlib.Path | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def close_on_error(ckpt: Checkpointer | None) -> Iterator[None]:
-  """Close `ckpt` if the block raises: the saves already started are good and finish."""
+def close_on_error(ckpt: Checkpointer | None, *others: Any) -> Iterator[None]:
+  """Close `ckpt` (and `others`, e.g. the metric writer) if the block raises: the saves
+  already started are good and finish. A failed save raises again at that close; the
+  block's own error is the one that propagates."""
   try:
     yield
   except BaseException:
-    if ckpt is not None:
-      ckpt.close()
+    for closable in (ckpt, *others):
+      if closable is not None:
+        try:
+          closable.close()
+        except Exception:  # noqa: BLE001 -- e.g. the failed save the block raised for
+          pass
     raise
 
 

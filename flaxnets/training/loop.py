@@ -485,7 +485,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       guard.signal_name = "a stop signal (on another process)"
     return bool(np.asarray(flags).any())
 
-  with hooks.PreemptionGuard() as guard, close_on_error(ckpt):
+  with hooks.PreemptionGuard() as guard, close_on_error(ckpt, writer):
     while train_it.epoch < config.num_epochs and not stopped_early:
       epoch = train_it.epoch
       epoch_start = time.time()
@@ -599,7 +599,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
 
   # ---- final evaluation ----------------------------------------------------------------
   if ckpt is not None:
-    ckpt.wait()
+    with close_on_error(ckpt, writer):  # the last epoch's save may have failed
+      ckpt.wait()
   evaluated = f"final (step {step})"  # the weights the val/test metrics below are of
   if stopped_early and config.early_stopping.restore_best:
     state, restored = restore_best(state, early.best_epoch, best_in_memory, history, ckpt,
@@ -662,12 +663,16 @@ def evaluate_with(result: TrainResult, split: str, owner: Any) -> dict[str, Any]
   """`evaluate` with its compiled step kept on `owner` (the result, or the Predictor that
   made it): evaluating another split, or again, compiles nothing new for the same shapes."""
   strategy = parallel.Strategy("single")
-  key = (result.dataset.num_classes, result.stats)
+  # The statistics are constants of the compiled step: keyed by their values, so a dict
+  # changed in place compiles anew.
+  key = (result.dataset.num_classes, tuple(
+      (k, np.asarray(v).dtype.str, np.shape(v), np.asarray(v).tobytes())
+      for k, v in sorted(result.stats.items())))
   cached = getattr(owner, "_compiled_eval", None)
-  if cached is None or cached[0][0] != key[0] or cached[0][1] is not key[1]:
-    cached = (key, strategy.compile_eval(steps.make_eval_step(num_classes=key[0],
-                                                              stats=key[1])))
-    owner._compiled_eval = cached  # holds the stats it was made for (`is`: no id reuse)
+  if cached is None or cached[0] != key:
+    cached = (key, strategy.compile_eval(steps.make_eval_step(
+        num_classes=key[0], stats={k: np.array(v) for k, v in result.stats.items()})))
+    owner._compiled_eval = cached
   state = strategy.put_state(result.state)
   return run_eval(cached[1], state, getattr(result.dataset, split),
                   result.config.eval_batch_size, strategy, buckets_for(result.dataset),
