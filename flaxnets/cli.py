@@ -232,6 +232,9 @@ class _NoTraceback(logging.Filter):
     return True
 
 
+_kept = False  # the program's filters are installed until the process exits
+
+
 @contextlib.contextmanager
 def _one_line_storage_errors(keep: bool) -> Iterator[None]:
   """A storage error (a full disk) as flaxnets' one line, not hundreds: Orbax's logged
@@ -239,9 +242,11 @@ def _one_line_storage_errors(keep: bool) -> Iterator[None]:
   TensorStore's threads print after Orbax closed a save's event loop are dropped.
   FLAXNETS_TRACEBACK=1 keeps everything. `keep`: until the process exits (the `flaxnets`
   program: those threads go on printing after the command returned)."""
-  if os.environ.get("FLAXNETS_TRACEBACK"):
+  global _kept
+  if os.environ.get("FLAXNETS_TRACEBACK") or _kept:  # _kept: installed for good already
     yield
     return
+  _kept = keep
   hook, noise_filter = sys.unraisablehook, _NoTraceback()
 
   def unraisablehook(unraisable):  # TensorStore reports them with PyErr_WriteUnraisable

@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import pathlib
-import warnings
 import zipfile
 from typing import Any, Sequence
 
@@ -20,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxnets.data.text import padded_lengths
-from flaxnets.data.types import non_finite_examples
+from flaxnets.data.types import check_float32_range, non_finite_examples
 from flaxnets.training import steps
+from flaxnets.warn import warn
 
 BATCH_BUCKETS = (1, 8, 32, 128, 512)
 
@@ -194,8 +194,11 @@ class Predictor:
                        f"(or one example {want})")
     if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == bool):  # bfloat16 too
       raise ValueError(f"inputs of dtype {x.dtype}: expected numbers")
-    x = x.astype(np.float32)
     bad = non_finite_examples(x)
+    if not bad:
+      check_float32_range(x, "inputs")  # float64 past float32's range: had been "NaN"
+    x = x.astype(np.float32)
+    bad = bad or non_finite_examples(x)
     if bad:
       raise ValueError(f"inputs: {bad} example(s) hold NaN or infinity; expected finite values")
     return {"inputs": x}
@@ -206,10 +209,10 @@ class Predictor:
     if seq_lengths is None:
       if self.input_kind == "series" and self.meta.get("seq_lengths") and not self._warned:
         self._warned = True
-        warnings.warn(f"this model was trained with seq_lengths, and none were given: each "
-                      f"input is read as all {self.input_shape[0]} steps; pass "
-                      "predict(x, seq_lengths=...) for padded sequences (flaxnets predict: an "
-                      ".npz file of 'inputs' and 'seq_lengths')", stacklevel=3)
+        warn(f"this model was trained with seq_lengths, and none were given: each "
+             f"input is read as all {self.input_shape[0]} steps; pass "
+             "predict(x, seq_lengths=...) for padded sequences (flaxnets predict: an "
+             ".npz file of 'inputs' and 'seq_lengths')")
       return batch
     if self.input_kind == "image":
       raise ValueError("seq_lengths: this model reads images, which have no time axis; "
@@ -456,9 +459,9 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
       if step == "best" and step_dir.parent.name == "checkpoints" and best is not None:
         metric = ((predictor.meta.get("config") or {}).get("checkpoint") or {}).get(
             "best_metric", "metric")  # best/ lost (deleted by hand, say)
-        warnings.warn(f"{str(workdir / 'best')!r} holds no checkpoint, though this run saved "
-                      f"a best one (validation {metric} {best:g}); loaded the latest step, "
-                      f"{step_dir.name}, instead", stacklevel=2)
+        warn(f"{str(workdir / 'best')!r} holds no checkpoint, though this run saved "
+             f"a best one (validation {metric} {best:g}); loaded the latest step, "
+             f"{step_dir.name}, instead")
       return predictor
     except CheckpointError as e:
       if step in ("best", "latest") and not step_dir.exists() and attempt < 2:
@@ -471,7 +474,7 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
         predictor = _load_step(other)
       except CheckpointError:
         raise e from None
-      warnings.warn(f"{e}; loaded the same step's copy in {other} instead", stacklevel=2)
+      warn(f"{e}; loaded the same step's copy in {other} instead")
       return predictor
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import pathlib
-import warnings
+
+from flaxnets.warn import warn
 
 
 def _rows(workdir: pathlib.Path) -> list[dict]:
@@ -28,8 +29,8 @@ def _rows(workdir: pathlib.Path) -> list[dict]:
     else:
       bad.append(number)
   if bad:
-    warnings.warn(f"{str(path)!r}: skipped line(s) {bad} that are not JSON records "
-                  f"(a run killed while writing cuts its last line short)", stacklevel=2)
+    warn(f"{str(path)!r}: skipped line(s) {bad} that are not JSON records "
+         f"(a run killed while writing cuts its last line short)")
   if not any(r.get("split") == "train" for r in rows):
     raise ValueError(f"{str(path)!r} has no per-epoch train rows to plot")
   return rows
@@ -37,19 +38,19 @@ def _rows(workdir: pathlib.Path) -> list[dict]:
 
 def plot_curves(rows: list[dict], out: pathlib.Path) -> pathlib.Path:
   """Loss and accuracy per epoch, train vs validation."""
-  import matplotlib.pyplot as plt
-  fig = curves_figure(rows)
-  fig.savefig(out)
-  plt.close(fig)
+  curves_figure(rows).savefig(out)
   return out
 
 
 def curves_figure(rows: list[dict]):
-  """The matplotlib figure `plot_curves` saves."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+  """The matplotlib figure `plot_curves` saves (a notebook displays it as it is).
+
+  Made without pyplot, so the session's backend stays the user's: `matplotlib.use('Agg')`
+  had turned a notebook's inline figures off for the rest of the session.
+  """
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(10, 4), dpi=100)
+  axes = fig.subplots(1, 2)
   all_epochs = set()
   for split, style in (("train", "-o"), ("val", "-s")):
     # One record per epoch (a resume drops the rows it replays); logs written before
@@ -78,14 +79,13 @@ def curves_figure(rows: list[dict]):
 
 def plot_confusion(cm: list[list[int]], names: list[str], out: pathlib.Path) -> pathlib.Path:
   """Rows are true labels, columns predictions; counts written in each cell."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   import numpy as np
+  from matplotlib.figure import Figure
   cm = np.asarray(cm)
   n = len(cm)
   size = max(4.0, 0.5 * n + 2)
-  fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+  fig = Figure(figsize=(size, size), dpi=100)
+  ax = fig.subplots()
   ax.imshow(cm, cmap="Blues")
   ticks = range(n)
   labels = names if len(names) == n else [str(i) for i in ticks]
@@ -102,7 +102,6 @@ def plot_confusion(cm: list[list[int]], names: list[str], out: pathlib.Path) -> 
                 color="white" if cm[i, j] > threshold else "black")
   fig.tight_layout()
   fig.savefig(out)
-  plt.close(fig)
   return out
 
 

@@ -345,3 +345,83 @@ def test_model_fields_the_trainer_owns_or_needs_are_named(model, field, value, m
   config.model[field] = value
   with pytest.raises(ConfigError, match=message):
     flaxnets.train(config, data={"train": (x, np.arange(12) % 3)})
+
+
+# ---- degenerate arrays ------------------------------------------------------------------------
+def test_float64_inputs_past_float32s_range_are_refused():
+  """1e200 passed the finite check in float64 and became inf in float32: a NaN loss blamed
+  on the learning rate, or a test split scored on infinities."""
+  x = np.random.default_rng(0).normal(size=(20, 8))
+  y = np.arange(20) % 2
+  x[3, 2] = 1e200
+  with pytest.raises(ValueError, match=r"data\['train'\] inputs hold values up to 1e\+200, "
+                                       r"beyond float32's range"):
+    sources.from_arrays((x, y))
+  with pytest.raises(ValueError, match=r"data\['test'\] inputs hold values up to 1e\+39"):
+    sources.from_arrays((x[:10] * 0, y[:10]), test=(np.full((4, 8), 1e39), y[:4]))
+
+
+def test_a_constant_channel_is_centred_not_scaled():
+  """Its std had been clamped to 1e-6: any other value met later was multiplied by 1e6."""
+  from flaxnets.data import pipeline
+  x = np.random.default_rng(0).normal(size=(50, 6, 2)).astype(np.float32)
+  x[..., 1] = 1.0
+  stats = pipeline.input_stats({"inputs": x}, "series")
+  assert stats["std"][1] == 1.0 and stats["mean"][1] == 1.0
+  assert 0.5 < stats["std"][0] < 2.0
+  x[..., 1] = 0.0  # a blank channel
+  assert pipeline.input_stats({"inputs": x}, "series")["std"][1] == 1.0
+
+
+def test_classes_without_training_examples_are_named():
+  x = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+  y = np.arange(30) % 2
+  with pytest.warns(UserWarning, match=r"class\(es\) \['2'\] have examples in val or test but "
+                                       r"none in train"):
+    sources.from_arrays((x, y), test=(x[:4], np.full(4, 2)))
+  # label_names past the labels: a head for a class with no examples had trained unsaid
+  with pytest.warns(UserWarning, match=r"label_names has 3 names, but class\(es\) \['bird'\] "
+                                       r"have no examples"):
+    sources.from_arrays((x, y), label_names=["cat", "dog", "bird"])
+  with pytest.raises(ValueError, match=r"labels span \[0, 1\]: expected ids in \[0, 1\), one "
+                                       r"per name of label_names \(1\)"):
+    sources.from_arrays((x, y), label_names=["cat"])
+
+
+def test_one_class_is_refused(capsys):
+  x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+  config = flaxnets.get_config()
+  config.progress, config.dataset.name, config.model.name = False, "arrays", "rnn"
+  with pytest.raises(ValueError, match=r"dataset 'arrays' has 1 class \('0'\): expected at "
+                                       r"least 2 classes"):
+    flaxnets.train(config, data={"train": (x, np.zeros(40, np.int32))})
+
+
+def test_inputs_and_labels_that_are_not_numbers_say_what_they_hold():
+  y = np.arange(6) % 2
+  rows = np.array([[1.0, None], [2.0, 3.0]] * 3, dtype=object)
+  with pytest.raises(ValueError, match=r"it holds missing values \(None or pandas\.NA\)"):
+    sources.from_arrays((rows, y))
+  rows[0, 1] = "n/a"
+  with pytest.raises(ValueError, match=r"it holds text such as 'n/a'"):
+    sources.from_arrays((rows, y))
+  labels = np.array([0.0, 1.0, np.nan, 1.0, 0.0, 1.0])
+  with pytest.raises(ValueError, match=r"1 NaN label\(s\): missing labels\?"):
+    sources.from_arrays((np.zeros((6, 4), np.float32), labels))
+  ids = np.ones((6, 5), np.int64)
+  ids[2, 1] = 3_000_000_001  # had failed inside a jitted call, naming neither data nor id
+  with pytest.raises(ValueError, match=r"data\['train'\] token ids go up to 3000000001"):
+    sources.from_arrays((ids, y))
+
+
+def test_warnings_are_attributed_to_the_users_call():
+  """They had pointed inside flaxnets, and Python shows a warning once per place: in a
+  notebook, training again on the same data said nothing the second time."""
+  x = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+  y = np.arange(30) % 3 * 2  # ids 0, 2, 4: 1 and 3 have no examples
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("default")
+    sources.from_arrays((x, y))
+    sources.from_arrays((x, y))
+  assert [w.filename for w in caught] == [__file__, __file__], [str(w) for w in caught]
+  assert "class id(s) [1, 3] have no examples" in str(caught[0].message)

@@ -251,14 +251,20 @@ def test_tensorboard_drops_the_rows_a_resume_replays(tmp_path):
 @pytest.mark.parametrize("epochs", [1, 3, 25])
 def test_curves_have_whole_epoch_ticks(epochs):
   """A one-epoch run's axis had read 0.945 ... 1.065 (MaxNLocator over a span under 1)."""
-  import matplotlib.pyplot as plt
+  import matplotlib
   from flaxnets import plots
+  before = matplotlib.get_backend()
+  matplotlib.use("svg")  # the session's backend, which plotting must leave as it is
   rows = [{"split": split, "epoch": e, "loss": 1.0 / e, "accuracy": 0.5}
           for e in range(1, epochs + 1) for split in ("train", "val")]
-  fig = plots.curves_figure(rows)
+  try:
+    fig = plots.curves_figure(rows)
+    backend = matplotlib.get_backend()
+  finally:
+    matplotlib.use(before)
+  assert backend == "svg"  # matplotlib.use('Agg') had turned notebooks' inline figures off
   fig.canvas.draw()
   for ax in fig.axes:
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
     assert 1 in ticks or epochs > 10
-  plt.close(fig)

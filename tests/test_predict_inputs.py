@@ -111,6 +111,11 @@ def test_lengths_for_an_image_model_are_refused(digits_run):
   # no examples: the shape one would have
   assert predictor.predict_proba(np.zeros((0, 8, 8, 1))).shape == (0, 10)
   assert predictor.predict_proba([]).shape == (0, 10)
+  big = np.zeros((1, 8, 8, 1))
+  big[0, 0, 0, 0] = 1e200  # finite float64; float32 makes it inf (called NaN or infinity)
+  with pytest.raises(ValueError, match=r"inputs hold values up to 1e\+200, beyond float32's "
+                                       r"range"):
+    predictor.predict(big)
 
 
 # ---- token ids and texts ----------------------------------------------------------------------

@@ -15,11 +15,12 @@ import pathlib
 import posixpath
 import re
 import tarfile
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+
+from flaxnets.warn import warn
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # GIF: first frame
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -206,9 +207,9 @@ def _scan_tar_links(archive: pathlib.Path, links: dict[tuple[str, ...], tuple[st
              if link not in named and not posixpath.splitext(link[-1])[1]]
   if outside:
     link, target = outside[0]
-    warnings.warn(f"archive {archive}: {len(outside)} link member(s) name nothing inside it, "
-                  f"e.g. {'/'.join(link)!r} -> {'/'.join(target)!r}, so any images behind "
-                  "them are not read (`tar -h` stores what links point to)", stacklevel=4)
+    warn(f"archive {archive}: {len(outside)} link member(s) name nothing inside it, "
+         f"e.g. {'/'.join(link)!r} -> {'/'.join(target)!r}, so any images behind "
+         "them are not read (`tar -h` stores what links point to)")
 
 
 def archive_split_folders(archive: str | os.PathLike) -> set[str]:
@@ -290,10 +291,9 @@ def _warn_empty_classes(parent: pathlib.Path, class_names: list[str]) -> None:
   empty = sorted(d.name for d in parent.iterdir()
                  if d.is_dir() and not _hidden((d.name,)) and d.name not in class_names)
   if empty:
-    warnings.warn(f"{parent}: class folder(s) {empty} hold no {'/'.join(IMAGE_EXTENSIONS)} "
-                  f"images, so they are not classes of this dataset; its {len(class_names)} "
-                  f"classes are {class_names[:10]}{' ...' if len(class_names) > 10 else ''}",
-                  stacklevel=3)
+    warn(f"{parent}: class folder(s) {empty} hold no {'/'.join(IMAGE_EXTENSIONS)} "
+         f"images, so they are not classes of this dataset; its {len(class_names)} "
+         f"classes are {class_names[:10]}{' ...' if len(class_names) > 10 else ''}")
 
 
 def _check_image_size(image_size) -> tuple[int, int] | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import pathlib
-import warnings
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from flaxnets.data import files, sources
 from flaxnets.data.text import Vocabulary, lm_eval_windows, lm_windows
 from flaxnets.data.types import Dataset
+from flaxnets.warn import warn
 
 _TABLE_SUFFIXES = (".tsv", ".tsv.gz", ".csv", ".csv.gz")
 _ARCHIVE_SUFFIXES = files.ARCHIVE_SUFFIXES
@@ -130,9 +130,9 @@ def image_folder_dataset(dcfg: Any) -> Dataset:
 def _warn_unused_val(path: pathlib.Path, found: list[str], dcfg: Any) -> None:
   """A validation split beside train that config.dataset.val_split leaves unread."""
   if found:
-    warnings.warn(f"{str(path)!r} has a {found[0]!r} split, but config.dataset.val_split='' "
-                  f"holds out {dcfg.val_fraction:g} of train for validation instead; set "
-                  f"config.dataset.val_split={found[0]!r} to validate on it", stacklevel=4)
+    warn(f"{str(path)!r} has a {found[0]!r} split, but config.dataset.val_split='' "
+         f"holds out {dcfg.val_fraction:g} of train for validation instead; set "
+         f"config.dataset.val_split={found[0]!r} to validate on it")
 
 
 # ---- text tables -------------------------------------------------------------------------
@@ -155,10 +155,10 @@ def text_table_dataset(dcfg: Any) -> Dataset:
   texts, raw, where = _read_table(train_file, dcfg)
   labels, names = files.encode_labels(raw, where=where)
   if len(names) > 20 and len(names) > len(labels) / 2:  # a score or id column, not classes
-    warnings.warn(f"{train_file}: the label column {dcfg.label_column!r} holds {len(names)} "
-                  f"distinct values in {len(labels)} rows (e.g. {names[:5]}); each is a class. "
-                  "Is it a score or an id? Set config.dataset.label_column to the class "
-                  "column", stacklevel=3)
+    warn(f"{train_file}: the label column {dcfg.label_column!r} holds {len(names)} "
+         f"distinct values in {len(labels)} rows (e.g. {names[:5]}); each is a class. "
+         "Is it a score or an id? Set config.dataset.label_column to the class "
+         "column")
   splits = {"train": {"texts": np.array(texts, dtype=object), "labels": labels}}
   for role in ("val", "test"):
     split = dcfg[f"{role}_split"]

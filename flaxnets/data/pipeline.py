@@ -24,7 +24,8 @@ from flaxnets.data.types import Split
 
 def input_stats(split: Split, input_kind: str) -> dict[str, np.ndarray]:
   """Per-channel mean and std of the training inputs (images and series); of a series'
-  real steps only when it has seq_lengths (the padding had counted as zeros)."""
+  real steps only when it has seq_lengths (the padding had counted as zeros). A channel
+  that is constant in training gets std 1."""
   if input_kind == "tokens":
     return {}
   x = split["inputs"]
@@ -44,8 +45,13 @@ def input_stats(split: Split, input_kind: str) -> dict[str, np.ndarray]:
     mean += chunk.sum(axis=axes)
     sq += (chunk ** 2).sum(axis=axes)
   mean /= max(n, 1)
-  std = np.sqrt(np.maximum(sq / max(n, 1) - mean ** 2, 1e-12))
-  return {"mean": mean.astype(np.float32), "std": np.maximum(std, 1e-6).astype(np.float32)}
+  std = np.sqrt(np.maximum(sq / max(n, 1) - mean ** 2, 0.0))
+  # A channel constant in training (all-zero padding channels, a blank image set) is
+  # centred, not scaled, as scikit-learn's StandardScaler does: its std had been clamped
+  # to 1e-6, which multiplied any other value met later by a million.
+  constant = std <= 1e-7 * np.maximum(np.abs(mean), 1.0)
+  std = np.where(constant, 1.0, np.maximum(std, 1e-6))
+  return {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
 
 
 def _gather(split: Split, idx: np.ndarray, buckets: tuple[int, ...] | None

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-import warnings
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from flaxnets.data.text import padded_lengths
-from flaxnets.data.types import Dataset, Split, non_finite_examples
+from flaxnets.data.types import Dataset, Split, check_float32_range, non_finite_examples
+from flaxnets.warn import warn
 
 SPLIT_SEED = 0  # fixed: the train/val/test partition is part of the task, not the run
 
@@ -111,6 +111,17 @@ def mnist1d(val_fraction: float = 0.1) -> Dataset:
                  label_names=[str(i) for i in range(10)], input_kind="series", name="mnist1d")
 
 
+def _object_hint(x: np.ndarray) -> str:
+  """What an object array of inputs holds instead of numbers (pandas' NA, strings, ...)."""
+  for v in x.ravel():
+    if v is None or type(v).__name__ in ("NAType", "NaTType"):
+      return "; it holds missing values (None or pandas.NA): fill or drop them"
+    if isinstance(v, (str, bytes)):
+      return (f"; it holds text such as {v!r}: encode such columns as numbers (or use "
+              "config.dataset.name='text_table' for raw text)")
+  return " of rows of one length (pad token lists with 0)"
+
+
 def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = None,
                 label_names: list[str] | None = None, val_fraction: float = 0.0) -> Dataset:
   """Numpy arrays passed from Python: each split is (inputs, labels[, seq_lengths])."""
@@ -138,8 +149,7 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
                        "(pass np.real(x), np.abs(x), or both as channels)")
     if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == bool):  # bfloat16 is a number
       hint = ("; for raw text write a CSV and use config.dataset.name='text_table'"
-              if x.dtype.kind in "US" else " of rows of one length (pad token lists with 0)"
-              if x.dtype == object else "")
+              if x.dtype.kind in "US" else _object_hint(x) if x.dtype == object else "")
       raise ValueError(f"data[{name!r}] inputs of dtype {x.dtype} and shape {x.shape}: "
                        f"expected a numeric array{hint}")
     if not np.issubdtype(y.dtype, np.integer):
@@ -148,6 +158,8 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
       elif (y.dtype.kind in "fb" and y.size and np.isfinite(y).all()
             and (y == np.round(y)).all()):
         hint = " (whole numbers: pass labels.astype(int))"
+      elif y.dtype.kind == "f" and np.isnan(y).any():  # pandas' missing labels
+        hint = f" ({int(np.isnan(y).sum())} NaN label(s): missing labels? drop those rows)"
       else:
         hint = ""
       raise ValueError(f"data[{name!r}] labels of dtype {y.dtype} and shape {y.shape}: "
@@ -161,6 +173,7 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
     if bad:
       raise ValueError(f"data[{name!r}] inputs: {bad} example(s) hold NaN or infinity; "
                        "expected finite values")
+    check_float32_range(x, f"data[{name!r}] inputs")
     if y.size and (y.min() < np.iinfo(np.int32).min or y.max() > np.iinfo(np.int32).max):
       raise ValueError(f"data[{name!r}] labels span [{y.min()}, {y.max()}]: expected class ids "
                        "from 0 (int32 would wrap these)")
@@ -202,6 +215,10 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
       if s is not None and s["inputs"].min() < 0:
         raise ValueError(f"data[{split_name!r}] token ids go down to {s['inputs'].min()}: "
                          "expected ids >= 0 (0 pads)")
+      if s is not None and s["inputs"].max() >= np.iinfo(np.int32).max:  # embedding's int32
+        raise ValueError(f"data[{split_name!r}] token ids go up to {s['inputs'].max()}: "
+                         "expected ids below 2**31 - 1 (ids index an embedding of as many "
+                         "rows; map them to 1..vocabulary size)")
     for s in (tr, va, te):  # 0 pads the end, as text sources do; lengths end before it
       if s is not None and "seq_lengths" not in s:
         s["seq_lengths"] = padded_lengths(s["inputs"])
@@ -224,16 +241,24 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
   labels = np.concatenate([s["labels"] for s in (tr, va, te) if s is not None])
   num_classes = int(labels.max()) + 1 if label_names is None else len(label_names)
   if labels.min() < 0 or labels.max() >= num_classes:
+    given = "" if label_names is None else f", one per name of label_names ({num_classes})"
     raise ValueError(f"labels span [{labels.min()}, {labels.max()}]: expected ids in "
-                     f"[0, {num_classes})")
-  if label_names is None:
-    empty = np.flatnonzero(np.bincount(labels, minlength=num_classes) == 0)
-    if len(empty):
-      hint = " (ids that start at 1: pass labels - 1)" if list(empty[:1]) == [0] else ""
-      warnings.warn(f"labels span [{labels.min()}, {labels.max()}], so there are "
-                    f"{num_classes} classes, but class id(s) {empty[:10].tolist()} have no "
-                    f"examples{hint}", stacklevel=3)
+                     f"[0, {num_classes}){given}")
   names = [str(n) for n in (range(num_classes) if label_names is None else label_names)]
+  empty = np.flatnonzero(np.bincount(labels, minlength=num_classes) == 0)
+  if len(empty):
+    what = ("class id(s)" if label_names is None else
+            f"label_names has {num_classes} names, but class(es)")
+    shown = empty[:10].tolist() if label_names is None else [names[i] for i in empty[:10]]
+    hint = (" (ids that start at 1: pass labels - 1)"
+            if label_names is None and list(empty[:1]) == [0] else "")
+    warn(f"labels span [{labels.min()}, {labels.max()}], so there are "
+         f"{num_classes} classes, but {what} {shown} have no examples{hint}")
+  untrained = sorted(set(labels.tolist()) - set(tr["labels"].tolist()))
+  if untrained:  # image folders and text tables refuse it; arrays had scored it silently
+    warn(f"class(es) {[names[i] for i in untrained[:10]]} have examples in val or "
+         "test but none in train: the model never learns them, and every one of "
+         "those examples counts as wrong")
   if len(set(names)) != len(names):
     raise ValueError(f"label_names={names!r}: expected distinct names")
   return Dataset(train=tr, val=va, test=te, num_classes=num_classes, label_names=list(names),

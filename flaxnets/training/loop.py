@@ -216,6 +216,11 @@ def check_task(config: Any, dataset: Dataset, model_cls: type) -> None:
     raise config_lib.ConfigError(
         f"config.model.name={config.model.name!r}: a {'/'.join(tasks)} model, but dataset "
         f"{dataset.name!r} is a {dataset.task} task; expected one of {fits}")
+  if dataset.task == "classification" and dataset.num_classes < 2:
+    # A one-class head scores loss 0 and accuracy 1.0 on anything: nothing is learned.
+    raise ValueError(f"dataset {dataset.name!r} has {dataset.num_classes} class "
+                     f"({', '.join(map(repr, dataset.label_names))}): expected at least 2 "
+                     "classes to classify")
   for key, metric in (("checkpoint.best_metric", config.checkpoint.best_metric),
                       ("early_stopping.metric", config.early_stopping.metric)):
     if metric != "top5_accuracy" or (key == "early_stopping.metric" and
