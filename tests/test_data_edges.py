@@ -425,3 +425,17 @@ def test_warnings_are_attributed_to_the_users_call():
     sources.from_arrays((x, y))
   assert [w.filename for w in caught] == [__file__, __file__], [str(w) for w in caught]
   assert "class id(s) [1, 3] have no examples" in str(caught[0].message)
+
+
+def test_text_labels_that_look_alike_are_warned():
+  """'1' and '1.0' (two spreadsheets' exports), or a 'NaN' label, had each become a class."""
+  with pytest.warns(UserWarning, match=r"labels \['1', '1\.0'\] read as the same number but "
+                                       r"are 2 different classes"):
+    _, names = files.encode_labels(["0", "1", "1.0", "0"])
+  assert names == ["0", "1", "1.0"]  # still as written: the warning says how to fix it
+  with pytest.warns(UserWarning, match=r"label 'NaN' looks like a missing value"):
+    files.encode_labels(["pos", "neg", "NaN"])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    files.encode_labels(["0", "1", "2", "10"])
+    files.encode_labels(["pos", "neg", "neutral"])

@@ -523,6 +523,30 @@ def _label_sort_key(names: set[str]):
   return None
 
 
+_MISSING_WORDS = {"nan", "na", "n/a", "null", "none", "?"}
+
+
+def _warn_look_alike_labels(names: Sequence[str]) -> None:
+  """Labels that read as one number ('1', '1.0', '01') or as a missing value ('NaN') had
+  each become a class of their own without a word."""
+  by_value: dict[float, list[str]] = {}
+  for name in names:
+    try:
+      value = float(name)
+    except ValueError:
+      continue
+    if value == value:  # not NaN
+      by_value.setdefault(value, []).append(name)
+  same = [group for group in by_value.values() if len(group) > 1]
+  if same:
+    warn(f"labels {same[0]} read as the same number but are {len(same[0])} different "
+         "classes (labels are compared as text); write each class one way")
+  missing = [n for n in names if n.lower() in _MISSING_WORDS]
+  if missing:
+    warn(f"label {missing[0]!r} looks like a missing value but is a class of its own; "
+         "drop those rows, or give them their label")
+
+
 def encode_labels(raw_labels: Sequence[str],
                   label_names: Sequence[str] | None = None,
                   where: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -551,6 +575,7 @@ def encode_labels(raw_labels: Sequence[str],
       raise ValueError("encode_labels: no labels given to build the label names from")
     unique = set(raw)
     label_names = sorted(unique, key=_label_sort_key(unique))
+    _warn_look_alike_labels(label_names)
   else:
     label_names = list(label_names)
     if not label_names or len(set(label_names)) != len(label_names):
