@@ -85,7 +85,7 @@ def check_float32_range(x: np.ndarray, what: str) -> None:
   """Finite float64 values past float32's range become inf where training computes."""
   if x.dtype.kind == "f" and x.dtype.itemsize > 4 and x.size:
     peak = float(np.abs(x).max())
-    if peak > np.finfo(np.float32).max:
+    if peak > float(np.finfo(np.float32).max):
       raise ValueError(f"{what} hold values up to {peak:g}, beyond float32's range (+-3.4e38) "
                        "in which flaxnets computes; expected smaller values (rescale them, "
                        "e.g. np.log1p or a division)")
