@@ -8,6 +8,7 @@ ConfigError naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import math
 import types
 import typing
@@ -255,7 +256,10 @@ def _model_field_error(key: str, value: Any, hint: Any) -> str | None:
       return None
     kinds = " or ".join("a sequence of int" if typing.get_origin(a) else
                         f"an {a.__name__}" if a is int else f"a {a.__name__}" for a in args)
-    return f"expected {kinds} ({problems[-1]})"
+    # the problem of the branch the value's type is meant for (0 for an int: ">= 1")
+    meant = [p for a, p in zip(args, problems) if isinstance(a, type) and
+             isinstance(value, a) and not isinstance(value, bool)]
+    return f"expected {kinds} ({(meant or problems)[-1]})"
   if type(None) in args:  # `X | None`
     if value is None:
       return None
@@ -319,10 +323,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key, ok, allowed in _MODEL_RULES:
     if key in config.model and not ok(config.model[key]):
       raise ConfigError(f"config.model.{key}={config.model[key]!r}: expected {allowed}")
-  try:  # fields that must agree with each other (a model's __post_init__), before any data
-    registry.MODELS[name](**model_kwargs(config))
-  except ValueError as e:
-    raise ConfigError(f"config.model ({name!r}): {e}") from None
+  # Fields that must agree with each other (a model's __post_init__), before any data. The
+  # trainer fills num_classes and vocab_size from the data: stand-ins here. A model with
+  # another field that has no default is built as it is later, with the data.
+  kwargs = model_kwargs(config)
+  required = [k for k, f in fields.items() if k not in kwargs and
+              f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  if set(required) <= {"num_classes", "vocab_size"}:
+    try:
+      registry.build_model(name, **kwargs, **{k: 2 for k in required})
+    except ValueError as e:
+      raise ConfigError(f"config.model ({name!r}): {e}") from None
   poolings = getattr(registry.MODELS[name], "poolings", POOLINGS)  # a model's own, or all
   if "pooling" in config.model and config.model.pooling not in poolings:
     raise ConfigError(f"config.model.pooling={config.model.pooling!r}: expected one of "

@@ -43,7 +43,7 @@ def plot_curves(rows: list[dict], out: pathlib.Path) -> pathlib.Path:
 
 
 def curves_figure(rows: list[dict]):
-  """The matplotlib figure `plot_curves` saves (a notebook displays it as it is).
+  """The matplotlib figure `plot_curves` saves.
 
   Made without pyplot, so the session's backend stays the user's: `matplotlib.use('Agg')`
   had turned a notebook's inline figures off for the rest of the session.

@@ -490,6 +490,10 @@ def test_image_files_for_a_model_of_scaled_arrays_are_refused(tmp_path):
   # scikit-learn's digits are 0..16: files had been predicted on at 16x their scale
   with pytest.raises(ValueError, match=r"trained on arrays in \[[\d.e-]+, 15\.\d*\]"):
     flaxnets.load(tmp_path / "sixteen").predict([str(png)])
+  dark = (x * 100).astype(np.uint8)  # uint8 pixels, all under 128: still pixels
+  flaxnets.train(_quiet(num_epochs=1, batch_size=8, **{"dataset.name": "arrays"}),
+                 data={"train": (dark, y)}, workdir=str(tmp_path / "dark"))
+  assert flaxnets.load(tmp_path / "dark").predict_proba([str(png)]).shape == (1, 3)
   proba = flaxnets.load(tmp_path / "pixels").predict_proba([str(png)])
   np.testing.assert_allclose(proba, flaxnets.load(tmp_path / "pixels").predict_proba(
       (x[:1] * 255).astype(np.uint8)), atol=1e-6)  # the pixels the PNG holds

@@ -324,6 +324,7 @@ def test_cli_command_help_lists_its_flags(command, flag, capsys):
     ((1, 1, 2, 2), r"config\.model \('vgg'\): convs_per_stage=\(1, 1, 2, 2\): 4 counts for the "
                    r"5 stages of stage_features"),
     ("2", r"config\.model\.convs_per_stage='2': expected an int or a sequence of int"),
+    (0, r"convs_per_stage=0: expected an int or a sequence of int \(expected an integer >= 1\)"),
     ((1, 0, 2, 2, 2), r"convs_per_stage=\(1, 0, 2, 2, 2\): expected an int or a sequence of int "
                       r"\(expected a sequence of integers >= 1 \(bad entry 0\)\)"),
 ])
@@ -337,3 +338,27 @@ def test_vgg_per_stage_counts_are_checked_before_any_data(value, message):
   config = flaxnets.get_config()
   config.model.name, config.model.convs_per_stage = "vgg", (1, 1, 2)  # one per default stage
   assert validate(config).model.convs_per_stage == (1, 1, 2)
+
+
+def test_a_users_model_with_required_fields_validates(monkeypatch):
+  """validate builds the model to check fields that must agree (VGG's stages); a registered
+  model whose num_classes has no default (as Flax tutorials write them) had failed there
+  with a TypeError, since the trainer fills num_classes from the data only later."""
+  import flax.linen as nn
+  from flaxnets.models import registry
+  monkeypatch.setitem(registry.MODELS, "tutorial_mlp", None)
+
+  class TutorialMLP(nn.Module):
+    num_classes: int
+    width: int = 16
+
+    @nn.compact
+    def __call__(self, x, seq_lengths=None, *, train=False):
+      return nn.Dense(self.num_classes)(nn.relu(nn.Dense(self.width)(x.reshape(len(x), -1))))
+
+  registry.MODELS["tutorial_mlp"] = TutorialMLP
+  config = flaxnets.get_config()
+  config.model.name = "tutorial_mlp"
+  assert validate(config).model.name == "tutorial_mlp"
+  config.num_epochs, config.progress = 1, False
+  assert flaxnets.train(config).test_metrics["count"] == 360

@@ -371,6 +371,8 @@ def test_a_constant_channel_is_centred_not_scaled():
   assert 0.5 < stats["std"][0] < 2.0
   x[..., 1] = 0.0  # a blank channel
   assert pipeline.input_stats({"inputs": x}, "series")["std"][1] == 1.0
+  x[..., 1] = 3e-8 * x[..., 0]  # a real signal in small units is scaled, not taken as constant
+  assert pipeline.input_stats({"inputs": x}, "series")["std"][1] <= 1e-6  # its floor
 
 
 def test_classes_without_training_examples_are_named():
@@ -388,7 +390,7 @@ def test_classes_without_training_examples_are_named():
     sources.from_arrays((x, y), label_names=["cat"])
 
 
-def test_one_class_is_refused(capsys):
+def test_one_class_is_refused():
   x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
   config = flaxnets.get_config()
   config.progress, config.dataset.name, config.model.name = False, "arrays", "rnn"
@@ -400,11 +402,17 @@ def test_one_class_is_refused(capsys):
 def test_inputs_and_labels_that_are_not_numbers_say_what_they_hold():
   y = np.arange(6) % 2
   rows = np.array([[1.0, None], [2.0, 3.0]] * 3, dtype=object)
-  with pytest.raises(ValueError, match=r"it holds missing values \(None or pandas\.NA\)"):
+  with pytest.raises(ValueError, match=r"it holds missing values \(None, NaN or pandas\.NA\)"):
     sources.from_arrays((rows, y))
   rows[0, 1] = "n/a"
   with pytest.raises(ValueError, match=r"it holds text such as 'n/a'"):
     sources.from_arrays((rows, y))
+  rows[0, 1] = float("nan")
+  with pytest.raises(ValueError, match=r"it holds missing values \(None, NaN or pandas\.NA\)"):
+    sources.from_arrays((rows, y))
+  mixed = np.array([[1, 2.5, True]] * 6, dtype=object)  # pandas' .values of mixed columns
+  with pytest.raises(ValueError, match=r"numbers of mixed types: pass x\.astype\(np\.float32\)"):
+    sources.from_arrays((mixed, y))
   labels = np.array([0.0, 1.0, np.nan, 1.0, 0.0, 1.0])
   with pytest.raises(ValueError, match=r"1 NaN label\(s\): missing labels\?"):
     sources.from_arrays((np.zeros((6, 4), np.float32), labels))
@@ -438,4 +446,4 @@ def test_text_labels_that_look_alike_are_warned():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     files.encode_labels(["0", "1", "2", "10"])
-    files.encode_labels(["pos", "neg", "neutral"])
+    files.encode_labels(["FAVOR", "AGAINST", "NONE"])  # SemEval stance: a real class

@@ -263,7 +263,6 @@ def test_curves_have_whole_epoch_ticks(epochs):
   finally:
     matplotlib.use(before)
   assert backend == "svg"  # matplotlib.use('Agg') had turned notebooks' inline figures off
-  fig.canvas.draw()
   for ax in fig.axes:
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks

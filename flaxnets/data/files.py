@@ -523,12 +523,11 @@ def _label_sort_key(names: set[str]):
   return None
 
 
-_MISSING_WORDS = {"nan", "na", "n/a", "null", "none", "?"}
 
 
 def _warn_look_alike_labels(names: Sequence[str]) -> None:
-  """Labels that read as one number ('1', '1.0', '01') or as a missing value ('NaN') had
-  each become a class of their own without a word."""
+  """Labels that read as one number ('1', '1.0', '01') or as pandas' missing value ('NaN')
+  had each become a class of their own without a word."""
   by_value: dict[float, list[str]] = {}
   for name in names:
     try:
@@ -541,10 +540,10 @@ def _warn_look_alike_labels(names: Sequence[str]) -> None:
   if same:
     warn(f"labels {same[0]} read as the same number but are {len(same[0])} different "
          "classes (labels are compared as text); write each class one way")
-  missing = [n for n in names if n.lower() in _MISSING_WORDS]
+  missing = [n for n in names if n.lower() == "nan"]  # as pandas writes a missing value
   if missing:
-    warn(f"label {missing[0]!r} looks like a missing value but is a class of its own; "
-         "drop those rows, or give them their label")
+    warn(f"label {missing[0]!r} looks like a missing value (pandas writes those as NaN) but "
+         "is a class of its own; drop those rows, or give them their label")
 
 
 def encode_labels(raw_labels: Sequence[str],

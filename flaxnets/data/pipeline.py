@@ -49,7 +49,8 @@ def input_stats(split: Split, input_kind: str) -> dict[str, np.ndarray]:
   # A channel constant in training (all-zero padding channels, a blank image set) is
   # centred, not scaled, as scikit-learn's StandardScaler does: its std had been clamped
   # to 1e-6, which multiplied any other value met later by a million.
-  constant = std <= 1e-7 * np.maximum(np.abs(mean), 1.0)
+  # (float64 rounding leaves a constant c a std near 1.5e-8 |c|; 0 exactly when c is 0).
+  constant = std <= 1e-7 * np.abs(mean)
   std = np.where(constant, 1.0, np.maximum(std, 1e-6))
   return {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
 

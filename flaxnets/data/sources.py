@@ -113,12 +113,17 @@ def mnist1d(val_fraction: float = 0.1) -> Dataset:
 
 def _object_hint(x: np.ndarray) -> str:
   """What an object array of inputs holds instead of numbers (pandas' NA, strings, ...)."""
+  numbers = True
   for v in x.ravel():
-    if v is None or type(v).__name__ in ("NAType", "NaTType"):
-      return "; it holds missing values (None or pandas.NA): fill or drop them"
+    if v is None or type(v).__name__ in ("NAType", "NaTType") or (
+        isinstance(v, float) and v != v):
+      return "; it holds missing values (None, NaN or pandas.NA): fill or drop them"
     if isinstance(v, (str, bytes)):
       return (f"; it holds text such as {v!r}: encode such columns as numbers (or use "
               "config.dataset.name='text_table' for raw text)")
+    numbers = numbers and isinstance(v, (int, float, bool, np.number, np.bool_))
+  if numbers:  # pandas' .values of mixed int, float and bool columns
+    return "; it holds numbers of mixed types: pass x.astype(np.float32)"
   return " of rows of one length (pad token lists with 0)"
 
 

@@ -261,11 +261,14 @@ def metadata(config: Any, dataset: Dataset, stats: dict[str, np.ndarray],
 
 def _pixel_range(dataset: Dataset) -> list[float] | None:
   """[min, max] of images given as arrays, which predict() compares with the 0..255 that
-  image files decode to; None for other data (files and TFDS decode to 0..255 too)."""
+  image files decode to; None for other data (files and TFDS decode to 0..255 too).
+  uint8 arrays are pixels by their type: [0, 255], however dark the images."""
   if dataset.name != "arrays" or (dataset.input_kind != "image" and
                                   dataset.image_shape is None):
     return None
   x = dataset.train["inputs"]
+  if x.dtype == np.uint8:
+    return [0.0, 255.0]
   return [float(x.min()), float(x.max())] if x.size else None
 
 
