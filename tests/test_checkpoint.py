@@ -510,6 +510,23 @@ def test_remove_checkpoints_takes_steps_and_save_leftovers_only(tmp_path):
                   "checkpoints/README.txt"]
 
 
+def test_a_deletion_that_fails_midway_says_what_was_deleted(tmp_path, monkeypatch):
+  for rel in ("checkpoints/5/state", "best/5/meta"):
+    (tmp_path / rel).mkdir(parents=True)
+  real_rmtree = shutil.rmtree
+
+  def failing(path, *args, **kwargs):
+    if pathlib.Path(path).parent.name == "best":  # e.g. an immutable file (chattr +i)
+      raise PermissionError(1, "Operation not permitted", str(path))
+    return real_rmtree(path, *args, **kwargs)
+
+  monkeypatch.setattr(shutil, "rmtree", failing)
+  with pytest.raises(CheckpointError, match=r"could not delete '.*best/5' \(.*Operation not "
+                                            r"permitted.*\); checkpoints/5 had been deleted "
+                                            r"before it"):
+    checkpoint_lib.remove_checkpoints(tmp_path)
+
+
 def test_a_restart_that_cannot_delete_stops_before_anything_changes(tmp_path, trained,
                                                                     monkeypatch):
   """A checkpoints/ it could not write: the errors were ignored, the step folders' files
@@ -536,7 +553,8 @@ def test_a_restart_that_cannot_delete_stops_before_anything_changes(tmp_path, tr
 
   monkeypatch.setattr(shutil, "rmtree", failing)
   with pytest.raises(CheckpointError, match=r"restart \(--restart\): could not delete "
-                                            r".*Permission denied.*fix that and run again"):
+                                            r".*Permission denied.*; nothing had been deleted "
+                                            r"before it; fix that and run again"):
     flaxnets.train(small_config(num_epochs=1), str(workdir), restart=True)
   assert (workdir / "metrics.jsonl").is_file()  # the logs stay where they are
 

@@ -334,6 +334,7 @@ def _remove_step_folders(root: pathlib.Path) -> None:
       if not os.access(d, os.R_OK | os.W_OK | os.X_OK):
         raise PermissionError(f"cannot delete {str(p)!r}: {d!r} is not readable and "
                               "writable; nothing was deleted")
+  done = []
   for p in doomed:
     try:
       if p.is_symlink() or not p.is_dir():
@@ -341,7 +342,10 @@ def _remove_step_folders(root: pathlib.Path) -> None:
       else:
         shutil.rmtree(p)
     except OSError as e:
-      raise OSError(f"could not delete {str(p)!r} ({e})") from None
+      gone = (f"{', '.join(done)} had been deleted before it" if done else
+              "nothing had been deleted before it")
+      raise OSError(f"could not delete {str(p)!r} ({e}); {gone}") from None
+    done.append(f"{p.parent.name}/{p.name}")
 
 
 def check_disabled(workdir: str | pathlib.Path, restart: bool) -> None:
