@@ -510,17 +510,23 @@ def test_remove_checkpoints_takes_steps_and_save_leftovers_only(tmp_path):
                   "checkpoints/README.txt"]
 
 
-def test_a_deletion_that_fails_midway_says_what_was_deleted(tmp_path, monkeypatch):
-  for rel in ("checkpoints/5/state", "best/5/meta"):
-    (tmp_path / rel).mkdir(parents=True)
+def fail_rmtree(monkeypatch, where, error: OSError) -> None:
+  """shutil.rmtree raises `error` for the paths `where` accepts, and deletes the others."""
   real_rmtree = shutil.rmtree
 
   def failing(path, *args, **kwargs):
-    if pathlib.Path(path).parent.name == "best":  # e.g. an immutable file (chattr +i)
-      raise PermissionError(1, "Operation not permitted", str(path))
+    if where(pathlib.Path(path)):
+      raise type(error)(*error.args, str(path))
     return real_rmtree(path, *args, **kwargs)
 
   monkeypatch.setattr(shutil, "rmtree", failing)
+
+
+def test_a_deletion_that_fails_midway_says_what_was_deleted(tmp_path, monkeypatch):
+  for rel in ("checkpoints/5/state", "best/5/meta"):
+    (tmp_path / rel).mkdir(parents=True)
+  fail_rmtree(monkeypatch, lambda p: p.parent.name == "best",  # e.g. chattr +i
+              PermissionError(1, "Operation not permitted"))
   with pytest.raises(CheckpointError, match=r"could not delete '.*best/5' \(.*Operation not "
                                             r"permitted.*\); checkpoints/5 had been deleted "
                                             r"before it"):
@@ -539,19 +545,11 @@ def test_a_restart_that_cannot_delete_stops_before_anything_changes(tmp_path, tr
       False if pathlib.Path(p) == locked else real_access(p, mode, **kw)))
   with pytest.raises(CheckpointError, match=r"restart \(--restart\): cannot delete .*checkpoints/"
                                             r"\d+': .*checkpoints' is not readable and writable; "
-                                            r"nothing was "
-                                            r"deleted"):
+                                            r"nothing was deleted"):
     flaxnets.train(small_config(num_epochs=1), str(workdir), restart=True)
   assert tree_digest(workdir) == before  # logs not moved aside either
   monkeypatch.setattr(os, "access", real_access)
-  real_rmtree = shutil.rmtree
-
-  def failing(path, *args, **kwargs):
-    if pathlib.Path(path).parent == locked:
-      raise PermissionError(13, "Permission denied", str(path))
-    return real_rmtree(path, *args, **kwargs)
-
-  monkeypatch.setattr(shutil, "rmtree", failing)
+  fail_rmtree(monkeypatch, lambda p: p.parent == locked, PermissionError(13, "Permission denied"))
   with pytest.raises(CheckpointError, match=r"restart \(--restart\): could not delete "
                                             r".*Permission denied.*; nothing had been deleted "
                                             r"before it; fix that and run again"):
