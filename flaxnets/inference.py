@@ -389,8 +389,6 @@ class Predictor:
     result = loop.TrainResult(state=state, history=[], val_metrics=None, test_metrics=None,
                               config=config, model=self.model, dataset=dataset, stats=self.stats,
                               workdir=None, train_time_s=0.0)
-    if split not in ("train", "val", "test") or getattr(dataset, split) is None:
-      return loop.evaluate(result, split)  # its error names the splits there are
     return loop.evaluate_with(result, split, owner=self)
 
   # -- export --------------------------------------------------------------------------------

@@ -657,16 +657,16 @@ def evaluate(result: TrainResult, split: str = "test") -> dict[str, Any]:
             hasattr(result, "predict") else "for a workdir use flaxnets.load(workdir)")
     raise TypeError(f"result: expected the TrainResult that flaxnets.train returns, got "
                     f"{type(result).__name__} ({hint})")
-  data = getattr(result.dataset, split, None)
-  if split not in ("train", "val", "test") or data is None:
-    have = [s for s in ("train", "val", "test") if getattr(result.dataset, s) is not None]
-    raise ValueError(f"split={split!r}: expected one of the dataset's splits {have}")
   return evaluate_with(result, split, owner=result)
 
 
 def evaluate_with(result: TrainResult, split: str, owner: Any) -> dict[str, Any]:
   """`evaluate` with its compiled step kept on `owner` (the result, or the Predictor that
   made it): evaluating another split, or again, compiles nothing new for the same shapes."""
+  data = getattr(result.dataset, split, None) if isinstance(split, str) else None
+  if split not in ("train", "val", "test") or data is None:
+    have = [s for s in ("train", "val", "test") if getattr(result.dataset, s) is not None]
+    raise ValueError(f"split={split!r}: expected one of the dataset's splits {have}")
   strategy = parallel.Strategy("single")
   # The statistics are constants of the compiled step: keyed by their values, so a dict
   # changed in place compiles anew.
@@ -679,6 +679,5 @@ def evaluate_with(result: TrainResult, split: str, owner: Any) -> dict[str, Any]
         num_classes=key[0], stats={k: np.array(v) for k, v in result.stats.items()})))
     owner._compiled_eval = cached
   state = strategy.put_state(result.state)
-  return run_eval(cached[1], state, getattr(result.dataset, split),
-                  result.config.eval_batch_size, strategy, buckets_for(result.dataset),
-                  result.dataset.num_classes, with_confusion=True)
+  return run_eval(cached[1], state, data, result.config.eval_batch_size, strategy,
+                  buckets_for(result.dataset), result.dataset.num_classes, with_confusion=True)
