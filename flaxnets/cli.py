@@ -232,14 +232,27 @@ class _NoTraceback(logging.Filter):
     return True
 
 
+class _UnretrievedSaveErrors(logging.Filter):
+  """Drops asyncio's "Future exception was never retrieved" for the writes of a failed save:
+  once one write fails Orbax stops awaiting the others, and each of their futures logs the
+  same error when it is collected (at exit, after flaxnets' line). They name the temporary
+  folder of the save that failed; other futures' errors are kept."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and "exception was never retrieved" in str(record.msg)
+                and ".orbax-checkpoint-tmp" in str(exc))
+
+
 _kept = False  # the program's filters are installed until the process exits
 
 
 @contextlib.contextmanager
 def _one_line_storage_errors(keep: bool) -> Iterator[None]:
   """A storage error (a full disk) as flaxnets' one line, not hundreds: Orbax's logged
-  tracebacks become one line each, and the "Event loop is closed" tracebacks that
-  TensorStore's threads print after Orbax closed a save's event loop are dropped.
+  tracebacks become one line each; the "Event loop is closed" tracebacks that
+  TensorStore's threads print after Orbax closed a save's event loop, and the save's
+  unretrieved futures, are dropped.
   FLAXNETS_TRACEBACK=1 keeps everything. `keep`: until the process exits (the `flaxnets`
   program: those threads go on printing after the command returned)."""
   global _kept
@@ -247,7 +260,7 @@ def _one_line_storage_errors(keep: bool) -> Iterator[None]:
     yield
     return
   _kept = keep
-  hook, noise_filter = sys.unraisablehook, _NoTraceback()
+  hook, noise_filter, unretrieved = sys.unraisablehook, _NoTraceback(), _UnretrievedSaveErrors()
 
   def unraisablehook(unraisable):  # TensorStore reports them with PyErr_WriteUnraisable
     value = unraisable.exc_value
@@ -256,12 +269,14 @@ def _one_line_storage_errors(keep: bool) -> Iterator[None]:
 
   sys.unraisablehook = unraisablehook
   logging.getLogger("absl").addFilter(noise_filter)
+  logging.getLogger("asyncio").addFilter(unretrieved)
   try:
     yield
   finally:
     if not keep:
       sys.unraisablehook = hook
       logging.getLogger("absl").removeFilter(noise_filter)
+      logging.getLogger("asyncio").removeFilter(unretrieved)
 
 
 def main(argv: list[str] | None = None) -> int:
