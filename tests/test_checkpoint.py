@@ -899,16 +899,13 @@ def test_a_full_disk_is_one_error_line_and_keeps_what_was_saved(tmp_path):
   """A file size limit (as a full disk) failed Orbax's asynchronous save: over a thousand
   lines of tracebacks from its threads and TensorStore's before the error, which did not
   say that it was a checkpoint save."""
-  import resource
   workdir = tmp_path / "run"
-
-  def limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, 100 * 1024))
-
-  out = subprocess.run([sys.executable, "-m", "flaxnets.cli", "train", f"--workdir={workdir}",
+  # the limit is set by a shell, not preexec_fn: forking this multithreaded (JAX) process
+  # to run Python code before exec can deadlock
+  out = subprocess.run(["bash", "-c", 'ulimit -f 100 && exec "$@"', "bash", sys.executable,
+                        "-m", "flaxnets.cli", "train", f"--workdir={workdir}",
                         "--config.num_epochs=2", "--config.progress=false"],
-                       capture_output=True, text=True, timeout=300, env=child_env(1),
-                       preexec_fn=limit_file_size)
+                       capture_output=True, text=True, timeout=300, env=child_env(1))
   assert out.returncode == 2, out.stderr[-2000:]
   lines = out.stderr.strip().splitlines()
   assert lines[-1].startswith(f"flaxnets train: saving a checkpoint in {workdir} failed: "), \
