@@ -28,6 +28,9 @@ TIMEOUT_S = 300  # per group of processes; they normally finish in well under a 
 CHILD = textwrap.dedent('''
     import json, os, sys
     args = json.loads(sys.argv[1])
+    if args.get("dump_after_s"):  # a process still alive then writes every thread's stack to
+      import faulthandler         # its log (again at each interval): where it waited
+      faulthandler.dump_traceback_later(args["dump_after_s"], repeat=True)
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args['devices']}"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
@@ -254,12 +257,13 @@ def test_a_busy_workdir_is_refused_on_every_process(tmp_path, lock):
       (workdir / ".lock").mkdir()  # process 0 cannot open it
     commands = [[sys.executable, str(script), json.dumps({
         "devices": 2, "num_processes": 2, "process_id": pid, "coordinator": coordinator,
-        "out": str(tmp_path / "out"), "workdir": str(workdir), "config": CONFIG})]
-        for pid in range(2)]
+        "out": str(tmp_path / "out"), "workdir": str(workdir), "config": CONFIG,
+        "dump_after_s": 20})] for pid in range(2)]
     logs = [tmp_path / f"busy.{pid}.log" for pid in range(2)]
     start = time.monotonic()
     codes = _run_group(commands, logs, stop_on_failure=False)
-  # (one CI run took 151 s here, not reproduced since: the logs say where it waited)
+  # (one CI run took 151 s here, not reproduced since: the logs say where it waited,
+  # with every thread's stack from a process still running after 20 s)
   assert time.monotonic() - start < 60, (codes, [_tail(log) for log in logs])
   assert codes == [1, 1], [_tail(log) for log in logs]
   first = (f"CheckpointError: workdir {str(workdir)!r} is in use by another training run "
