@@ -12,7 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = ["train", "evaluate", "load", "Predictor", "get_config", "ConfigError", "Interrupted",
-           "__version__"]
+           "CheckpointError", "__version__"]
 
 
 def __getattr__(name):
@@ -23,6 +23,9 @@ def __getattr__(name):
   if name in ("get_config", "ConfigError", "validate"):
     from flaxnets import config
     return getattr(config, name)
+  if name == "CheckpointError":  # a failed save, a damaged step, a busy or foreign workdir
+    from flaxnets.training import checkpoint
+    return checkpoint.CheckpointError
   if name in ("load", "Predictor"):
     from flaxnets import inference
     return getattr(inference, name)

@@ -14,13 +14,10 @@ FLAXNETS_TRACEBACK=1 for the full traceback.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import pathlib
 import sys
-from typing import Iterator
 
 from absl import flags
 
@@ -222,65 +219,7 @@ COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "plot": _plot,
             "prepare": _prepare}
 
 
-class _NoTraceback(logging.Filter):
-  """Orbax's records as their one-line message: a failed save (a full disk) logs the same
-  error with its traceback from each of its threads, dozens of lines before flaxnets' own."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if f"{os.sep}orbax{os.sep}" in record.pathname:
-      record.exc_info, record.exc_text, record.stack_info = None, None, None
-    return True
-
-
-class _UnretrievedSaveErrors(logging.Filter):
-  """Drops asyncio's "Future exception was never retrieved" for the writes of a failed save:
-  once one write fails Orbax stops awaiting the others, and each of their futures logs the
-  same error when it is collected (at exit, after flaxnets' line). They name the temporary
-  folder of the save that failed; other futures' errors are kept."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (exc is not None and "exception was never retrieved" in str(record.msg)
-                and ".orbax-checkpoint-tmp" in str(exc))
-
-
-_kept = False  # the program's filters are installed until the process exits
-
-
-@contextlib.contextmanager
-def _one_line_storage_errors(keep: bool) -> Iterator[None]:
-  """A storage error (a full disk) as flaxnets' one line, not hundreds: Orbax's logged
-  tracebacks become one line each; the "Event loop is closed" tracebacks that
-  TensorStore's threads print after Orbax closed a save's event loop, and the save's
-  unretrieved futures, are dropped.
-  FLAXNETS_TRACEBACK=1 keeps everything. `keep`: until the process exits (the `flaxnets`
-  program: those threads go on printing after the command returned)."""
-  global _kept
-  if os.environ.get("FLAXNETS_TRACEBACK") or _kept:  # _kept: installed for good already
-    yield
-    return
-  _kept = keep
-  hook, noise_filter, unretrieved = sys.unraisablehook, _NoTraceback(), _UnretrievedSaveErrors()
-
-  def unraisablehook(unraisable):  # TensorStore reports them with PyErr_WriteUnraisable
-    value = unraisable.exc_value
-    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
-      hook(unraisable)
-
-  sys.unraisablehook = unraisablehook
-  logging.getLogger("absl").addFilter(noise_filter)
-  logging.getLogger("asyncio").addFilter(unretrieved)
-  try:
-    yield
-  finally:
-    if not keep:
-      sys.unraisablehook = hook
-      logging.getLogger("absl").removeFilter(noise_filter)
-      logging.getLogger("asyncio").removeFilter(unretrieved)
-
-
 def main(argv: list[str] | None = None) -> int:
-  program = argv is None  # run as the flaxnets program, not main(argv) from Python
   argv = sys.argv[1:] if argv is None else argv
   if not argv or argv[0] in ("-h", "--help", "help"):
     try:
@@ -297,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   from flaxnets.training.checkpoint import CheckpointError
   try:
-    with _one_line_storage_errors(keep=program):
-      return command(argv[1:])
+    return command(argv[1:])
   except UsageError as e:
     print(f"flaxnets {argv[0]}: {e}", file=sys.stderr)
     return 2

@@ -26,9 +26,6 @@ from flaxnets.warn import warn
 BATCH_BUCKETS = (1, 8, 32, 128, 512)
 
 
-def _ocp():
-  import orbax.checkpoint as ocp
-  return ocp
 
 
 @functools.lru_cache(maxsize=None)
@@ -479,7 +476,7 @@ def load(workdir: str | pathlib.Path, step: str | int = "best") -> Predictor:
 def _load_step(step_dir: pathlib.Path) -> Predictor:
   """load() of one step folder."""
   from flaxnets.models import registry
-  from flaxnets.training.checkpoint import damaged_error
+  from flaxnets.training.checkpoint import _ocp, damaged_error
   from flaxnets.training.state import dummy_inputs
   ocp = _ocp()
   meta_file = step_dir / "meta" / "metadata"

@@ -20,6 +20,7 @@ import warnings
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -921,13 +922,38 @@ def test_a_full_disk_is_one_error_line_and_keeps_what_was_saved(tmp_path):
   assert flaxnets.load(workdir, "latest").path.name == "78"
 
 
+def test_a_full_disk_from_python_is_the_error_without_a_thousand_lines(tmp_path):
+  """From Python (a notebook), the same full disk raised the CheckpointError after about a
+  thousand lines of tracebacks: Orbax's threads', TensorStore's "Event loop is closed"
+  reports and asyncio's unretrieved futures. The CLI alone had filtered them."""
+  workdir = tmp_path / "run"
+  script = tmp_path / "train.py"
+  script.write_text(textwrap.dedent(f"""
+      import gc, flaxnets
+      config = flaxnets.get_config()
+      config.num_epochs, config.progress = 2, False
+      try:
+        flaxnets.train(config, workdir={str(workdir)!r})
+      except flaxnets.CheckpointError as e:
+        print("raised:", e)
+      gc.collect()
+      """))
+  out = subprocess.run(["bash", "-c", 'ulimit -f 100 && exec "$@"', "bash", sys.executable,
+                        str(script)], capture_output=True, text=True, timeout=300,
+                       env=child_env(1))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert f"raised: saving a checkpoint in {workdir} failed: " in out.stdout, out.stdout[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert "Traceback" not in out.stderr and len(lines) < 15, (len(lines), out.stderr[-3000:])
+
+
 def test_a_failed_saves_unretrieved_writes_are_not_reported_again(caplog):
   """After a failed save, the other writes' futures logged the same error each as they were
   collected ("Future exception was never retrieved"), after flaxnets' one line: the full-disk
   test above failed in CI on such lines. Other futures' errors are still reported."""
   import asyncio
   import gc
-  from flaxnets import cli
+  from flaxnets.training import storage_reports
 
   def unretrieved(message):
     loop = asyncio.new_event_loop()
@@ -939,16 +965,16 @@ def test_a_failed_saves_unretrieved_writes_are_not_reported_again(caplog):
 
   save = ('OUT_OF_RANGE: Error writing "params.head.bias/0" in OCDBT database at local file '
           '"/w/checkpoints/39.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/"')
-  with caplog.at_level(logging.ERROR, logger="asyncio"), \
-       cli._one_line_storage_errors(keep=False):
-    unretrieved(save)
-    unretrieved("some other failure")
+  asyncio_logger, only_saves = logging.getLogger("asyncio"), storage_reports.UnretrievedSaveErrors()
+  asyncio_logger.addFilter(only_saves)
+  try:
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+      unretrieved(save)
+      unretrieved("some other failure")
+  finally:
+    asyncio_logger.removeFilter(only_saves)
   reported = [r.exc_info[1] for r in caplog.records if r.name == "asyncio"]
   assert [str(e) for e in reported] == ["some other failure"], reported
-  caplog.clear()
-  with caplog.at_level(logging.ERROR, logger="asyncio"):  # the filter is gone again
-    unretrieved(save)
-  assert [str(r.exc_info[1]) for r in caplog.records if r.name == "asyncio"] == [save]
 
 
 def test_a_dataset_setting_the_dataset_never_read_does_not_block_a_resume():

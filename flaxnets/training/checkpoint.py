@@ -31,6 +31,7 @@ import numpy as np
 
 from flaxnets import config as config_lib
 from flaxnets.data.types import Dataset
+from flaxnets.training import storage_reports
 from flaxnets.training.hooks import is_chief
 
 # Changing any of these between a run and its resume would make the resume wrong.
@@ -62,6 +63,7 @@ def state_layout(tree: dict[str, Any]) -> str:
 
 def _ocp():
   import orbax.checkpoint as ocp  # imported on first use: it is slow to import
+  storage_reports.install()  # a failed save or read as one error, not a thousand lines
   return ocp
 
 
