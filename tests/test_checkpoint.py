@@ -977,6 +977,20 @@ def test_a_failed_saves_unretrieved_writes_are_not_reported_again(caplog):
   assert [str(e) for e in reported] == ["some other failure"], reported
 
 
+def test_metric_modes_saved_resolved_are_not_reported_as_changed():
+  """Checkpoints written before 2026-11-28 hold the resolved modes ('max' for accuracy, 'min'
+  for loss): a resume with the same config reported 'checkpoint.best_mode: max -> auto' and
+  'early_stopping.mode: min -> auto' in results.json's config_changes."""
+  saved, now = flaxnets.get_config(), flaxnets.get_config()
+  saved.checkpoint.best_mode, saved.early_stopping.mode = "max", "min"
+  now.num_epochs += 5
+  assert checkpoint_lib.config_changes(saved.to_dict(), now.to_dict()) == [
+      "num_epochs: 10 -> 15"]
+  now.checkpoint.best_mode = "min"  # a real change: the lowest accuracy is now the best
+  assert checkpoint_lib.config_changes(saved.to_dict(), now.to_dict()) == [
+      "checkpoint.best_mode: 'max' -> 'min'", "num_epochs: 10 -> 15"]
+
+
 def test_a_dataset_setting_the_dataset_never_read_does_not_block_a_resume():
   """Runs from before validate refused them (digits with val_fraction=0) had saved such a
   setting: keeping it is now a ConfigError and dropping it had been a 'different config'."""

@@ -280,6 +280,20 @@ def test_vocabularies_saved_before_the_punctuation_rules_changed_keep_theirs():
                                                     "(checkpoint) vs 2")] and diffs
 
 
+def test_a_vocabulary_from_an_older_flaxnets_is_not_blamed_on_the_user():
+  """A text checkpoint written before 2026-11-28 (no train_examples in its meta), resumed
+  with the same config and data, was refused as 'built from different training data or
+  settings': the vocabulary had changed because flaxnets built it differently."""
+  from flaxnets.training.checkpoint import data_differences
+  old = {"vocab": Vocabulary.build(["a good film", "a bad film"]).to_dict()}
+  new = {"vocab": Vocabulary.build(["a good film"]).to_dict(), "train_examples": 1}
+  [diff] = data_differences(old, new, ())
+  assert diff.startswith("vocabulary: built from different training data or settings, or by "
+                         "an older flaxnets (since 2026-11-28"), diff
+  [diff] = data_differences(dict(old, train_examples=2), new, ())  # both of this flaxnets
+  assert diff == "vocabulary: built from different training data or settings"
+
+
 def test_text_never_maps_to_the_padding_id():
   # A literal "<pad>" in a text had become id 0 inside the sequence.
   vocab = Vocabulary.build(["good film", "bad film"])

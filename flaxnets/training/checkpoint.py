@@ -156,9 +156,21 @@ def config_changes(saved: dict, current: dict) -> list[str]:
   A resumed run applies them from its step on (a new learning rate, more epochs, ...).
   """
   a, b = _with_defaults(saved), _with_defaults(current)
+  ea, eb = _effective_modes(a), _effective_modes(b)
   return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
           if not any(key == r or key.startswith(r + ".") for r in RESUME_KEYS)
-          and a.get(key) != b.get(key)]
+          and ea.get(key) != eb.get(key)]
+
+
+def _effective_modes(flat: dict[str, Any]) -> dict[str, Any]:
+  """`flat` with its metric modes resolved ('auto' -> 'min'/'max'): checkpoints written
+  before 2026-11-28 hold the resolved mode, so 'max' there and 'auto' now are no change."""
+  out = dict(flat)
+  for metric, mode in (("checkpoint.best_metric", "checkpoint.best_mode"),
+                       ("early_stopping.metric", "early_stopping.mode")):
+    if isinstance(out.get(metric), str) and isinstance(out.get(mode), str):
+      out[mode] = config_lib.metric_mode(out[metric], out[mode])
+  return out
 
 
 def meta_differences(saved: dict, current: dict) -> list[str]:
@@ -217,6 +229,11 @@ def data_differences(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_
                    f"{rules[1]} (this flaxnets, since 2026-11-29: opening quotes apart from "
                    "words, combining marks inside them), so the texts become other tokens; "
                    "the checkpoint's predict() keeps its own rules")
+    elif a.get("train_examples") is None:  # meta written before 2026-11-28's changes
+      diffs.append("vocabulary: built from different training data or settings, or by an "
+                   "older flaxnets (since 2026-11-28 it is built from the training part "
+                   "only, after the validation carve, and a text_file corpus follows "
+                   "dataset.lowercase); the checkpoint's predict() keeps its own vocabulary")
     else:
       diffs.append("vocabulary: built from different training data or settings")
   return diffs
