@@ -4,7 +4,7 @@ r"""Command line: `flaxnets train | eval | predict | plot | prepare`.
     flaxnets train --config experiments/configs/mnist1d_conv.py --config.seed=1 \
         --workdir runs/mnist1d
     flaxnets eval runs/mnist1d [--split test] [--step best]
-    flaxnets predict runs/mnist1d INPUT...            # image files, .npy/.npz arrays or text
+    flaxnets predict runs/mnist1d INPUT...            # a classifier: images, .npy/.npz or text
     flaxnets plot runs/mnist1d                        # PNG curves and confusion matrix
     flaxnets prepare tfds:mnist [--data_dir DIR]
 
