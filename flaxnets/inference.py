@@ -26,8 +26,6 @@ from flaxnets.warn import warn
 BATCH_BUCKETS = (1, 8, 32, 128, 512)
 
 
-
-
 @functools.lru_cache(maxsize=None)
 def _identity_tx() -> Any:
   """One optax.identity() for every evaluation state: a state's tx is part of the key of

@@ -67,6 +67,7 @@ def child_env(devices: int = DEVICES, cache: pathlib.Path | None = None) -> dict
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["JAX_PLATFORMS"] = "cpu"
   env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  env.pop("FLAXNETS_TRACEBACK", None)  # the tests check what a user sees by default
   if cache is not None:
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -977,6 +978,34 @@ def test_a_failed_saves_unretrieved_writes_are_not_reported_again(caplog):
   assert [str(e) for e in reported] == ["some other failure"], reported
 
 
+def test_only_tensorstores_closed_loop_reports_are_dropped():
+  """TensorStore's callbacks into Orbax's closed event loop printed "Exception ignored ...
+  Event loop is closed" tracebacks after a failed save; a user's own report of the same
+  error (from a __del__ or a callback) must still be shown."""
+  import asyncio
+  import types
+  from flaxnets.training import storage_reports
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    error = e
+  # as TensorStore's native thread reports it: the first frame is call_soon_threadsafe
+  tensorstore = types.SimpleNamespace(exc_value=error, exc_traceback=error.__traceback__.tb_next,
+                                      object=None, err_msg=None)
+  assert tensorstore.exc_traceback.tb_frame.f_code.co_name == "call_soon_threadsafe"
+  assert storage_reports.closed_loop_report(tensorstore)
+  users = [types.SimpleNamespace(exc_value=error, exc_traceback=error.__traceback__,
+                                 object=None, err_msg=None),  # raised in the user's code
+           types.SimpleNamespace(exc_value=error, exc_traceback=tensorstore.exc_traceback,
+                                 object=print, err_msg="Exception ignored in")]
+  assert not any(storage_reports.closed_loop_report(u) for u in users)
+  other = types.SimpleNamespace(exc_value=RuntimeError("other"),
+                                exc_traceback=tensorstore.exc_traceback, object=None)
+  assert not storage_reports.closed_loop_report(other)
+
+
 def test_metric_modes_saved_resolved_are_not_reported_as_changed():
   """Checkpoints written before 2026-11-28 hold the resolved modes ('max' for accuracy, 'min'
   for loss): a resume with the same config reported 'checkpoint.best_mode: max -> auto' and
@@ -989,6 +1018,15 @@ def test_metric_modes_saved_resolved_are_not_reported_as_changed():
   now.checkpoint.best_mode = "min"  # a real change: the lowest accuracy is now the best
   assert checkpoint_lib.config_changes(saved.to_dict(), now.to_dict()) == [
       "checkpoint.best_mode: 'max' -> 'min'", "num_epochs: 10 -> 15"]
+  # with the metric changed, a mode is reported as it reads: 'max' -> 'max' is no change
+  saved.checkpoint.best_mode, now.checkpoint.best_mode = "auto", "max"
+  now.checkpoint.best_metric = "loss"
+  assert checkpoint_lib.config_changes(saved.to_dict(), now.to_dict()) == [
+      "checkpoint.best_metric: 'accuracy' -> 'loss'", "checkpoint.best_mode: 'auto' -> 'max'",
+      "num_epochs: 10 -> 15"]
+  now.checkpoint.best_mode = "auto"
+  assert checkpoint_lib.config_changes(saved.to_dict(), now.to_dict()) == [
+      "checkpoint.best_metric: 'accuracy' -> 'loss'", "num_epochs: 10 -> 15"]
 
 
 def test_a_dataset_setting_the_dataset_never_read_does_not_block_a_resume():

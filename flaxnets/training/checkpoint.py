@@ -44,7 +44,8 @@ _MAX_CAUSE = 400  # characters of an Orbax / TensorStore error quoted in ours
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used; the message names its path."""
+  """A checkpoint that cannot be saved or used, or a workdir that a run cannot take (busy,
+  or holding another run's checkpoints); the message names the path."""
 
 
 class IncompatibleCheckpointError(CheckpointError):
@@ -156,21 +157,25 @@ def config_changes(saved: dict, current: dict) -> list[str]:
   A resumed run applies them from its step on (a new learning rate, more epochs, ...).
   """
   a, b = _with_defaults(saved), _with_defaults(current)
-  ea, eb = _effective_modes(a), _effective_modes(b)
   return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
           if not any(key == r or key.startswith(r + ".") for r in RESUME_KEYS)
-          and ea.get(key) != eb.get(key)]
+          and a.get(key) != b.get(key) and not _same_mode(a, b, key)]
 
 
-def _effective_modes(flat: dict[str, Any]) -> dict[str, Any]:
-  """`flat` with its metric modes resolved ('auto' -> 'min'/'max'): checkpoints written
-  before 2026-11-28 hold the resolved mode, so 'max' there and 'auto' now are no change."""
-  out = dict(flat)
-  for metric, mode in (("checkpoint.best_metric", "checkpoint.best_mode"),
-                       ("early_stopping.metric", "early_stopping.mode")):
-    if isinstance(out.get(metric), str) and isinstance(out.get(mode), str):
-      out[mode] = config_lib.metric_mode(out[metric], out[mode])
-  return out
+_MODE_METRIC = {"checkpoint.best_mode": "checkpoint.best_metric",
+                "early_stopping.mode": "early_stopping.metric"}
+
+
+def _same_mode(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
+  """Whether `key`, a metric's mode, means the same on both sides although it reads
+  differently: checkpoints written before 2026-11-28 hold the then defaults 'max' and
+  'min' where the config now says 'auto' (which resolves to those for their metrics)."""
+  metric = _MODE_METRIC.get(key)
+  if metric is None or a.get(metric) != b.get(metric):
+    return False
+  if not all(isinstance(d.get(k), str) for d in (a, b) for k in (metric, key)):
+    return False
+  return config_lib.metric_mode(a[metric], a[key]) == config_lib.metric_mode(b[metric], b[key])
 
 
 def meta_differences(saved: dict, current: dict) -> list[str]:
@@ -233,7 +238,8 @@ def data_differences(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_
       diffs.append("vocabulary: built from different training data or settings, or by an "
                    "older flaxnets (since 2026-11-28 it is built from the training part "
                    "only, after the validation carve, and a text_file corpus follows "
-                   "dataset.lowercase); the checkpoint's predict() keeps its own vocabulary")
+                   "dataset.lowercase and split_punctuation); the checkpoint's predict() "
+                   "keeps its own vocabulary")
     else:
       diffs.append("vocabulary: built from different training data or settings")
   return diffs

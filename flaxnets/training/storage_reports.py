@@ -10,9 +10,10 @@ and TensorStore report the same failure again and again:
   * asyncio logs "Future exception was never retrieved" for each of a failed save's other
     writes, when they are collected (often at exit).
 In a notebook that was about a thousand lines of tracebacks for one full disk.
-`install()`, called on flaxnets' first use of Orbax, keeps Orbax's records as their
-one-line messages and drops the other two kinds, for the rest of the process (they come
-after the error). Other errors are left as they are; FLAXNETS_TRACEBACK=1 keeps everything.
+`install()`, called on flaxnets' first use of Orbax, keeps Orbax's records of a failed save
+(those naming a save's temporary folder) as their one-line messages and drops the other two
+kinds, for the rest of the process (they come after the error). Other reports, a user's own
+included, are left as they are; FLAXNETS_TRACEBACK=1, read at each report, keeps everything.
 """
 from __future__ import annotations
 
@@ -24,13 +25,19 @@ from typing import Any
 
 _lock = threading.Lock()
 _installed = False
+_SAVE_FOLDER = ".orbax-checkpoint-tmp"  # Orbax writes a step there until it commits it
 
 
-class OrbaxOneLine(logging.Filter):
-  """Orbax's records as their one-line message (its traceback dropped)."""
+def _keep_all() -> bool:
+  return bool(os.environ.get("FLAXNETS_TRACEBACK"))
+
+
+class FailedSaveOneLine(logging.Filter):
+  """Orbax's records of a failed save as their one-line message (its traceback dropped)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if f"{os.sep}orbax{os.sep}" in record.pathname:
+    if (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname
+        and _SAVE_FOLDER in str(record.exc_info[1]) and not _keep_all()):
       record.exc_info, record.exc_text, record.stack_info = None, None, None
     return True
 
@@ -44,28 +51,32 @@ class UnretrievedSaveErrors(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
     return not (exc is not None and "exception was never retrieved" in str(record.msg)
-                and ".orbax-checkpoint-tmp" in str(exc))
+                and _SAVE_FOLDER in str(exc) and not _keep_all())
 
 
-def _closed_loop_report(unraisable: Any) -> bool:
-  """TensorStore's report of a callback into Orbax's closed event loop."""
-  value = unraisable.exc_value
-  return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+def closed_loop_report(unraisable: Any) -> bool:
+  """TensorStore's report of a callback into Orbax's closed event loop: raised in
+  `call_soon_threadsafe`, called from TensorStore's native thread, with no object named
+  (a user's own closed-loop error names its __del__ or callback, and is kept)."""
+  value, tb = unraisable.exc_value, unraisable.exc_traceback
+  return (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+          and unraisable.object is None and tb is not None
+          and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
 
 
 def install() -> None:
   """Install the filters once, for the rest of the process (see the module docstring)."""
   global _installed
   with _lock:
-    if _installed or os.environ.get("FLAXNETS_TRACEBACK"):
+    if _installed:
       return
     _installed = True
     hook = sys.unraisablehook
 
     def unraisablehook(unraisable: Any) -> None:  # TensorStore uses PyErr_WriteUnraisable
-      if not _closed_loop_report(unraisable):
+      if _keep_all() or not closed_loop_report(unraisable):
         hook(unraisable)
 
     sys.unraisablehook = unraisablehook
-    logging.getLogger("absl").addFilter(OrbaxOneLine())
+    logging.getLogger("absl").addFilter(FailedSaveOneLine())
     logging.getLogger("asyncio").addFilter(UnretrievedSaveErrors())
