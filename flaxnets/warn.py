@@ -1,8 +1,11 @@
-"""Warnings attributed to the user's line, not to flaxnets' own.
+"""Warnings attributed to the user's line, not to flaxnets' own, and given at every call.
 
-Python shows a warning once per place it is attributed to (its default filter), so one
-attributed to a line inside flaxnets was shown for the first call of a session only: a
-notebook that trained again on the same data heard nothing.
+Python's default filter shows a warning once per place it is attributed to, remembered in
+that module's `__warningregistry__`: one attributed to a line inside flaxnets was shown for
+the first call of a session only (a notebook that trained again on the same data heard
+nothing), and one attributed to the user's line for the first pass of a loop only (two
+folds or two models, one warning). Each flaxnets warning is about the call that gives it,
+so none is remembered; the user's own filters ('once', 'ignore', 'error') still apply.
 """
 from __future__ import annotations
 
@@ -15,7 +18,12 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
   """warnings.warn at the first frame outside the flaxnets package: the user's call."""
-  level, frame = 2, sys._getframe(1)
+  frame = sys._getframe(1)
   while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-    frame, level = frame.f_back, level + 1
-  warnings.warn(message, category, stacklevel=level)
+    frame = frame.f_back
+  if frame is None:  # called from flaxnets' own thread: nothing of the user's to name
+    warnings.warn(message, category, stacklevel=2)
+    return
+  warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                         module=frame.f_globals.get("__name__"), registry=None,
+                         module_globals=frame.f_globals)

@@ -433,6 +433,17 @@ def test_warnings_are_attributed_to_the_users_call():
     sources.from_arrays((x, y))
   assert [w.filename for w in caught] == [__file__, __file__], [str(w) for w in caught]
   assert "class id(s) [1, 3] have no examples" in str(caught[0].message)
+  # Nor once per line of the user's: a loop over folds (or models) warned for the first only.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("default")
+    for _ in range(2):
+      sources.from_arrays((x, y))
+  assert [w.filename for w in caught] == [__file__, __file__], [str(w) for w in caught]
+  with warnings.catch_warnings(record=True) as caught:  # the user's own filters still apply
+    warnings.simplefilter("once")
+    for _ in range(2):
+      sources.from_arrays((x, y))
+  assert len(caught) == 1, [str(w) for w in caught]
 
 
 def test_text_labels_that_look_alike_are_warned():
