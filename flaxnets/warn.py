@@ -17,7 +17,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
-  """warnings.warn at the first frame outside the flaxnets package: the user's call."""
+  """Warn, attributed to the first frame outside the flaxnets package: the user's call."""
   frame = sys._getframe(1)
   while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
     frame = frame.f_back
