@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_epochs = 10
   c.batch_size = 32               # global, over all devices and processes
+  c.grad_accum_steps = 1          # split each batch into this many micro-batches, run one
+                                  # after another, their gradients summed: batch_size's
+                                  # update with a k-th of its activation memory (PyTorch
+                                  # Lightning's accumulate_grad_batches=k at batch_size / k)
   c.eval_batch_size = 256
   c.log_every_steps = 50
   c.progress = True               # tqdm bar per epoch (process 0 only)
@@ -129,6 +133,7 @@ _RULES: list[tuple[str, Any, str]] = [
     ("num_epochs", lambda v: v >= 1, "an integer >= 1"),
     ("batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("grad_accum_steps", lambda v: v >= 1, "an integer >= 1"),
     ("log_every_steps", lambda v: v >= 1, "an integer >= 1"),
     ("dataset.name", lambda v: v in DATASETS or (v.startswith("tfds:") and len(v) > 5),
      f"one of {DATASETS} or 'tfds:<name>[:<version>]'"),
@@ -370,6 +375,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if o.name == "sgd" and o.nesterov and o.momentum == 0:  # optax ran plain SGD; torch refuses
     raise ConfigError("config.optimizer.nesterov=True: Nesterov momentum needs momentum > 0, "
                       "and config.optimizer.momentum=0; set momentum (or nesterov=False)")
+  if config.batch_size % config.grad_accum_steps:
+    raise ConfigError(f"config.batch_size={config.batch_size}: expected a multiple of "
+                      f"config.grad_accum_steps={config.grad_accum_steps}, which splits each "
+                      "batch into that many equal micro-batches")
   if config.eval_batch_size < 1:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r}: expected >= 1")
   return config

@@ -562,14 +562,15 @@ def test_a_restart_that_cannot_delete_stops_before_anything_changes(tmp_path, tr
 
 def test_resume_with_changed_settings_says_so_and_records_them(tmp_path, trained, capsys):
   workdir = copy_run(trained, tmp_path)
-  config = small_config(**{"num_epochs": 3, "optimizer.learning_rate": 0.01})
+  config = small_config(**{"num_epochs": 3, "optimizer.learning_rate": 0.01,
+                            "grad_accum_steps": 2})
   capsys.readouterr()
   flaxnets.train(config, str(workdir))
   out = capsys.readouterr().out
   assert "resumed from step 78" in out
   assert "changed settings, which apply from step 78 on" in out
   assert "num_epochs: 2 -> 3" in out and "optimizer.learning_rate: 0.003 -> 0.01" in out
-  want = [{"step": 78, "changes": ["num_epochs: 2 -> 3",
+  want = [{"step": 78, "changes": ["grad_accum_steps: 1 -> 2", "num_epochs: 2 -> 3",
                                    "optimizer.learning_rate: 0.003 -> 0.01"]}]
   results = json.loads((workdir / "results.json").read_text())
   assert results["config_changes"] == want

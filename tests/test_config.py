@@ -32,6 +32,7 @@ class _null:
     ("batch_size", 0, ">= 1"),
     ("num_epochs", 0, ">= 1"),
     ("eval_batch_size", -4, ">= 1"),
+    ("grad_accum_steps", 0, ">= 1"),
     ("dataset.val_fraction", 1.0, "[0, 1)"),
     ("optimizer.label_smoothing", 1.5, "[0, 1)"),
     ("optimizer.momentum", 1.0, "[0, 1)"),

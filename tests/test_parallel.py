@@ -55,26 +55,28 @@ _SINGLE: dict = {}
 
 
 def _train(strategy_name: str, name: str, num_steps: int, seed: int, sync_bn: bool = True,
-           crop_padding: int = 0, flip: bool = False, **kwargs):
-  """`num_steps` train steps on _batches(num_steps, seed); (host state, [host metrics])."""
+           crop_padding: int = 0, flip: bool = False, accum: int = 1, **kwargs):
+  """`num_steps` train steps on _batches(num_steps, seed), each in `accum` micro-batches;
+  (host state, [host metrics])."""
   if strategy_name == "single":  # the reference of several tests: computed once
-    key = (name, num_steps, seed, crop_padding, flip, tuple(sorted(kwargs.items())))
+    key = (name, num_steps, seed, crop_padding, flip, accum, tuple(sorted(kwargs.items())))
     if key not in _SINGLE:
       _SINGLE[key] = _train_uncached("single", name, num_steps, seed, sync_bn, crop_padding,
-                                     flip, **kwargs)
+                                     flip, accum, **kwargs)
     return _SINGLE[key]
   return _train_uncached(strategy_name, name, num_steps, seed, sync_bn, crop_padding, flip,
-                         **kwargs)
+                         accum, **kwargs)
 
 
 def _train_uncached(strategy_name: str, name: str, num_steps: int, seed: int, sync_bn: bool,
-                    crop_padding: int, flip: bool, **kwargs):
+                    crop_padding: int, flip: bool, accum: int, **kwargs):
   strategy = parallel.Strategy(strategy_name)
   model = _model(name, strategy, sync_bn, **kwargs)
   state = _initial_state(name, **kwargs).replace(apply_fn=model.apply)
   step = strategy.compile_train(steps.make_train_step(
       num_classes=10, stats={}, schedule=optax.constant_schedule(0.1),
-      crop_padding=crop_padding, flip=flip, axis_name=strategy.axis_name))
+      crop_padding=crop_padding, flip=flip, axis_name=strategy.axis_name,
+      grad_accum_steps=accum, order_micro_batches=strategy_name != "mesh"))
   state = strategy.put_state(state)
   history = []
   for batch in _batches(num_steps, seed):
@@ -266,6 +268,87 @@ def test_eval_counts_every_example_once(strategy):
 
 
 # ---- errors -------------------------------------------------------------------------------
+
+
+# ---- gradient accumulation (config.grad_accum_steps) ------------------------------------------
+@pytest.mark.parametrize("strategy,accum", [("single", 4), ("pmap", 2), ("mesh", 2)])
+def test_micro_batches_sum_to_the_whole_batchs_gradient(strategy, accum):
+  """Without batch norm or dropout, k micro-batches of B/k make the update of one batch of
+  B: the same params, optimizer state and metric sums (to float32 reduction noise)."""
+  kwargs = dict(features=(8, 16), hidden=32)
+  want_state, want_history = _train("single", "simple_cnn", 3, 0, **kwargs)
+  got_state, got_history = _train(strategy, "simple_cnn", 3, 0, accum=accum, **kwargs)
+  _assert_trees_close(got_state.params, want_state.params)
+  _assert_trees_close(got_state.opt_state, want_state.opt_state, what="opt_state")
+  _assert_metrics_close(got_history, want_history)
+  assert int(got_state.step) == 3  # one optimizer step per batch, not per micro-batch
+
+
+def test_micro_batches_on_a_mesh_equal_one_device_with_dropout_and_batch_norm():
+  """Each micro-batch draws its own dropout and normalises by its own statistics, the same
+  on a mesh of 8 as on one device; and that does differ from the unsplit batch."""
+  kwargs = dict(features=(8, 16), hidden=32, dropout=0.5)
+  want_state, want_history = _train("single", "simple_cnn", 3, 2, accum=2, flip=True, **kwargs)
+  got_state, got_history = _train("mesh", "simple_cnn", 3, 2, accum=2, flip=True, **kwargs)
+  _assert_trees_close(got_state.params, want_state.params)
+  _assert_metrics_close(got_history, want_history)
+  whole_state, _ = _train("single", "simple_cnn", 3, 2, flip=True, **kwargs)
+  diff = max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(got_state.params), jax.tree.leaves(whole_state.params)))
+  assert diff > 1e-3  # other dropout masks: the equality above is not the unsplit step's
+  bn = dict(stage_features=(8, 16), convs_per_stage=1)
+  want_state, _ = _train("single", "vgg", 2, 1, accum=2, **bn)
+  for strategy in ("mesh", "pmap"):
+    got_state, _ = _train(strategy, "vgg", 2, 1, accum=2, **bn)
+    _assert_trees_close(got_state.batch_stats, want_state.batch_stats, what="batch_stats")
+    _assert_trees_close(got_state.params, want_state.params)
+  whole_state, _ = _train("single", "vgg", 2, 1, **bn)
+  diff = max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(want_state.batch_stats), jax.tree.leaves(whole_state.batch_stats)))
+  assert diff > 100 * ATOL  # statistics of half batches, updated twice a step
+
+
+@pytest.mark.parametrize("name,kind,shape,fields", [
+    ("text_cnn", "tokens", (64,), {"vocab_size": 100}),  # convolutions: unrolled on CPU
+    ("rnn", "series", (64, 16), {"cell": "lstm"}),       # a loop over micro-batches
+])
+def test_micro_batches_hold_a_fraction_of_the_activations(name, kind, shape, fields):
+  """The point of accumulating: the compiled step's temporary memory falls with k. (On CPU
+  a convolutional model's micro-batches are unrolled, and save memory only if each waits
+  for the gradients before it: XLA overlaps them otherwise.)"""
+  model = registry.build_model(name, num_classes=10, **fields)
+  state = create_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), shape, kind)
+  dtype = np.int32 if kind == "tokens" else np.float32
+  batch = {"inputs": np.ones((256,) + shape, dtype), "labels": np.zeros(256, np.int32)}
+
+  def temp_bytes(accum, order=True):
+    step = jax.jit(steps.make_train_step(num_classes=10, stats={},
+                                         schedule=optax.constant_schedule(0.1),
+                                         grad_accum_steps=accum, order_micro_batches=order))
+    return step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+
+  whole, halves, quarters = temp_bytes(1), temp_bytes(2), temp_bytes(4)
+  assert halves < 0.6 * whole and quarters < 0.35 * whole, (whole, halves, quarters)
+  if name == "text_cnn":  # the control: unordered, the micro-batches' activations coexist
+    assert temp_bytes(4, order=False) > 2 * quarters
+
+
+def test_micro_batches_that_do_not_split_evenly_are_a_clear_error():
+  config = flaxnets.get_config()
+  config.batch_size, config.grad_accum_steps = 30, 4
+  with pytest.raises(ConfigError, match=r"config.batch_size=30: expected a multiple of "
+                                        r"config.grad_accum_steps=4"):
+    flaxnets.train(config)
+  config.batch_size, config.grad_accum_steps = 32, 8
+  config.parallel.strategy = "mesh"
+  with pytest.raises(ValueError, match=r"config.batch_size=32 does not divide evenly over "
+                                       r"config.grad_accum_steps=8 micro-batches on each of 8 "
+                                       r"devices \(strategy 'mesh'\); expected a multiple of "
+                                       r"64, e.g. 64"):
+    flaxnets.train(config)
+  with pytest.raises(ValueError, match=r"grad_accum_steps=0: expected an integer >= 1"):
+    steps.make_train_step(num_classes=10, stats={}, schedule=optax.constant_schedule(0.1),
+                          grad_accum_steps=0)
 
 
 def test_unknown_strategy_is_a_clear_error():

@@ -70,6 +70,23 @@ def test_same_config_same_numbers():
     np.testing.assert_array_equal(x, y)
 
 
+def test_micro_batches_train_like_whole_batches():
+  """config.grad_accum_steps: the same updates in a quarter of the activations. SimpleCNN
+  has no batch norm or dropout, so the run ends where the unsplit one does."""
+  config = _quiet(flaxnets.get_config())
+  config.num_epochs = 3
+  config.parallel.strategy = "single"
+  whole = flaxnets.train(config)
+  config.grad_accum_steps = 4
+  split = flaxnets.train(config)
+  assert split.test_metrics["accuracy"] > 0.93
+  assert split.test_metrics["accuracy"] == pytest.approx(whole.test_metrics["accuracy"],
+                                                         abs=0.01)
+  assert int(split.state.step) == int(whole.state.step)  # one update per batch of 32
+  for x, y in zip(np_leaves(split.state.params), np_leaves(whole.state.params)):
+    np.testing.assert_allclose(x, y, atol=2e-3)
+
+
 def np_leaves(tree):
   import jax
   return [np.asarray(x) for x in jax.tree.leaves(tree)]

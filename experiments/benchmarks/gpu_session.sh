@@ -9,7 +9,8 @@
 # JSON also to experiments/results/{rnn_speed,cifar10_speedrun,cnn_speed}_<gpu|cpu_tiny>.json.
 # Each script writes its JSON after every configuration, so a limit keeps what was measured.
 # Limits (seconds) can be set from outside: RNN_S, SPEEDRUN_S, AIRBENCH_S, CNN_S, TESTS_S; a limit of
-# 0 skips that step. LONG_S (unset: skipped) adds a 16-epoch speedrun, LAYOUT_S (unset:
+# 0 skips that step. GA_S (unset: skipped) adds grad_accum.py (config.grad_accum_steps).
+# LONG_S (unset: skipped) adds a 16-epoch speedrun, LAYOUT_S (unset:
 # skipped) the LSTM residual-layout comparison (lstm_residual_layout.py). AIRBENCH_S (default 0:
 # skipped) is the limit of each of three more speedruns: airbench's remaining pieces
 # (--airbench) at 10 and at 8 epochs, and airbench94_muon's recipe (--muon).
@@ -99,6 +100,15 @@ if [[ -n "$TINY" ]]; then
 elif [[ -n "${LAYOUT_S:-}" ]]; then
   step lstm_layout "$LAYOUT_S" $PY experiments/benchmarks/lstm_residual_layout.py \
     --shape 128 256 128 512 --rounds 6 --out "$R/lstm_residual_layout_$SUF.json"
+fi
+# config.grad_accum_steps: the step's temporary memory and time by micro-batches (GA_S unset:
+# skipped on the GPU; on accelerators the micro-batches are a lax.scan, not unrolled).
+if [[ -n "$TINY" ]]; then
+  step grad_accum "${GA_S:-60}" $PY experiments/benchmarks/grad_accum.py --models simple_cnn \
+    text_cnn --batch 32 --accum 1 2 --steps 1 --no-cpu-variants --out "$R/grad_accum_$SUF.json"
+elif [[ -n "${GA_S:-}" ]]; then
+  step grad_accum "$GA_S" $PY experiments/benchmarks/grad_accum.py --models resnet18 resnet20 \
+    text_cnn rnn --batch 512 --accum 1 2 4 8 --steps 10 --out "$R/grad_accum_$SUF.json"
 fi
 # If time is left: the same recipe with 16 epochs (accuracy against training time).
 if [[ -z "$TINY" && -n "${LONG_S:-}" ]]; then

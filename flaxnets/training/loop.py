@@ -333,7 +333,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
 
   # ---- devices and model ------------------------------------------------------------
   strategy = parallel.Strategy(parallel.choose(config.parallel.strategy))
-  strategy.check_batch(config.batch_size)
+  strategy.check_batch(config.batch_size, micro_batches=config.grad_accum_steps)
   eval_batch = -(-config.eval_batch_size // strategy.num_devices) * strategy.num_devices
   model = build_model(config, dataset, strategy.name)
   train_it = pipeline.TrainIterator(dataset.train, config.batch_size, config.seed,
@@ -348,7 +348,9 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       f"{0 if dataset.val is None else len(dataset.val['labels'])} val / "
       f"{0 if dataset.test is None else len(dataset.test['labels'])} test; "
       f"{INPUT_WORDS[dataset.input_kind]} {dataset.input_shape} per example), "
-      f"{strategy.num_devices} {jax.default_backend()} device(s), strategy {strategy.name}")
+      f"{strategy.num_devices} {jax.default_backend()} device(s), strategy {strategy.name}" +
+      (f"; batches of {config.batch_size} in {config.grad_accum_steps} micro-batches of "
+       f"{config.batch_size // config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""))
   log(summary(state.params, state.batch_stats))
   warn_ineffective_settings(config, dataset, workdir)
 
@@ -409,7 +411,10 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       label_smoothing=config.optimizer.label_smoothing,
       crop_padding=config.augment.crop_padding if dataset.input_kind == "image" else 0,
       flip=config.augment.flip and dataset.input_kind == "image",
-      axis_name=strategy.axis_name, debug=config.debug)), running_sums=True)
+      axis_name=strategy.axis_name, debug=config.debug,
+      grad_accum_steps=config.grad_accum_steps,
+      order_micro_batches=strategy.name != "mesh" or strategy.num_devices == 1)),
+      running_sums=True)
   if config.debug:  # chex's value assertions inside the compiled step, checked every call
     import chex
     train_step = chex.chexify(train_step, async_check=False)

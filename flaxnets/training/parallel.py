@@ -131,14 +131,20 @@ class Strategy:
     return (f"Strategy({self.name!r}, {self.num_devices} {self.devices[0].platform} "
             f"device(s), {jax.process_count()} process(es))")
 
-  def check_batch(self, global_batch: int, key: str = "batch_size") -> None:
-    """Raise unless a global batch splits evenly over the devices (and processes)."""
-    if global_batch % self.num_devices:
-      lower = global_batch // self.num_devices * self.num_devices
-      hint = f"{lower} or {lower + self.num_devices}" if lower else str(self.num_devices)
-      raise ValueError(f"config.{key}={global_batch} does not divide evenly over "
-                       f"{self.num_devices} devices (strategy {self.name!r}); expected a "
-                       f"multiple of {self.num_devices}, e.g. {hint}")
+  def check_batch(self, global_batch: int, key: str = "batch_size", micro_batches: int = 1
+                  ) -> None:
+    """Raise unless a global batch splits evenly over the devices (and processes), and
+    each device's rows into `micro_batches` (config.grad_accum_steps)."""
+    n = self.num_devices * micro_batches
+    if global_batch % n:
+      lower = global_batch // n * n
+      hint = f"{lower} or {lower + n}" if lower else str(n)
+      over = f"{self.num_devices} devices (strategy {self.name!r})"
+      if micro_batches > 1:
+        over = f"config.grad_accum_steps={micro_batches} micro-batches" + (
+            f" on each of {over}" if self.num_devices > 1 else "")
+      raise ValueError(f"config.{key}={global_batch} does not divide evenly over {over}; "
+                       f"expected a multiple of {n}, e.g. {hint}")
 
   # -- placement -------------------------------------------------------------------------
   def put_state(self, state: Any) -> Any:

@@ -62,23 +62,50 @@ def token_mask(batch: dict[str, jax.Array]) -> jax.Array:
   return (jnp.arange(t)[None, :] < batch["seq_lengths"][:, None]).astype(jnp.float32)
 
 
-def losses_and_weights(logits: jax.Array, batch: dict[str, jax.Array], num_classes: int,
-                       label_smoothing: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Per-position cross-entropy, correctness and weight (0 for padding and masked rows)."""
+def example_weights(batch: dict[str, jax.Array]) -> jax.Array:
+  """Each target's weight in the loss and metrics: 0 for padding rows ('mask') and, in a
+  language model's [B, T] targets, for steps past 'seq_lengths'; else 1."""
   labels = batch["labels"]
+  weight = batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones(labels.shape[:1])
+  if labels.ndim == 2:  # language model: [B, T]
+    weight = weight[:, None] * token_mask(batch)
+  return weight
+
+
+def losses_and_correct(logits: jax.Array, labels: jax.Array, num_classes: int,
+                       label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+  """Per-target cross-entropy (with label smoothing) and correctness (1.0 or 0.0)."""
   onehot = jax.nn.one_hot(labels, num_classes)
   if label_smoothing:
     onehot = optax.smooth_labels(onehot, label_smoothing)
   loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  weight = batch["mask"].astype(jnp.float32) if "mask" in batch else jnp.ones(labels.shape[:1])
-  if labels.ndim == 2:  # language model: [B, T]
-    weight = weight[:, None] * token_mask(batch)
-  return loss, correct, weight
+  return loss, correct
+
+
+def losses_and_weights(logits: jax.Array, batch: dict[str, jax.Array], num_classes: int,
+                       label_smoothing: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-position cross-entropy, correctness and weight (0 for padding and masked rows)."""
+  loss, correct = losses_and_correct(logits, batch["labels"], num_classes, label_smoothing)
+  return loss, correct, example_weights(batch)
 
 
 def _reduce(tree: Any, axis_name: str | None) -> Any:
   return jax.lax.psum(tree, axis_name) if axis_name else tree
+
+
+def _has_convolutions(fn: Callable, *args: Any) -> bool:
+  """Whether `fn(*args)` convolves (searched in its jaxpr, nested calls and loops too)."""
+  return "conv_general_dilated" in str(jax.make_jaxpr(fn)(*args))
+
+
+def micro_batches(x: jax.Array, k: int) -> jax.Array:
+  """[B, ...] -> [k, B / k, ...]; micro-batch i holds rows i, i + k, i + 2k, ...
+
+  Strided, not contiguous, so that a batch sharded over devices on its first axis
+  splits into micro-batches that are each sharded the same way: every device computes
+  its own rows of every micro-batch, with no data moved between devices."""
+  return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
 
 
 # What config.debug's checks name when they fail (chex's own message dumps every leaf).
@@ -88,8 +115,32 @@ DEBUG_PARTS = ("the gradients", "the updated parameters", "the optimizer state",
 
 def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callable,
                     label_smoothing: float = 0.0, crop_padding: int = 0, flip: bool = False,
-                    axis_name: str | None = None, debug: bool = False) -> Callable:
-  """Build `train_step(state, batch) -> (state, metrics)` for the given task settings."""
+                    axis_name: str | None = None, debug: bool = False,
+                    grad_accum_steps: int = 1, order_micro_batches: bool = True
+                    ) -> Callable:
+  """Build `train_step(state, batch) -> (state, metrics)` for the given task settings.
+
+  With `grad_accum_steps` k > 1 the batch is split into k micro-batches (`micro_batches`)
+  that run forward and backward one after another in a `lax.scan`, their gradients
+  summed: one optimizer update of the whole batch, with the activations of a k-th of it
+  alive at a time. Each micro-batch gets its own dropout key; batch norm normalises each
+  micro-batch by its own statistics and updates its running averages after each, as
+  PyTorch and Lightning do when they accumulate gradients.
+
+  XLA:CPU runs a convolution fast (Eigen) only outside loops: it canonicalises the
+  dimension order of top-level convolutions only, so in a loop the backward ones are naive
+  loops. On CPU a model with convolutions therefore has its micro-batches unrolled, and
+  `order_micro_batches` makes each one's inputs depend on the gradients summed before it:
+  otherwise XLA schedules their forward passes side by side and saves no memory. ResNet-20,
+  batch 256 in 2 micro-batches, 2-core CPU: 41.2 s a step in a loop, 1.09 s unrolled,
+  1.36 s unsplit; 297 MiB of temporaries ordered, 588 unordered or unsplit
+  (experiments/benchmarks/grad_accum.py). Under jit over a multi-device mesh the wait
+  costs a gradient all-reduce per micro-batch (the partial gradients are reduced to be
+  read), so the mesh strategy turns it off.
+  """
+  accum = grad_accum_steps
+  if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+    raise ValueError(f"grad_accum_steps={accum!r}: expected an integer >= 1")
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -99,36 +150,68 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
     x = preprocess(batch["inputs"], stats)
     if crop_padding or flip:
       x = augment_images(x, aug_rng, crop_padding, flip)
-    seq_lengths = batch.get("seq_lengths")
     has_bn = bool(state.batch_stats)
+    weight = example_weights(batch)
+    # Normalise by the *global* count so that summing gradients over devices (and
+    # micro-batches) gives exactly the single-device mean over the global batch.
+    count = _reduce(weight.sum(), axis_name)
 
-    def loss_fn(params):
-      variables = {"params": params}
-      if has_bn:
-        variables["batch_stats"] = state.batch_stats
-      logits, updates = state.apply_fn(variables, x, seq_lengths, train=True,
-                                       rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-      loss, correct, weight = losses_and_weights(logits, batch, num_classes, label_smoothing)
-      # Normalise by the *global* count so that summing gradients over devices gives
-      # exactly the single-device mean over the global batch.
-      count = _reduce(weight.sum(), axis_name)
-      return (loss * weight).sum() / count, (logits, updates, loss, correct, weight)
+    def grads_of(batch_stats, x, labels, seq_lengths, weight, dropout_rng):
+      """Gradients of one (micro-)batch's share of the loss, its sums and batch stats."""
 
-    (loss, (logits, updates, losses, correct, weight)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+      def loss_fn(params):
+        variables = {"params": params}
+        if has_bn:
+          variables["batch_stats"] = batch_stats
+        logits, updates = state.apply_fn(variables, x, seq_lengths, train=True,
+                                         rngs={"dropout": dropout_rng},
+                                         mutable=["batch_stats"])
+        losses, correct = losses_and_correct(logits, labels, num_classes, label_smoothing)
+        return (losses * weight).sum() / count, (updates, losses, correct)
+
+      (_, (updates, losses, correct)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(state.params)
+      sums = {"loss_sum": (losses * weight).sum(), "correct": (correct * weight).sum()}
+      return grads, sums, updates.get("batch_stats", batch_stats)
+
+    seq_lengths = batch.get("seq_lengths")
+    if accum == 1:
+      grads, sums, batch_stats = grads_of(state.batch_stats, x, batch["labels"], seq_lengths,
+                                          weight, dropout_rng)
+    else:
+      split = [None if a is None else micro_batches(a, accum)
+               for a in (x, batch["labels"], seq_lengths, weight)]
+      unroll = jax.default_backend() == "cpu" and _has_convolutions(
+          grads_of, state.batch_stats, *[None if a is None else a[0] for a in split],
+          dropout_rng)
+
+      def accumulate(carry, micro):
+        grads, sums, batch_stats = carry
+        i, x, *rest = micro
+        if unroll and order_micro_batches:  # never true, and XLA cannot fold it
+          total = sum(jnp.sum(g) for g in jax.tree.leaves(grads))
+          x = jnp.where(jnp.isnan(total) & jnp.isinf(total), jnp.zeros_like(x), x)
+        g, s, batch_stats = grads_of(batch_stats, x, *rest, jax.random.fold_in(dropout_rng, i))
+        return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s),
+                batch_stats), None
+
+      zeros = (jax.tree.map(jnp.zeros_like, state.params),
+               {"loss_sum": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32)},
+               state.batch_stats)
+      (grads, sums, batch_stats), _ = jax.lax.scan(
+          accumulate, zeros, (jnp.arange(accum), *split), unroll=unroll)
     if debug:  # chex value assertions: the loop runs the step under chex.chexify
       chex.assert_tree_all_finite(grads, custom_message=DEBUG_PARTS[0])
     grads = _reduce(grads, axis_name)
     new_state = state.apply_gradients(grads=grads)
     if has_bn:
-      new_state = new_state.replace(batch_stats=updates["batch_stats"])
+      new_state = new_state.replace(batch_stats=batch_stats)
     if debug:  # finite gradients can still overflow a state (adam's nu = g^2 at lr 1e6)
       for part, tree in zip(DEBUG_PARTS[1:], (new_state.params, new_state.opt_state,
                                               new_state.batch_stats)):
         if jax.tree.leaves(tree):
           chex.assert_tree_all_finite(tree, custom_message=part)
-    metrics = _reduce({"loss_sum": (losses * weight).sum(), "correct": (correct * weight).sum(),
-                       "count": weight.sum()}, axis_name)
+    metrics = _reduce({**sums, "count": weight.sum()}, axis_name)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state.step)
     return new_state, {k: jnp.asarray(metrics[k], jnp.float32) for k in TRAIN_METRICS}
