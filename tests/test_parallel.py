@@ -284,6 +284,75 @@ def test_micro_batches_sum_to_the_whole_batchs_gradient(strategy, accum):
   assert int(got_state.step) == 3  # one optimizer step per batch, not per micro-batch
 
 
+def _gradient_and_metrics(strategy_name, model, shape, kind, batch, accum, label_smoothing):
+  """One plain-SGD step at learning rate 1: (params before - after, i.e. the gradient; the
+  step's metrics), as host values."""
+  strategy = parallel.Strategy(strategy_name)
+  state = create_state(model, optax.sgd(1.0), jax.random.PRNGKey(0), shape, kind)
+  step = strategy.compile_train(steps.make_train_step(
+      num_classes=model.vocab_size if kind == "tokens" else 10, stats={},
+      schedule=optax.constant_schedule(1.0), label_smoothing=label_smoothing,
+      axis_name=strategy.axis_name, grad_accum_steps=accum,
+      order_micro_batches=strategy_name != "mesh"))
+  new, metrics = step(strategy.put_state(state), strategy.put_batch(batch))
+  grads = jax.tree.map(np.subtract, jax.device_get(state.params),
+                       strategy.get_state(new).params)
+  return grads, strategy.unreplicate(metrics)
+
+
+def test_micro_batches_of_unequal_weight_make_the_mean_over_the_whole_batch():
+  """Micro-batches holding different numbers of real targets (padding rows; a language
+  model's [B, T] targets past seq_lengths) still make the mean over the whole batch, not
+  a mean of micro-batch means; with label smoothing, on one device, pmap and a mesh."""
+  rng = np.random.default_rng(0)
+  images = {"inputs": rng.normal(size=(GLOBAL_BATCH, 8, 8, 3)).astype(np.float32),
+            "labels": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32),
+            "mask": rng.random(GLOBAL_BATCH) < 0.6}
+  text = {"inputs": rng.integers(1, 50, (GLOBAL_BATCH, 12)).astype(np.int32),
+          "labels": rng.integers(1, 50, (GLOBAL_BATCH, 12)).astype(np.int32),
+          "seq_lengths": rng.integers(1, 13, GLOBAL_BATCH).astype(np.int32)}
+  cases = [(registry.build_model("simple_cnn", num_classes=10, features=(8, 16), hidden=32),
+            (8, 8, 3), "image", images),
+           (registry.build_model("char_lm", vocab_size=50, embed_dim=16, hidden_size=32,
+                                 num_layers=1), (12,), "tokens", text)]
+  for model, shape, kind, batch in cases:
+    want, want_metrics = _gradient_and_metrics("single", model, shape, kind, batch, 1, 0.1)
+    for strategy, accum in [("single", 4), ("pmap", 2), ("mesh", 2)]:
+      got, metrics = _gradient_and_metrics(strategy, model, shape, kind, batch, accum, 0.1)
+      _assert_trees_close(got, want, what=f"{kind} {strategy} k={accum} gradient")
+      for k in ("loss_sum", "correct", "count", "grad_norm"):
+        np.testing.assert_allclose(float(metrics[k]), float(want_metrics[k]), rtol=1e-5,
+                                   err_msg=f"{kind} {strategy} k={accum} {k}")
+
+
+class DrawRecorder(nn.Module):
+  """Keeps the last 32 numbers drawn from the dropout stream, oldest first (a 'batch_stats'
+  variable shifted by each call), so that a step in micro-batches leaves all their draws."""
+
+  @nn.compact
+  def __call__(self, x, seq_lengths=None, *, train: bool = False):
+    drawn = self.variable("batch_stats", "drawn", jnp.zeros, (GLOBAL_BATCH,))
+    if train:
+      new = jax.random.uniform(self.make_rng("dropout"), (x.shape[0],))
+      drawn.value = jnp.concatenate([drawn.value[x.shape[0]:], new])
+    w = self.param("w", nn.initializers.zeros, (x.shape[-1], 10))
+    return x.mean((1, 2)) @ w
+
+
+def test_each_micro_batch_draws_its_own_dropout_masks():
+  """A batch of identical micro-batches: reusing one key would give each the same masks."""
+  model = DrawRecorder()
+  state = create_state(model, optax.sgd(0.1), jax.random.PRNGKey(3), (8, 8, 3), "image")
+  batch = {"inputs": np.ones((GLOBAL_BATCH, 8, 8, 3), np.float32),
+           "labels": np.zeros(GLOBAL_BATCH, np.int32)}
+  step = jax.jit(steps.make_train_step(num_classes=10, stats={},
+                                       schedule=optax.constant_schedule(0.1),
+                                       grad_accum_steps=4))
+  new, _ = step(state, batch)
+  draws = np.asarray(new.batch_stats["drawn"]).reshape(4, GLOBAL_BATCH // 4)
+  assert len({row.tobytes() for row in draws}) == 4, f"micro-batches share masks:\n{draws}"
+
+
 def test_micro_batches_on_a_mesh_equal_one_device_with_dropout_and_batch_norm():
   """Each micro-batch draws its own dropout and normalises by its own statistics, the same
   on a mesh of 8 as on one device; and that does differ from the unsplit batch."""

@@ -192,14 +192,18 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
           total = sum(jnp.sum(g) for g in jax.tree.leaves(grads))
           x = jnp.where(jnp.isnan(total) & jnp.isinf(total), jnp.zeros_like(x), x)
         g, s, batch_stats = grads_of(batch_stats, x, *rest, jax.random.fold_in(dropout_rng, i))
-        return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s),
-                batch_stats), None
+        return (jax.tree.map(lambda a, b: a + b.astype(a.dtype), grads, g),
+                jax.tree.map(jnp.add, sums, s), batch_stats), None
 
-      zeros = (jax.tree.map(jnp.zeros_like, state.params),
+      # Summed in at least float32: bfloat16 parameters' gradients would round at each add.
+      zeros = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype,
+                                                                           jnp.float32)),
+                            state.params),
                {"loss_sum": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32)},
                state.batch_stats)
       (grads, sums, batch_stats), _ = jax.lax.scan(
           accumulate, zeros, (jnp.arange(accum), *split), unroll=unroll)
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     if debug:  # chex value assertions: the loop runs the step under chex.chexify
       chex.assert_tree_all_finite(grads, custom_message=DEBUG_PARTS[0])
     grads = _reduce(grads, axis_name)
