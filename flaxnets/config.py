@@ -375,10 +375,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if o.name == "sgd" and o.nesterov and o.momentum == 0:  # optax ran plain SGD; torch refuses
     raise ConfigError("config.optimizer.nesterov=True: Nesterov momentum needs momentum > 0, "
                       "and config.optimizer.momentum=0; set momentum (or nesterov=False)")
-  if config.batch_size % config.grad_accum_steps:
+  k = config.grad_accum_steps
+  if config.batch_size % k:
+    lower = config.batch_size // k * k
     raise ConfigError(f"config.batch_size={config.batch_size}: expected a multiple of "
-                      f"config.grad_accum_steps={config.grad_accum_steps}, which splits each "
-                      "batch into that many equal micro-batches")
+                      f"config.grad_accum_steps={k}, which splits each batch into that many "
+                      f"equal micro-batches, e.g. {f'{lower} or ' if lower else ''}{lower + k}")
   if config.eval_batch_size < 1:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r}: expected >= 1")
   return config

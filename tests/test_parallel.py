@@ -406,7 +406,10 @@ def test_micro_batches_that_do_not_split_evenly_are_a_clear_error():
   config = flaxnets.get_config()
   config.batch_size, config.grad_accum_steps = 30, 4
   with pytest.raises(ConfigError, match=r"config.batch_size=30: expected a multiple of "
-                                        r"config.grad_accum_steps=4"):
+                                        r"config.grad_accum_steps=4, .* e.g. 28 or 32$"):
+    flaxnets.train(config)
+  config.batch_size = 2
+  with pytest.raises(ConfigError, match=r"config.batch_size=2: .* e.g. 4$"):
     flaxnets.train(config)
   config.batch_size, config.grad_accum_steps = 32, 8
   config.parallel.strategy = "mesh"
