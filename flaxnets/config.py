@@ -38,8 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 32               # global, over all devices and processes
   c.grad_accum_steps = 1          # split each batch into this many micro-batches, run one
                                   # after another, their gradients summed: batch_size's
-                                  # update with a k-th of its activation memory (PyTorch
-                                  # Lightning's accumulate_grad_batches=k at batch_size / k)
+                                  # update with about a k-th of its activation memory (less
+                                  # saved on CPU for max-pool models; README)
   c.eval_batch_size = 256
   c.log_every_steps = 50
   c.progress = True               # tqdm bar per epoch (process 0 only)
