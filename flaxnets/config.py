@@ -116,6 +116,19 @@ def get_config() -> ml_collections.ConfigDict:
   e.metric = "loss"               # validation metric
   e.mode = "auto"                 # "min" | "max" | "auto": min for loss, max for the others
   e.restore_best = False
+
+  # Keras's ReduceLROnPlateau: when validation `metric` has not improved by min_delta for
+  # `patience` epochs, the learning rate (the schedule's, warmup and decay included) is
+  # multiplied by `factor`, down to min_scale times the schedule's.
+  c.reduce_lr_on_plateau = ml_collections.ConfigDict()
+  r = c.reduce_lr_on_plateau
+  r.patience = 0                  # epochs without improvement; 0: off
+  r.factor = 0.1
+  r.min_delta = 1e-4              # an improvement beats the best by more than this
+  r.metric = "loss"               # validation metric
+  r.mode = "auto"                 # "min" | "max" | "auto": min for loss, max for the others
+  r.cooldown = 0                  # epochs after a reduction before counting again
+  r.min_scale = 0.0               # the learning rate stays >= min_scale * the schedule's
   return c
 
 
@@ -166,6 +179,14 @@ _RULES: list[tuple[str, Any, str]] = [
     ("early_stopping.min_delta", _non_negative, "a finite number >= 0"),
     ("early_stopping.metric", lambda v: v in VAL_METRICS, f"one of {VAL_METRICS}"),
     ("early_stopping.mode", lambda v: v in MODES, f"one of {MODES}"),
+    ("reduce_lr_on_plateau.patience", _non_negative, "an integer >= 0 (0: off)"),
+    ("reduce_lr_on_plateau.factor", lambda v: 0.0 < v < 1.0, "a number in (0, 1)"),
+    # optax's reduce_on_plateau needs a tolerance > 0 (Keras's default is this 1e-4)
+    ("reduce_lr_on_plateau.min_delta", _positive, "a finite number > 0"),
+    ("reduce_lr_on_plateau.metric", lambda v: v in VAL_METRICS, f"one of {VAL_METRICS}"),
+    ("reduce_lr_on_plateau.mode", lambda v: v in MODES, f"one of {MODES}"),
+    ("reduce_lr_on_plateau.cooldown", _non_negative, "an integer >= 0"),
+    ("reduce_lr_on_plateau.min_scale", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
 ]
 
 # Model fields constrained wherever a model has them. Every other int field of a model

@@ -24,7 +24,7 @@ import re
 import shutil
 import socket
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -557,31 +557,41 @@ class Checkpointer:
     return self.latest.latest_step()
 
   def restore_step(self, step: int | None, target: Any, manager: Any = None,
-                   resume: bool = False) -> tuple[Any, dict] | None:
+                   resume: bool = False, alternatives: Sequence[tuple[Any, Callable]] = ()
+                   ) -> tuple[Any, dict] | None:
     """(state, extra) of `step`, restored into the structure of `target`.
 
     resume: this step is where training continues (restore_latest): take its best
     value and redo its best/ save if that was lost.
+    alternatives: (target, convert) pairs for states saved in another layout that this
+    config can still take (an optimizer state with or without its plateau part): the
+    step is restored into the one of its layout and `convert` turns it into target's.
     """
     if step is None:
       return None
     ocp = _ocp()
     manager = manager or (self.best if step == self.best_step() and
                           step not in self.latest.all_steps() else self.latest)
-    abstract = jax.tree.map(np.asarray, state_tree(jax.device_get(target)))
     path = manager.directory / str(step)
     saved_layout = self._read_meta(manager, step).get("state_layout")
-    if saved_layout is not None and saved_layout != state_layout(abstract):
-      raise self._incompatible(path, manager, step, f"{saved_layout} vs now "
-                               f"{state_layout(abstract)}")
-    try:
-      out = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore(),
-          meta=ocp.args.JsonRestore()))
-    except Exception as e:
-      if "tree structures do not match" in str(e):  # older checkpoints: no state_layout
-        raise self._incompatible(path, manager, step, str(e)[:200]) from e
-      raise damaged_error(path, e) from e
+    candidates = [(jax.tree.map(np.asarray, state_tree(jax.device_get(t))), t, convert)
+                  for t, convert in [(target, None), *alternatives]]
+    if saved_layout is not None:  # older checkpoints have none: each is tried in turn
+      now = state_layout(candidates[0][0])
+      candidates = [c for c in candidates if state_layout(c[0]) == saved_layout]
+      if not candidates:
+        raise self._incompatible(path, manager, step, f"{saved_layout} vs now {now}")
+    for i, (abstract, target, convert) in enumerate(candidates):
+      try:
+        out = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        break
+      except Exception as e:
+        if "tree structures do not match" not in str(e):
+          raise damaged_error(path, e) from e
+        if i == len(candidates) - 1:  # older checkpoints: no state_layout
+          raise self._incompatible(path, manager, step, str(e)[:200]) from e
     if out["extra"] is None or out["meta"] is None:  # a JSON item whose file is missing
       raise damaged_error(manager.directory / str(step),
                           FileNotFoundError("its 'extra' or 'meta' item is missing"))
@@ -589,6 +599,8 @@ class Checkpointer:
     extra = _from_json(out["extra"])
     state = target.replace(params=tree["params"], batch_stats=tree["batch_stats"],
                            opt_state=tree["opt_state"], step=tree["step"], rng=tree["rng"])
+    if convert is not None:
+      state = convert(state)
     if resume:
       self._resume_best(step, out)
       self.restored_config = out["meta"].get("config")
@@ -672,12 +684,15 @@ class Checkpointer:
     _say(f"flaxnets: no step best up to {step} is still kept, so best/ starts over: the next "
          "epoch end fills it")
 
-  def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
-    """The newest complete step; damaged newer steps are moved aside with a message."""
+  def restore_latest(self, target: Any, alternatives: Sequence[tuple[Any, Callable]] = ()
+                     ) -> tuple[Any, dict] | None:
+    """The newest complete step; damaged newer steps are moved aside with a message.
+    `alternatives` as in `restore_step`."""
     skipped = []
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
-        restored = self.restore_step(step, target, self.latest, resume=True)
+        restored = self.restore_step(step, target, self.latest, resume=True,
+                                     alternatives=alternatives)
       except IncompatibleCheckpointError:
         raise
       except CheckpointError as e:

@@ -139,7 +139,8 @@ def build_model(config: Any, dataset: Dataset, strategy_name: str = "single") ->
 
 
 def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, history: list,
-                 ckpt: Any, strategy: parallel.Strategy, metric: str) -> tuple[Any, bool]:
+                 ckpt: Any, strategy: parallel.Strategy, metric: str,
+                 alternative: Any = None) -> tuple[Any, bool]:
   """The weights of the epoch early stopping found best by its own metric, and whether
   they were restored.
 
@@ -156,7 +157,10 @@ def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, histor
                if h["split"] == "train" and h["epoch"] == best_epoch), None)
   if ckpt is not None and step is not None and (
       step in ckpt.latest.all_steps() or step == ckpt.best_step()):
-    restored = ckpt.restore_step(step, strategy.get_state(state))
+    host = strategy.get_state(state)
+    # alternative(host): (target, convert) for a step saved in another layout
+    restored = ckpt.restore_step(step, host,
+                                 alternatives=[alternative(host)] if alternative else ())
     log(f"restored the weights of {what} (step {step})")
     return strategy.put_state(restored[0]), True
   log(f"flaxnets: warning: the weights of {what} are gone (this run resumed after that "
@@ -191,6 +195,10 @@ def warn_ineffective_settings(config: Any, dataset: Dataset, workdir: Any) -> No
     log(f"flaxnets: warning: config.augment {', '.join(aug)} has no effect: it augments "
         f"images, and model {config.model.name!r} reads dataset {dataset.name!r} as "
         f"{INPUT_WORDS[dataset.input_kind]}")
+  rp = config.reduce_lr_on_plateau
+  if rp.patience and dataset.val is None:
+    log(f"flaxnets: warning: reduce_lr_on_plateau.patience={rp.patience} has no effect: "
+        f"dataset {dataset.name!r} has no validation split to watch")
   es, k = config.early_stopping, config.checkpoint
   if not es.patience:
     return
@@ -222,10 +230,11 @@ def check_task(config: Any, dataset: Dataset, model_cls: type) -> None:
                      f"({', '.join(map(repr, dataset.label_names))}): expected at least 2 "
                      "classes to classify")
   for key, metric in (("checkpoint.best_metric", config.checkpoint.best_metric),
-                      ("early_stopping.metric", config.early_stopping.metric)):
-    if metric != "top5_accuracy" or (key == "early_stopping.metric" and
-                                     not config.early_stopping.patience):
-      continue  # an early-stopping metric without patience is never read
+                      ("early_stopping.metric", config.early_stopping.metric),
+                      ("reduce_lr_on_plateau.metric", config.reduce_lr_on_plateau.metric)):
+    section = key.split(".")[0]
+    if metric != "top5_accuracy" or (section != "checkpoint" and not config[section].patience):
+      continue  # a metric without patience is never read
     if dataset.task == "lm":  # next-token targets: no top-5 over classes is computed
       raise config_lib.ConfigError(f"config.{key}={metric!r}: expected 'loss' or "
                                    f"'accuracy' for language-model dataset {dataset.name!r}")
@@ -340,7 +349,10 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                                     buckets=buckets, process_index=jax.process_index(),
                                     process_count=jax.process_count())
   steps_per_epoch = train_it.steps_per_epoch
-  tx, schedule = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs)
+  tx, schedule = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs,
+                                      plateau=config.reduce_lr_on_plateau)
+  plateau = optim.Plateau(config.reduce_lr_on_plateau) if (
+      config.reduce_lr_on_plateau.patience) else None
   rng = jax.random.PRNGKey(config.seed)
   state = create_state(model, tx, rng, dataset.input_shape, dataset.input_kind)
   log(f"flaxnets: {config.model.name} on {dataset.name} "
@@ -368,7 +380,13 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   if workdir is not None and config.checkpoint.enabled:
     from flaxnets.training import checkpoint
     ckpt = checkpoint.Checkpointer(workdir, config, dataset, stats, restart=restart)
-    restored = ckpt.restore_latest(state)
+    # A checkpoint saved with reduce_lr_on_plateau the other way round resumes too.
+    dropped_scales: list[float] = []
+    restored = ckpt.restore_latest(state, alternatives=[optim.other_plateau_layout(
+        state, config.reduce_lr_on_plateau, dropped_scales)])
+    if dropped_scales and dropped_scales[0] < 1.0:
+      log(f"reduce_lr_on_plateau is off from this resume: the learning rate is the "
+          f"schedule's again (the checkpoint's was x{dropped_scales[0]:.4g} of it)")
     if restored is not None:
       state, extra = restored
       train_it.set_state(extra["iterator"])
@@ -383,6 +401,17 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       else:  # its best value is of another metric or direction: count afresh from here
         log(f"early_stopping.metric/mode changed from {was[0]} ({was[1]}) to {now[0]} "
             f"({now[1]}): early stopping counts from this resume on")
+      if plateau is not None:
+        saved_rp = (ckpt.restored_config or {}).get("reduce_lr_on_plateau") or {}
+        rp_defaults = config_lib.get_config().reduce_lr_on_plateau
+        was_metric = saved_rp.get("metric", rp_defaults.metric)
+        was = (was_metric, config_lib.metric_mode(was_metric,
+                                                  saved_rp.get("mode", rp_defaults.mode)))
+        if was != (plateau.metric, plateau.mode):  # its best value is of the other one
+          state = plateau.forget_best(state)
+          log(f"reduce_lr_on_plateau.metric/mode changed from {was[0]} ({was[1]}) to "
+              f"{plateau.metric} ({plateau.mode}): the plateau counts from this resume on "
+              f"(the learning rate keeps its reductions)")
       resumed_sums = extra.get("epoch_sums")
       resumed_train_time = float(extra.get("train_time_s", 0.0))
       resumed_wall = float(extra.get("wall_time_s", 0.0))
@@ -570,11 +599,15 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                 "accuracy": train_metrics["accuracy"],
                 # examples (sequences for a language model), like the train_step records
                 "examples_per_sec": epoch_steps * config.batch_size / epoch_time,
+                # the rate of the epoch's last step (reduce_lr_on_plateau's factor included)
+                "learning_rate": float(schedule(step - 1)) * (1.0 if plateau is None else float(
+                    strategy.unreplicate(optim.lr_scale(state.opt_state)))),
                 "wall_time": run_wall_time()}
       if dataset.task == "lm":  # `count` there is the number of target tokens
         record["tokens_per_sec"] = (float(sums["count"]) - counted_before) / epoch_time
       history.append(record)
       writer.write(record)
+      reduced = ""
       msg = f"epoch {epoch + 1:3d}: train loss {record['loss']:.4f} acc {record['accuracy']:.4f}"
       if dataset.val is not None:
         val_metrics = run_eval(eval_step, state, dataset.val, eval_batch, strategy, buckets,
@@ -585,6 +618,13 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         history.append(vrec)
         writer.write(vrec)
         msg += f" | val loss {vrec['loss']:.4f} acc {vrec['accuracy']:.4f}"
+        if plateau is not None:  # before the save below: the checkpoint holds its state
+          state, before, after = plateau.update(state, val_metrics[plateau.metric], strategy)
+          if after < before:
+            rp = config.reduce_lr_on_plateau
+            reduced = (f"reduce_lr_on_plateau: validation {plateau.metric} has not improved by "
+                       f"more than {rp.min_delta:g} for {rp.patience} epoch(s): learning rate "
+                       f"x{after / before:.4g}, now {after:.4g} x the schedule's")
         if config.early_stopping.patience:
           stop = early.update(val_metrics[config.early_stopping.metric], epoch + 1)
           stopped_early = stop
@@ -595,6 +635,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       if "tokens_per_sec" in record:
         rates += f", {record['tokens_per_sec']:.0f} tok/s"
       log(msg + rates)
+      if reduced:
+        log(reduced)
       # best/ takes early stopping's pick when restore_best watches its metric
       follow = ckpt is not None and ckpt.follows_early_stopping and val_metrics is not None
       save({"val_" + k: v for k, v in (val_metrics or {}).items()
@@ -613,8 +655,10 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       ckpt.wait()
   evaluated = f"final (step {step})"  # the weights the val/test metrics below are of
   if stopped_early and config.early_stopping.restore_best:
-    state, restored = restore_best(state, early.best_epoch, best_in_memory, history, ckpt,
-                                   strategy, config.early_stopping.metric)
+    state, restored = restore_best(
+        state, early.best_epoch, best_in_memory, history, ckpt, strategy,
+        config.early_stopping.metric,
+        lambda host: optim.other_plateau_layout(host, config.reduce_lr_on_plateau))
     if restored:
       evaluated = f"epoch {early.best_epoch} (early_stopping.restore_best)"
       val_step = None

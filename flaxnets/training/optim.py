@@ -1,14 +1,25 @@
-"""Optax optimizer factory: SGD / Adam / AdamW / LAMB, warmup + decay, clipping.
+"""Optax optimizer factory: SGD / Adam / AdamW / LAMB, warmup + decay, clipping, and a
+learning rate reduced on a validation plateau.
 
 Weight decay applies to kernels and embeddings only: biases and norm scales (the
 1-D parameters) are masked off, as in most published recipes.
+
+Reducing on a plateau (config.reduce_lr_on_plateau) is optax.contrib.reduce_on_plateau
+split in two: its state rides last in the optimizer's chain, where every step multiplies
+the updates by its scale and leaves it as it is, and the loop steps it once an epoch
+with the validation metric (`Plateau.update`), the way Keras's callback watches
+val_loss. The state is part of opt_state, so checkpoints carry it.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import optax
+from optax import contrib
+
+from flaxnets import config as config_lib
 
 
 def decay_mask(params: Any) -> Any:
@@ -35,9 +46,99 @@ def make_schedule(ocfg: Any, steps_per_epoch: int, num_epochs: int) -> Callable[
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def make_optimizer(ocfg: Any, steps_per_epoch: int,
-                   num_epochs: int) -> tuple[optax.GradientTransformation, Callable]:
-  """(tx, schedule) from config.optimizer."""
+def _reduce_on_plateau(rcfg: Any) -> optax.GradientTransformationExtraArgs:
+  # rtol 0: a relative tolerance misjudges the negated metrics that mode 'max' feeds it
+  # (it compares against (1 - rtol) * best). One value per call: an epoch's metric.
+  return contrib.reduce_on_plateau(
+      factor=rcfg.factor, patience=rcfg.patience, rtol=0.0, atol=rcfg.min_delta,
+      cooldown=rcfg.cooldown, accumulation_size=1, min_scale=rcfg.min_scale)
+
+
+def plateau_scale(rcfg: Any) -> optax.GradientTransformation:
+  """The end of the chain: updates times the plateau state's scale; the state is stepped
+  by `Plateau.update`, not here."""
+  rop = _reduce_on_plateau(rcfg)
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda g: state.scale * g, updates), state
+
+  return optax.GradientTransformation(rop.init, update)
+
+
+def _is_plateau(x: Any) -> bool:
+  return isinstance(x, contrib.ReduceLROnPlateauState)
+
+
+def plateau_state(opt_state: Any) -> contrib.ReduceLROnPlateauState | None:
+  """The plateau state inside an optimizer state, or None when it has none."""
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_plateau) if _is_plateau(x)]
+  return found[0] if found else None
+
+
+def with_plateau_state(opt_state: Any, new: contrib.ReduceLROnPlateauState) -> Any:
+  return jax.tree.map(lambda x: new if _is_plateau(x) else x, opt_state, is_leaf=_is_plateau)
+
+
+def lr_scale(opt_state: Any) -> Any:
+  """The factor the plateau logic has put on the schedule's learning rate (1.0 without)."""
+  found = plateau_state(opt_state)
+  return 1.0 if found is None else found.scale
+
+
+class Plateau:
+  """Steps the plateau state once an epoch with a validation metric (see module doc)."""
+
+  def __init__(self, rcfg: Any):
+    self.cfg = rcfg
+    self.metric = rcfg.metric
+    self.mode = config_lib.metric_mode(rcfg.metric, rcfg.mode)
+    self._rop = _reduce_on_plateau(rcfg)
+
+  def update(self, state: Any, value: float, strategy: Any) -> tuple[Any, float, float]:
+    """(state with its plateau state stepped, scale before, scale after). `value` is the
+    epoch's validation metric; `state` is placed by `strategy`."""
+    old = strategy.unreplicate(plateau_state(state.opt_state))
+    signed = -value if self.mode == "max" else value  # optax minimises
+    _, new = self._rop.update({}, jax.tree.map(np.asarray, old),
+                              value=np.asarray(signed, np.asarray(old.avg_value).dtype))
+    new = jax.tree.map(np.asarray, jax.device_get(new))
+    placed = strategy.put_state(new)
+    state = state.replace(opt_state=with_plateau_state(state.opt_state, placed))
+    return state, float(old.scale), float(new.scale)
+
+  def forget_best(self, state: Any) -> Any:
+    """The host `state` with the plateau's best value and count cleared (its metric or
+    direction changed at a resume: the best is of the other one). The scale stays."""
+    old = plateau_state(state.opt_state)
+    new = old._replace(best_value=np.full_like(np.asarray(old.best_value), np.inf),
+                       plateau_count=np.zeros_like(np.asarray(old.plateau_count)))
+    return state.replace(opt_state=with_plateau_state(state.opt_state, new))
+
+
+def other_plateau_layout(state: Any, rcfg: Any, dropped: list | None = None
+                         ) -> tuple[Any, Callable[[Any], Any]]:
+  """(target, convert) that restore a host `state` saved with the plateau part the other
+  way (reduce_lr_on_plateau switched on or off at a resume; `Checkpointer.restore_step`'s
+  alternatives). Switched on, the plateau starts afresh; switched off, its scale is
+  dropped (appended to `dropped`) and the rate is the schedule's again."""
+  fresh = plateau_state(state.opt_state)
+  if fresh is not None:  # on now: the checkpoint's chain lacks the last part
+    return (state.replace(opt_state=state.opt_state[:-1]),
+            lambda s: s.replace(opt_state=(*s.opt_state, fresh)))
+
+  def drop(s):
+    if dropped is not None:
+      dropped.append(float(np.asarray(s.opt_state[-1].scale)))
+    return s.replace(opt_state=s.opt_state[:-1])
+
+  return state.replace(opt_state=(*state.opt_state, plateau_scale(rcfg).init(state.params))), drop
+
+
+def make_optimizer(ocfg: Any, steps_per_epoch: int, num_epochs: int,
+                   plateau: Any = None) -> tuple[optax.GradientTransformation, Callable]:
+  """(tx, schedule) from config.optimizer; with `plateau` (config.reduce_lr_on_plateau,
+  patience > 0) the chain ends in `plateau_scale`."""
   schedule = make_schedule(ocfg, steps_per_epoch, num_epochs)
   wd = ocfg.weight_decay
   parts = []
@@ -57,4 +158,6 @@ def make_optimizer(ocfg: Any, steps_per_epoch: int,
     parts.append(optax.lamb(schedule, b1=ocfg.b1, b2=ocfg.b2, weight_decay=wd, mask=decay_mask))
   else:
     raise ValueError(f"config.optimizer.name={ocfg.name!r}: expected sgd, adam, adamw or lamb")
+  if plateau is not None and plateau.patience:
+    parts.append(plateau_scale(plateau))
   return optax.chain(*parts), schedule

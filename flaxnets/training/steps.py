@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flaxnets.training import optim
 from flaxnets.training.state import TrainState
 
 
@@ -217,7 +218,8 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
           chex.assert_tree_all_finite(tree, custom_message=part)
     metrics = _reduce({**sums, "count": weight.sum()}, axis_name)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["learning_rate"] = schedule(state.step)
+    # the schedule's rate times any reduction on a plateau (optim.plateau_scale)
+    metrics["learning_rate"] = schedule(state.step) * optim.lr_scale(state.opt_state)
     return new_state, {k: jnp.asarray(metrics[k], jnp.float32) for k in TRAIN_METRICS}
 
   return train_step
