@@ -83,7 +83,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("config")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-  parser.add_argument("--set", nargs="*", default=[], help="key=value config overrides")
+  parser.add_argument("--set", nargs="*", action="extend", default=[],
+                      help="key=value config overrides (several after one --set, or repeated)")
   parser.add_argument("--name", default=None, help="result file name (default: config stem)")
   parser.add_argument("--force", action="store_true",
                       help="replace a results file recorded with other settings")

@@ -74,3 +74,17 @@ def test_recorded_command_is_shell_quoted(tmp_path, monkeypatch):
   assert run.main(argv) == 0
   command = json.loads((tmp_path / "quoted.json").read_text())["command"]
   assert shlex.split(command) == ["python", "experiments/run.py", *argv]
+
+
+def test_every_set_counts_when_set_is_repeated(tmp_path, monkeypatch):
+  """argparse's default keeps only the last of repeated options: a second --set had
+  silently dropped the first, and the run trained the config's own settings."""
+  import json
+  run = _module()
+  monkeypatch.setattr(run, "RESULTS", tmp_path)
+  monkeypatch.chdir(ROOT)
+  assert run.main(["experiments/configs/digits_cnn.py", "--seeds", "0", "--set", "num_epochs=1",
+                   "--set", "model.features=(8, 16)", "model.hidden=16", "--name", "rep"]) == 0
+  summary = json.loads((tmp_path / "rep.json").read_text())
+  assert summary["overrides"] == ["num_epochs=1", "model.features=(8, 16)", "model.hidden=16"]
+  assert summary["runs"][0]["epochs"] == 1
