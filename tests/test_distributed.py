@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import flaxnets
-from flaxnets.training import distributed
+from flaxnets.training import distributed, optim
+from helpers import quiet_config
 
 TIMEOUT_S = 300  # per group of processes; they normally finish in well under a minute
 
@@ -37,7 +38,7 @@ CHILD = textwrap.dedent('''
     import numpy as np
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args["num_processes"] > 1:
-      from flaxnets.training import distributed
+      from flaxnets.training import distributed, optim
       distributed.initialize(args["coordinator"], args["num_processes"], args["process_id"],
                              timeout_s=60)
     if args.get("signal_pid") == args["process_id"]:  # SIGTERM to this process alone
@@ -230,6 +231,27 @@ def test_a_stop_signal_to_one_process_stops_all_at_one_step(tmp_path, reference)
   want_params, want_info = reference
   _assert_params_close(params, want_params)
   assert info["test"]["accuracy"] == pytest.approx(want_info["test"]["accuracy"], abs=1e-5)
+
+
+def test_two_processes_cut_the_rate_on_a_plateau_together(tmp_path):
+  """reduce_lr_on_plateau steps its state on the host once an epoch and places it again on
+  the devices of both processes: each process computes the same cut from the same
+  (global) validation metric, and the checkpoint both write holds it."""
+  workdir = str(tmp_path / "workdir")
+  config = dict(CONFIG, **{"parallel.strategy": "mesh", "checkpoint.async_save": False,
+                           "num_epochs": 3, "optimizer.schedule": "constant",
+                           "reduce_lr_on_plateau.patience": 1,
+                           "reduce_lr_on_plateau.factor": 0.5,
+                           "reduce_lr_on_plateau.min_delta": 10.0})  # cut after epochs 2, 3
+  _, info, logs = _train_processes(tmp_path, "plateau", 2, 2, config, workdir)
+  lr = flaxnets.get_config().optimizer.learning_rate
+  rates = [h["learning_rate"] for h in info["history"] if h["split"] == "train"]
+  np.testing.assert_allclose(rates, [lr, lr, lr / 2], rtol=1e-6)
+  assert logs[0].read_text().count("reduce_lr_on_plateau: validation loss") == 2
+  # Read back here (one process, 8 devices): nothing left to train, the state as saved.
+  config = quiet_config(**config)
+  again = flaxnets.train(config, workdir)
+  assert float(optim.lr_scale(again.state.opt_state)) == 0.25
 
 
 # ---- start-up errors --------------------------------------------------------------------
