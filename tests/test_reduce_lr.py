@@ -202,3 +202,62 @@ def test_early_stopping_restores_weights_saved_before_it_was_switched_on(tmp_pat
   epoch1 = [h for h in first.history if h["split"] == "val"][0]
   assert resumed.val_metrics["loss"] == pytest.approx(epoch1["loss"], rel=1e-6)
   assert optim.plateau_state(resumed.state.opt_state) is not None
+
+
+def test_a_state_saved_before_the_first_validation_is_finite(tmp_path):
+  """optax starts the best value at +inf; the checkpoint's finiteness check and
+  config.debug's had refused that state as diverged at the first mid-epoch save or step."""
+  result = flaxnets.train(cut_every_epoch(num_epochs=1, **{"checkpoint.every_steps": 10,
+                                                           "debug": True}), str(tmp_path))
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [30, 39]
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(result.state.opt_state))
+
+
+def test_the_plateau_keeps_float32_with_bfloat16_parameters():
+  """optax takes the state's dtypes from the parameters: in bfloat16 a 5e-4 improvement of a
+  0.3 loss had rounded away (a spurious cut) and the scale had read 0.1001."""
+  rcfg = plateau_cfg(patience=2, factor=0.1, min_delta=1e-4)
+  ocfg = flaxnets.get_config().optimizer
+  ocfg.update(name="sgd", momentum=0.0, schedule="constant", learning_rate=0.1)
+  tx, _ = optim.make_optimizer(ocfg, 10, 1, plateau=rcfg)
+  params = {"w": jnp.ones((3,), jnp.bfloat16)}
+  state = TrainState.create(apply_fn=None, params=params, tx=tx)
+  plateau, strategy = optim.Plateau(rcfg), parallel.Strategy("single")
+  state = strategy.put_state(state)
+  for v in [0.300, 0.2995, 0.2990, 0.2985, 0.2980]:
+    state, _, after = plateau.update(state, v, strategy)
+  assert after == 1.0
+  for v in [0.2980, 0.2980]:
+    state, _, after = plateau.update(state, v, strategy)
+  assert after == pytest.approx(0.1, rel=1e-7)
+  new = state.apply_gradients(grads={"w": jnp.ones((3,), jnp.bfloat16)})
+  assert new.params["w"].dtype == jnp.bfloat16
+
+
+def test_a_patience_lowered_at_a_resume_cuts_at_once(tmp_path):
+  """Four bad epochs counted under patience 5, then patience 2: the next bad epoch cuts
+  (Keras counts `wait >= patience`; optax alone cuts only at `count == patience`)."""
+  flaxnets.train(cut_every_epoch(num_epochs=5, **{"reduce_lr_on_plateau.patience": 5}),
+                 str(tmp_path))
+  resumed = flaxnets.train(cut_every_epoch(num_epochs=7, **{"reduce_lr_on_plateau.patience": 2}),
+                           str(tmp_path))
+  # epoch 6 cuts (5 bad epochs >= 2); epoch 7 is the first of a new count
+  np.testing.assert_allclose(epoch_rates(resumed), [2e-3] * 6 + [1e-3], rtol=1e-6)
+
+
+def test_switching_it_on_with_another_metric_does_not_claim_a_change(tmp_path, capsys):
+  flaxnets.train(cut_every_epoch(num_epochs=1, **{"reduce_lr_on_plateau.patience": 0}),
+                 str(tmp_path))
+  flaxnets.train(cut_every_epoch(num_epochs=2, **{"reduce_lr_on_plateau.metric": "accuracy"}),
+                 str(tmp_path))
+  assert "reduce_lr_on_plateau.metric/mode changed" not in capsys.readouterr().out
+
+
+def test_a_min_scale_raised_at_a_resume_is_said(tmp_path, capsys):
+  flaxnets.train(cut_every_epoch(num_epochs=3), str(tmp_path))  # scale 0.25
+  capsys.readouterr()
+  resumed = flaxnets.train(cut_every_epoch(**{"reduce_lr_on_plateau.min_scale": 0.5}),
+                           str(tmp_path))
+  assert ("reduce_lr_on_plateau: min_scale=0.5 raises the learning rate to 0.5 x the "
+          "schedule's (it was 0.25 x)") in capsys.readouterr().out
+  np.testing.assert_allclose(epoch_rates(resumed), [2e-3, 2e-3, 1e-3, 5e-4], rtol=1e-6)

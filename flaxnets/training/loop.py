@@ -407,7 +407,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         was_metric = saved_rp.get("metric", rp_defaults.metric)
         was = (was_metric, config_lib.metric_mode(was_metric,
                                                   saved_rp.get("mode", rp_defaults.mode)))
-        if was != (plateau.metric, plateau.mode):  # its best value is of the other one
+        # (switched on at this resume, it starts afresh: other_plateau_layout)
+        if saved_rp.get("patience", 0) and was != (plateau.metric, plateau.mode):
           state = plateau.forget_best(state)
           log(f"reduce_lr_on_plateau.metric/mode changed from {was[0]} ({was[1]}) to "
               f"{plateau.metric} ({plateau.mode}): the plateau counts from this resume on "
@@ -620,11 +621,14 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         msg += f" | val loss {vrec['loss']:.4f} acc {vrec['accuracy']:.4f}"
         if plateau is not None:  # before the save below: the checkpoint holds its state
           state, before, after = plateau.update(state, val_metrics[plateau.metric], strategy)
+          rp = config.reduce_lr_on_plateau
           if after < before:
-            rp = config.reduce_lr_on_plateau
             reduced = (f"reduce_lr_on_plateau: validation {plateau.metric} has not improved by "
                        f"more than {rp.min_delta:g} for {rp.patience} epoch(s): learning rate "
                        f"x{after / before:.4g}, now {after:.4g} x the schedule's")
+          elif after > before:  # a min_scale raised at a resume
+            reduced = (f"reduce_lr_on_plateau: min_scale={rp.min_scale:g} raises the learning "
+                       f"rate to {after:.4g} x the schedule's (it was {before:.4g} x)")
         if config.early_stopping.patience:
           stop = early.update(val_metrics[config.early_stopping.metric], epoch + 1)
           stopped_early = stop

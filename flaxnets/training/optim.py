@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from optax import contrib
@@ -54,16 +55,26 @@ def _reduce_on_plateau(rcfg: Any) -> optax.GradientTransformationExtraArgs:
       cooldown=rcfg.cooldown, accumulation_size=1, min_scale=rcfg.min_scale)
 
 
+# optax's best value starts at +inf, which the checkpoint's and config.debug's checks
+# refuse as a diverged state: the largest float32 is improved on by any finite metric alike.
+_NO_BEST = np.finfo(np.float32).max
+
+
 def plateau_scale(rcfg: Any) -> optax.GradientTransformation:
   """The end of the chain: updates times the plateau state's scale; the state is stepped
   by `Plateau.update`, not here."""
   rop = _reduce_on_plateau(rcfg)
 
+  def init(params):
+    del params  # optax would take its dtypes from them: bfloat16 compares metrics coarsely
+    state = rop.init({"x": jnp.zeros((), jnp.float32)})
+    return state._replace(best_value=jnp.asarray(_NO_BEST, jnp.float32))
+
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(lambda g: state.scale * g, updates), state
+    return jax.tree.map(lambda g: g * state.scale.astype(g.dtype), updates), state
 
-  return optax.GradientTransformation(rop.init, update)
+  return optax.GradientTransformation(init, update)
 
 
 def _is_plateau(x: Any) -> bool:
@@ -100,10 +111,13 @@ class Plateau:
   def update(self, state: Any, value: float, strategy: Any) -> tuple[Any, float, float]:
     """(state with its plateau state stepped, scale before, scale after). `value` is the
     epoch's validation metric; `state` is placed by `strategy`."""
-    old = strategy.unreplicate(plateau_state(state.opt_state))
+    old = jax.tree.map(np.asarray, strategy.unreplicate(plateau_state(state.opt_state)))
     signed = -value if self.mode == "max" else value  # optax minimises
-    new = self._step(jax.tree.map(np.asarray, old),
-                     np.asarray(signed, np.asarray(old.avg_value).dtype))
+    # optax cuts when the count equals patience; Keras when it reaches it: a patience
+    # lowered at a resume, under a count already past it, had never cut again.
+    counted = old._replace(plateau_count=np.minimum(old.plateau_count,
+                                                    self.cfg.patience - 1).astype(np.int32))
+    new = self._step(counted, np.asarray(signed, old.avg_value.dtype))
     new = jax.tree.map(np.asarray, jax.device_get(new))
     placed = strategy.put_state(new)
     state = state.replace(opt_state=with_plateau_state(state.opt_state, placed))
@@ -113,7 +127,7 @@ class Plateau:
     """The host `state` with the plateau's best value and count cleared (its metric or
     direction changed at a resume: the best is of the other one). The scale stays."""
     old = plateau_state(state.opt_state)
-    new = old._replace(best_value=np.full_like(np.asarray(old.best_value), np.inf),
+    new = old._replace(best_value=np.full_like(np.asarray(old.best_value), _NO_BEST),
                        plateau_count=np.zeros_like(np.asarray(old.plateau_count)))
     return state.replace(opt_state=with_plateau_state(state.opt_state, new))
 
@@ -122,8 +136,9 @@ def other_plateau_layout(state: Any, rcfg: Any, dropped: list | None = None
                          ) -> tuple[Any, Callable[[Any], Any]]:
   """(target, convert) that restore a host `state` saved with the plateau part the other
   way (reduce_lr_on_plateau switched on or off at a resume; `Checkpointer.restore_step`'s
-  alternatives). Switched on, the plateau starts afresh; switched off, its scale is
-  dropped (appended to `dropped`) and the rate is the schedule's again."""
+  alternatives). Switched on, the restored state takes `state`'s plateau part (a fresh
+  one at a resume); switched off, its scale is dropped (appended to `dropped`) and the
+  rate is the schedule's again."""
   fresh = plateau_state(state.opt_state)
   if fresh is not None:  # on now: the checkpoint's chain lacks the last part
     return (state.replace(opt_state=state.opt_state[:-1]),
