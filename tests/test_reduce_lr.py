@@ -260,4 +260,15 @@ def test_a_min_scale_raised_at_a_resume_is_said(tmp_path, capsys):
                            str(tmp_path))
   assert ("reduce_lr_on_plateau: min_scale=0.5 raises the learning rate to 0.5 x the "
           "schedule's (it was 0.25 x)") in capsys.readouterr().out
-  np.testing.assert_allclose(epoch_rates(resumed), [2e-3, 2e-3, 1e-3, 5e-4], rtol=1e-6)
+  # from the resume on: epoch 4 runs at 0.5 x (epoch 4's own cut stops at the floor)
+  np.testing.assert_allclose(epoch_rates(resumed), [2e-3, 2e-3, 1e-3, 1e-3], rtol=1e-6)
+  assert float(optim.lr_scale(resumed.state.opt_state)) == 0.5
+
+
+def test_a_cooldown_lowered_at_a_resume_applies_at_once(tmp_path):
+  flaxnets.train(cut_every_epoch(num_epochs=2, **{"reduce_lr_on_plateau.cooldown": 3}),
+                 str(tmp_path))  # cut after epoch 2, then 3 epochs not counted
+  resumed = flaxnets.train(cut_every_epoch(num_epochs=5), str(tmp_path))  # cooldown 0
+  whole = flaxnets.train(cut_every_epoch(num_epochs=5))
+  assert epoch_rates(resumed) == epoch_rates(whole)
+  np.testing.assert_allclose(epoch_rates(whole), [2e-3, 2e-3, 1e-3, 5e-4, 2.5e-4], rtol=1e-6)

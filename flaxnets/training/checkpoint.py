@@ -581,7 +581,8 @@ class Checkpointer:
       candidates = [c for c in candidates if state_layout(c[0]) == saved_layout]
       if not candidates:
         raise self._incompatible(path, manager, step, f"{saved_layout} vs now {now}")
-    for i, (abstract, target, convert) in enumerate(candidates):
+    mismatch = None  # the first candidate's: the layout this config builds
+    for abstract, target, convert in candidates:
       try:
         out = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore(),
@@ -590,8 +591,9 @@ class Checkpointer:
       except Exception as e:
         if "tree structures do not match" not in str(e):
           raise damaged_error(path, e) from e
-        if i == len(candidates) - 1:  # older checkpoints: no state_layout
-          raise self._incompatible(path, manager, step, str(e)[:200]) from e
+        mismatch = mismatch or e
+    else:  # older checkpoints (no state_layout) of no layout this config takes
+      raise self._incompatible(path, manager, step, str(mismatch)[:200]) from mismatch
     if out["extra"] is None or out["meta"] is None:  # a JSON item whose file is missing
       raise damaged_error(manager.directory / str(step),
                           FileNotFoundError("its 'extra' or 'meta' item is missing"))

@@ -413,6 +413,11 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
           log(f"reduce_lr_on_plateau.metric/mode changed from {was[0]} ({was[1]}) to "
               f"{plateau.metric} ({plateau.mode}): the plateau counts from this resume on "
               f"(the learning rate keeps its reductions)")
+        state, before, after = plateau.at_least_min_scale(state)
+        if after > before:
+          log(f"reduce_lr_on_plateau: min_scale={config.reduce_lr_on_plateau.min_scale:g} "
+              f"raises the learning rate to {after:.4g} x the schedule's (it was "
+              f"{before:.4g} x)")
       resumed_sums = extra.get("epoch_sums")
       resumed_train_time = float(extra.get("train_time_s", 0.0))
       resumed_wall = float(extra.get("wall_time_s", 0.0))
@@ -621,14 +626,12 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         msg += f" | val loss {vrec['loss']:.4f} acc {vrec['accuracy']:.4f}"
         if plateau is not None:  # before the save below: the checkpoint holds its state
           state, before, after = plateau.update(state, val_metrics[plateau.metric], strategy)
-          rp = config.reduce_lr_on_plateau
           if after < before:
+            rp = config.reduce_lr_on_plateau
             reduced = (f"reduce_lr_on_plateau: validation {plateau.metric} has not improved by "
                        f"more than {rp.min_delta:g} for {rp.patience} epoch(s): learning rate "
                        f"x{after / before:.4g}, now {after:.4g} x the schedule's")
-          elif after > before:  # a min_scale raised at a resume
-            reduced = (f"reduce_lr_on_plateau: min_scale={rp.min_scale:g} raises the learning "
-                       f"rate to {after:.4g} x the schedule's (it was {before:.4g} x)")
+
         if config.early_stopping.patience:
           stop = early.update(val_metrics[config.early_stopping.metric], epoch + 1)
           stopped_early = stop

@@ -114,14 +114,25 @@ class Plateau:
     old = jax.tree.map(np.asarray, strategy.unreplicate(plateau_state(state.opt_state)))
     signed = -value if self.mode == "max" else value  # optax minimises
     # optax cuts when the count equals patience; Keras when it reaches it: a patience
-    # lowered at a resume, under a count already past it, had never cut again.
-    counted = old._replace(plateau_count=np.minimum(old.plateau_count,
-                                                    self.cfg.patience - 1).astype(np.int32))
+    # lowered at a resume, under a count already past it, had never cut again. A cooldown
+    # lowered at a resume takes effect at once too.
+    counted = old._replace(
+        plateau_count=np.minimum(old.plateau_count, self.cfg.patience - 1).astype(np.int32),
+        cooldown_count=np.minimum(old.cooldown_count, self.cfg.cooldown).astype(np.int32))
     new = self._step(counted, np.asarray(signed, old.avg_value.dtype))
     new = jax.tree.map(np.asarray, jax.device_get(new))
     placed = strategy.put_state(new)
     state = state.replace(opt_state=with_plateau_state(state.opt_state, placed))
     return state, float(old.scale), float(new.scale)
+
+  def at_least_min_scale(self, state: Any) -> tuple[Any, float, float]:
+    """(host `state` with its scale raised to min_scale where below, scale before, after):
+    a min_scale raised at a resume applies from there on, as the resume says."""
+    old = plateau_state(state.opt_state)
+    before = float(np.asarray(old.scale))
+    after = max(before, float(np.float32(self.cfg.min_scale)))
+    new = old._replace(scale=np.asarray(after, np.asarray(old.scale).dtype))
+    return state.replace(opt_state=with_plateau_state(state.opt_state, new)), before, after
 
   def forget_best(self, state: Any) -> Any:
     """The host `state` with the plateau's best value and count cleared (its metric or
