@@ -12,12 +12,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = ["train", "evaluate", "load", "Predictor", "get_config", "ConfigError", "Interrupted",
-           "CheckpointError", "__version__"]
+           "CheckpointError", "EpochEnd", "__version__"]
 
 
 def __getattr__(name):
   # Lazy: `import flaxnets` stays cheap; jax is imported on first use.
-  if name in ("train", "evaluate", "TrainResult", "Interrupted"):
+  if name in ("train", "evaluate", "TrainResult", "Interrupted", "EpochEnd"):
     from flaxnets.training import loop
     return getattr(loop, name)
   if name in ("get_config", "ConfigError", "validate"):

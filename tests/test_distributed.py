@@ -57,7 +57,10 @@ CHILD = textwrap.dedent('''
       for p in parents:
         node = node[p]
       node[leaf] = value
-    result = flaxnets.train(config, args.get("workdir"))
+    callbacks = []
+    if args.get("callback_stop_pid") is not None:  # that process's callback alone says stop
+      callbacks.append(lambda end: jax.process_index() == args["callback_stop_pid"])
+    result = flaxnets.train(config, args.get("workdir"), callbacks=callbacks)
     if jax.process_index() == 0:
       np.savez(args["out"] + ".npz", **{
           jax.tree_util.keystr(k): np.asarray(v)
@@ -133,7 +136,8 @@ def _tail(log: pathlib.Path, n: int = 3000) -> str:
 
 
 def _train_processes(tmp: pathlib.Path, name: str, num_processes: int, devices: int,
-                     config: dict, workdir: str | None = None, signal_pid: int | None = None):
+                     config: dict, workdir: str | None = None, signal_pid: int | None = None,
+                     callback_stop_pid: int | None = None):
   """flaxnets.train over `num_processes` processes x `devices` devices; (params, info, logs).
 
   signal_pid: that process alone gets a SIGTERM once training logs its first step; every
@@ -147,7 +151,7 @@ def _train_processes(tmp: pathlib.Path, name: str, num_processes: int, devices: 
   for pid in range(num_processes):
     args = {"devices": devices, "num_processes": num_processes, "process_id": pid,
             "coordinator": coordinator, "out": out, "workdir": workdir, "config": config,
-            "signal_pid": signal_pid}
+            "signal_pid": signal_pid, "callback_stop_pid": callback_stop_pid}
     commands.append([sys.executable, str(script), json.dumps(args)])
     logs.append(tmp / f"{name}.{pid}.log")
   codes = _run_group(commands, logs, stop_on_failure=signal_pid is None)
@@ -252,6 +256,13 @@ def test_two_processes_cut_the_rate_on_a_plateau_together(tmp_path):
   config = quiet_config(**config)
   again = flaxnets.train(config, workdir)
   assert float(optim.lr_scale(again.state.opt_state)) == 0.25
+
+
+def test_a_callback_on_one_process_stops_every_process_after_that_epoch(tmp_path):
+  config = dict(CONFIG, **{"parallel.strategy": "mesh", "num_epochs": 3})
+  _, info, logs = _train_processes(tmp_path, "callback", 2, 2, config, callback_stop_pid=1)
+  assert [h["epoch"] for h in info["history"] if h["split"] == "train"] == [1]
+  assert "stopped by a callback after epoch 1" in logs[0].read_text()
 
 
 # ---- start-up errors --------------------------------------------------------------------

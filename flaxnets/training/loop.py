@@ -7,13 +7,14 @@ device only at logging points, epoch ends and checkpoints.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 import json
 import math
 import os
 import pathlib
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -42,8 +43,80 @@ class TrainResult:
   stats: dict[str, np.ndarray]
   workdir: str | None
   train_time_s: float
-  stopped_early: bool = False
+  stopped_early: bool = False  # by config.early_stopping
   interrupted: bool = False  # stopped by a signal: state as reached, nothing evaluated
+  stopped_by_callback: bool = False  # a callback returned True (see EpochEnd)
+
+
+class EpochEnd:
+  """What each of `train(..., callbacks=[...])` gets after every epoch, on every process,
+  once the epoch is validated and checkpointed: `callback(end)`. A callback that returns
+  True stops training there (Keras's `model.stop_training = True`); every callback is
+  still called for that epoch. An exception in a callback ends `train` with it, the
+  epoch's checkpoint kept.
+
+  Attributes:
+    epoch: the epoch just finished, from 1.
+    step: optimizer steps so far.
+    logs: Keras's names: loss, accuracy, learning_rate, examples_per_sec (tokens_per_sec
+      for a language model), and val_loss, val_accuracy when there is validation.
+    model: the Flax module (`model.apply(end.variables(), x, seq_lengths, train=False)`).
+  """
+
+  def __init__(self, epoch: int, step: int, logs: dict[str, float], model: Any,
+               host_state: Callable[[], Any]):
+    self.epoch, self.step, self.logs, self.model = epoch, step, logs, model
+    self._host_state = host_state
+    self._open = True
+
+  def variables(self) -> dict[str, Any]:
+    """{'params', 'batch_stats'} of the weights this epoch reached, as host numpy copies.
+    Only during the callback: the training state moves on after it."""
+    if not self._open:
+      raise RuntimeError(f"EpochEnd.variables() of epoch {self.epoch} was called after its "
+                         "callback returned; the weights have trained on since. Copy them "
+                         "in the callback: weights = end.variables()")
+    state = self._host_state()
+    return {"params": jax.tree.map(np.array, state.params),
+            "batch_stats": jax.tree.map(np.array, state.batch_stats)}
+
+  def __repr__(self) -> str:
+    return f"EpochEnd(epoch={self.epoch}, step={self.step}, logs={self.logs})"
+
+
+def run_callbacks(callbacks: list[Callable], end: EpochEnd) -> bool:
+  """Call each callback with `end`; whether one asked to stop (on any process)."""
+  asked = False
+  try:
+    for i, cb in enumerate(callbacks):
+      answer = cb(end)
+      if answer is not None and not isinstance(answer, (bool, np.bool_)):
+        raise TypeError(f"callbacks[{i}] ({getattr(cb, '__name__', type(cb).__name__)}) "
+                        f"returned {answer!r} after epoch {end.epoch}: expected True (stop "
+                        "training), False or None")
+      asked = asked or bool(answer)
+  finally:
+    end._open = False
+  if jax.process_count() > 1:  # every process stops at the same epoch, or none does
+    from jax.experimental import multihost_utils
+    asked = bool(np.asarray(multihost_utils.process_allgather(np.int32(asked))).any())
+  return asked
+
+
+def check_callbacks(callbacks: Any) -> list[Callable]:
+  """`train`'s callbacks as a list, or TypeError naming what is not a callable."""
+  if callable(callbacks) or isinstance(callbacks, (str, bytes, dict)) or not isinstance(
+      callbacks, collections.abc.Iterable):
+    raise TypeError(f"callbacks={callbacks!r}: expected a list of callables, each called as "
+                    "callback(end: flaxnets.EpochEnd) after every epoch" +
+                    (f"; pass [{getattr(callbacks, '__name__', 'callback')}]"
+                     if callable(callbacks) else ""))
+  out = list(callbacks)
+  for i, cb in enumerate(out):
+    if not callable(cb):
+      raise TypeError(f"callbacks[{i}]={cb!r}: expected a callable, called as "
+                      "callback(end: flaxnets.EpochEnd) after every epoch")
+  return out
 
 
 class Interrupted(SystemExit):
@@ -290,7 +363,7 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
 
 
 def train(config: Any, workdir: str | None = None, *, data: Any = None,
-          restart: bool = False) -> TrainResult:
+          restart: bool = False, callbacks: Sequence[Callable] = ()) -> TrainResult:
   """Train config's model on config's dataset; resume from workdir's latest checkpoint.
 
   Args:
@@ -299,6 +372,8 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
     data: for dataset 'arrays': {'train': (x, y), 'val': ..., 'test': ...}.
     restart: delete workdir's checkpoints and start over (the earlier metrics.jsonl is
       moved aside, as it is whenever a run starts without resuming).
+    callbacks: callables, each called as `callback(end)` with an `EpochEnd` after every
+      epoch; one that returns True stops training there.
   Returns:
     TrainResult with the final state (host arrays), per-epoch history, val and test metrics.
   Raises:
@@ -312,6 +387,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
         f"config: expected an ml_collections.ConfigDict (flaxnets.get_config(), or a task "
         f"config file's get_config()), got {type(config).__name__}")
   config = config_lib.validate(config.copy_and_resolve_references())
+  callbacks = check_callbacks(callbacks)
   if workdir is not None:  # '~/runs/x' had made a folder named '~' in the current one
     if not isinstance(workdir, (str, os.PathLike)):
       raise TypeError(f"workdir={workdir!r}: expected a folder path (str or pathlib.Path) "
@@ -325,11 +401,11 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
     if workdir is not None and not config.checkpoint.enabled:
       from flaxnets.training.checkpoint import check_disabled
       check_disabled(workdir, restart)  # before anything in workdir is touched
-    return _train(config, workdir, data, restart, start_time)
+    return _train(config, workdir, data, restart, start_time, callbacks)
 
 
 def _train(config: Any, workdir: str | None, data: Any, restart: bool,
-           start_time: float) -> TrainResult:
+           start_time: float, callbacks: list[Callable]) -> TrainResult:
   """train() once the config is validated and the workdir is held."""
   # ---- data ------------------------------------------------------------------------
   dataset = sources.load_dataset(config.dataset, data)
@@ -507,6 +583,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       early.bad_epochs >= config.early_stopping.patience
   train_time = resumed_train_time
   sums = None
+  stopped_by_callback = False
   best_in_memory = None  # (epoch, host state) of the best early-stopping epoch run here
   multi = jax.process_count() > 1
 
@@ -649,11 +726,21 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       save({"val_" + k: v for k, v in (val_metrics or {}).items()
             if isinstance(v, float)} or None,
            improved=early.best_epoch == epoch + 1 if follow else None)
+      if callbacks:
+        logs = {k: record[k] for k in ("loss", "accuracy", "learning_rate", "examples_per_sec",
+                                       "tokens_per_sec") if k in record}
+        if dataset.val is not None:
+          logs.update(val_loss=vrec["loss"], val_accuracy=vrec["accuracy"])
+        stopped_by_callback = run_callbacks(callbacks, EpochEnd(
+            epoch + 1, step, logs, model, lambda: strategy.get_state(state)))
       if stop_agreed():
         exit_preempted()
       if stopped_early:
         log(f"early stopping: no improvement in validation {config.early_stopping.metric} "
             f"for {config.early_stopping.patience} epochs (best epoch {early.best_epoch})")
+        break
+      if stopped_by_callback:
+        log(f"stopped by a callback after epoch {epoch + 1}")
         break
 
   # ---- final evaluation ----------------------------------------------------------------
@@ -691,7 +778,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
     _write_json(pathlib.Path(workdir) / "results.json", {
         "config": config.to_dict(), "val": val_metrics, "test": test_metrics,
         "train_time_s": train_time, "wall_time_s": run_wall_time(), "steps": step,
-        "stopped_early": stopped_early, "config_changes": config_changes,
+        "stopped_early": stopped_early, "stopped_by_callback": stopped_by_callback,
+        "config_changes": config_changes,
         "evaluated_weights": evaluated,
         "devices": [str(d) for d in strategy.devices],
         "device_kind": jax.devices()[0].device_kind, "strategy": strategy.name,
@@ -703,7 +791,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   return TrainResult(state=host_state, history=history, val_metrics=val_metrics,
                      test_metrics=test_metrics, config=config, model=model, dataset=dataset,
                      stats=stats, workdir=workdir, train_time_s=train_time,
-                     stopped_early=stopped_early)
+                     stopped_early=stopped_early, stopped_by_callback=stopped_by_callback)
 
 
 def evaluate(result: TrainResult, split: str = "test") -> dict[str, Any]:
