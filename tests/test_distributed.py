@@ -60,6 +60,11 @@ CHILD = textwrap.dedent('''
     callbacks = []
     if args.get("callback_stop_pid") is not None:  # that process's callback alone says stop
       callbacks.append(lambda end: jax.process_index() == args["callback_stop_pid"])
+    if args.get("callback_raise_pid") is not None:  # that process's callback alone raises
+      def fails(end):
+        if jax.process_index() == args["callback_raise_pid"]:
+          raise ValueError(f"the user's callback failed at epoch {end.epoch}")
+      callbacks.append(fails)
     result = flaxnets.train(config, args.get("workdir"), callbacks=callbacks)
     if jax.process_index() == 0:
       np.savez(args["out"] + ".npz", **{
@@ -263,6 +268,26 @@ def test_a_callback_on_one_process_stops_every_process_after_that_epoch(tmp_path
   _, info, logs = _train_processes(tmp_path, "callback", 2, 2, config, callback_stop_pid=1)
   assert [h["epoch"] for h in info["history"] if h["split"] == "train"] == [1]
   assert "stopped by a callback after epoch 1" in logs[0].read_text()
+
+
+def test_a_callback_raising_on_one_process_ends_every_process_at_once(tmp_path):
+  """The other process had waited in its next collective until JAX aborted both (~5 min)."""
+  script = tmp_path / "child.py"
+  script.write_text(CHILD)
+  coordinator = f"127.0.0.1:{_free_port()}"
+  config = dict(CONFIG, **{"parallel.strategy": "mesh", "num_epochs": 3})
+  commands = [[sys.executable, str(script), json.dumps({
+      "devices": 2, "num_processes": 2, "process_id": pid, "coordinator": coordinator,
+      "out": str(tmp_path / "out"), "workdir": str(tmp_path / "workdir"), "config": config,
+      "callback_raise_pid": 1})] for pid in range(2)]
+  logs = [tmp_path / f"raise.{pid}.log" for pid in range(2)]
+  start = time.monotonic()
+  codes = _run_group(commands, logs, stop_on_failure=False)
+  assert time.monotonic() - start < 120, [_tail(log) for log in logs]
+  assert codes == [1, 1], [_tail(log) for log in logs]
+  assert "ValueError: the user's callback failed at epoch 1" in logs[1].read_text()
+  assert ("RuntimeError: a callback raised on process 1 after epoch 1 (that process's output "
+          "has its error); every process stops") in logs[0].read_text()
 
 
 # ---- start-up errors --------------------------------------------------------------------

@@ -49,62 +49,93 @@ class TrainResult:
 
 
 class EpochEnd:
-  """What each of `train(..., callbacks=[...])` gets after every epoch, on every process,
-  once the epoch is validated and checkpointed: `callback(end)`. A callback that returns
-  True stops training there (Keras's `model.stop_training = True`); every callback is
-  still called for that epoch. An exception in a callback ends `train` with it, the
-  epoch's checkpoint kept.
+  """What each of `train(..., callbacks=[...])` gets after every epoch, on every process
+  (`jax.process_index() == 0` picks one), once the epoch is validated and its checkpoint
+  committed: `callback(end)`. A callback that returns True stops training there (Keras's
+  `model.stop_training = True`); every callback is still called for that epoch. An
+  exception in a callback ends `train` with it (on the other processes of a multi-process
+  run, with a RuntimeError naming its process), the epoch's checkpoint kept.
 
   Attributes:
     epoch: the epoch just finished, from 1.
     step: optimizer steps so far.
-    logs: Keras's names: loss, accuracy, learning_rate, examples_per_sec (tokens_per_sec
-      for a language model), and val_loss, val_accuracy when there is validation.
+    logs: Keras's names: loss, accuracy, learning_rate, examples_per_sec (and
+      tokens_per_sec for a language model), and val_loss, val_accuracy when there is
+      validation.
     model: the Flax module (`model.apply(end.variables(), x, seq_lengths, train=False)`).
   """
 
   def __init__(self, epoch: int, step: int, logs: dict[str, float], model: Any,
-               host_state: Callable[[], Any]):
+               variables: Callable[[], Any]):
     self.epoch, self.step, self.logs, self.model = epoch, step, logs, model
-    self._host_state = host_state
-    self._open = True
+    self._fetch, self._variables = variables, None
 
   def variables(self) -> dict[str, Any]:
-    """{'params', 'batch_stats'} of the weights this epoch reached, as host numpy copies.
-    Only during the callback: the training state moves on after it."""
-    if not self._open:
-      raise RuntimeError(f"EpochEnd.variables() of epoch {self.epoch} was called after its "
-                         "callback returned; the weights have trained on since. Copy them "
-                         "in the callback: weights = end.variables()")
-    state = self._host_state()
-    return {"params": jax.tree.map(np.array, state.params),
-            "batch_stats": jax.tree.map(np.array, state.batch_stats)}
+    """{'params', 'batch_stats'} of the weights this epoch reached, as host numpy copies
+    (fetched once). Only during the callbacks: the training state moves on after them."""
+    if self._variables is None:
+      if self._fetch is None:
+        raise RuntimeError(f"EpochEnd.variables() of epoch {self.epoch} was called after "
+                           "the callbacks returned; the weights have trained on since. Copy "
+                           "them in the callback: weights = end.variables()")
+      # np.array: a copy, not a view of device buffers that the next step reuses
+      self._variables = jax.tree.map(np.array, self._fetch())
+    return self._variables
+
+  def _close(self) -> None:
+    self._fetch = None  # it holds the training state: a kept EpochEnd had kept it alive
 
   def __repr__(self) -> str:
     return f"EpochEnd(epoch={self.epoch}, step={self.step}, logs={self.logs})"
 
 
+def _stop_answer(answer: Any) -> bool | None:
+  """True/False for a callback's answer that is one (a 0-d bool array too), else None."""
+  if answer is None:
+    return False
+  if isinstance(answer, (bool, np.bool_)) or (
+      getattr(answer, "shape", None) == () and getattr(answer, "dtype", None) == np.bool_):
+    return bool(answer)
+  return None
+
+
 def run_callbacks(callbacks: list[Callable], end: EpochEnd) -> bool:
-  """Call each callback with `end`; whether one asked to stop (on any process)."""
-  asked = False
+  """Call each callback with `end`; whether one asked to stop (on any process). Several
+  processes agree on that, and on an exception: one raised on another process would
+  have left this one waiting in its next collective until JAX aborted both (5 min)."""
+  asked, error = False, None
   try:
     for i, cb in enumerate(callbacks):
       answer = cb(end)
-      if answer is not None and not isinstance(answer, (bool, np.bool_)):
+      stop = _stop_answer(answer)
+      if stop is None:
         raise TypeError(f"callbacks[{i}] ({getattr(cb, '__name__', type(cb).__name__)}) "
                         f"returned {answer!r} after epoch {end.epoch}: expected True (stop "
                         "training), False or None")
-      asked = asked or bool(answer)
+      asked = asked or stop
+  except BaseException as e:  # noqa: BLE001 -- raised below, once the processes agree
+    error = e
   finally:
-    end._open = False
-  if jax.process_count() > 1:  # every process stops at the same epoch, or none does
+    end._close()
+  if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    asked = bool(np.asarray(multihost_utils.process_allgather(np.int32(asked))).any())
+    flags = np.asarray(multihost_utils.process_allgather(
+        np.array([asked, error is not None], np.int32))).reshape(-1, 2)
+    failed = np.flatnonzero(flags[:, 1])
+    if error is None and failed.size:
+      raise RuntimeError(f"a callback raised on process {int(failed[0])} after epoch "
+                         f"{end.epoch} (that process's output has its error); every process "
+                         "stops")
+    asked = bool(flags[:, 0].any())
+  if error is not None:
+    raise error
   return asked
 
 
 def check_callbacks(callbacks: Any) -> list[Callable]:
   """`train`'s callbacks as a list, or TypeError naming what is not a callable."""
+  if callbacks is None:  # Keras's and Lightning's default
+    return []
   if callable(callbacks) or isinstance(callbacks, (str, bytes, dict)) or not isinstance(
       callbacks, collections.abc.Iterable):
     raise TypeError(f"callbacks={callbacks!r}: expected a list of callables, each called as "
@@ -363,7 +394,7 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
 
 
 def train(config: Any, workdir: str | None = None, *, data: Any = None,
-          restart: bool = False, callbacks: Sequence[Callable] = ()) -> TrainResult:
+          restart: bool = False, callbacks: Sequence[Callable] | None = ()) -> TrainResult:
   """Train config's model on config's dataset; resume from workdir's latest checkpoint.
 
   Args:
@@ -731,8 +762,20 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                                        "tokens_per_sec") if k in record}
         if dataset.val is not None:
           logs.update(val_loss=vrec["loss"], val_accuracy=vrec["accuracy"])
-        stopped_by_callback = run_callbacks(callbacks, EpochEnd(
-            epoch + 1, step, logs, model, lambda: strategy.get_state(state)))
+        if ckpt is not None:  # the epoch's save committed: a callback may copy it
+          ckpt.wait()
+        try:
+          stopped_by_callback = run_callbacks(callbacks, EpochEnd(
+              epoch + 1, step, logs, model, lambda: strategy.get_state(
+                  {"params": state.params, "batch_stats": state.batch_stats})))
+        except Interrupted as inner:  # a callback's own train() got the signal: stop too
+          guard.signal_name = guard.signal_name or "a stop signal (in a callback's train)"
+          try:
+            exit_preempted()
+          except Interrupted as outer:
+            raise outer from inner
+        # stopping after the last epoch stops nothing
+        stopped_by_callback = stopped_by_callback and position["epoch"] < config.num_epochs
       if stop_agreed():
         exit_preempted()
       if stopped_early:
