@@ -138,3 +138,22 @@ def test_a_kept_epoch_end_holds_no_training_state():
   new = [a for a in jax.live_arrays() if id(a) not in before]
   assert not [a.shape for a in new if a.shape == (32, 10)]  # the head's kernel, Adam's mu, nu
   assert kept[0].epoch == 1
+
+
+def test_a_callbacks_own_interrupted_run_stops_this_one_as_a_signal_would(tmp_path):
+  """Ctrl-C during a callback's own train() ends that run with flaxnets.Interrupted: the
+  outer run had passed it on as its own (no workdir, another seed's result)."""
+  inner = flaxnets.Interrupted("flaxnets: received SIGINT at step 3; stopped without a "
+                               "checkpoint", None)
+
+  def nested(end):
+    raise inner
+
+  with pytest.raises(flaxnets.Interrupted) as caught:
+    flaxnets.train(quiet_config(**SMALL), str(tmp_path), callbacks=[nested])
+  assert caught.value.__cause__ is inner
+  assert str(caught.value) == (f"flaxnets: received a stop signal (in a callback's train) at "
+                               f"step 39; saved a checkpoint in {tmp_path}. Run the same "
+                               "command again to resume.")
+  assert caught.value.result.workdir == str(tmp_path) and caught.value.result.interrupted
+  assert checkpoint_lib.existing_steps(tmp_path)[0] == "checkpoints/39"
