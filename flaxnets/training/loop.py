@@ -739,7 +739,6 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
             reduced = (f"reduce_lr_on_plateau: validation {plateau.metric} has not improved by "
                        f"more than {rp.min_delta:g} for {rp.patience} epoch(s): learning rate "
                        f"x{after / before:.4g}, now {after:.4g} x the schedule's")
-
         if config.early_stopping.patience:
           stop = early.update(val_metrics[config.early_stopping.metric], epoch + 1)
           stopped_early = stop
