@@ -65,6 +65,13 @@ CHILD = textwrap.dedent('''
         if jax.process_index() == args["callback_raise_pid"]:
           raise ValueError(f"the user's callback failed at epoch {end.epoch}")
       callbacks.append(fails)
+    if args.get("callback_interrupt_pid") is not None:  # as its own train() stopped by Ctrl-C
+      def interrupted(end):
+        if jax.process_index() == args["callback_interrupt_pid"]:
+          raise flaxnets.Interrupted("the callback's own run was interrupted", None)
+      callbacks.append(interrupted)
+    if args.get("callbacks_on_pid") is not None:  # only that process is given callbacks
+      callbacks = callbacks if jax.process_index() == args["callbacks_on_pid"] else []
     result = flaxnets.train(config, args.get("workdir"), callbacks=callbacks)
     if jax.process_index() == 0:
       np.savez(args["out"] + ".npz", **{
@@ -142,7 +149,7 @@ def _tail(log: pathlib.Path, n: int = 3000) -> str:
 
 def _train_processes(tmp: pathlib.Path, name: str, num_processes: int, devices: int,
                      config: dict, workdir: str | None = None, signal_pid: int | None = None,
-                     callback_stop_pid: int | None = None):
+                     callback_stop_pid: int | None = None, extra: dict | None = None):
   """flaxnets.train over `num_processes` processes x `devices` devices; (params, info, logs).
 
   signal_pid: that process alone gets a SIGTERM once training logs its first step; every
@@ -156,7 +163,7 @@ def _train_processes(tmp: pathlib.Path, name: str, num_processes: int, devices: 
   for pid in range(num_processes):
     args = {"devices": devices, "num_processes": num_processes, "process_id": pid,
             "coordinator": coordinator, "out": out, "workdir": workdir, "config": config,
-            "signal_pid": signal_pid, "callback_stop_pid": callback_stop_pid}
+            "signal_pid": signal_pid, "callback_stop_pid": callback_stop_pid, **(extra or {})}
     commands.append([sys.executable, str(script), json.dumps(args)])
     logs.append(tmp / f"{name}.{pid}.log")
   codes = _run_group(commands, logs, stop_on_failure=signal_pid is None)
@@ -263,15 +270,21 @@ def test_two_processes_cut_the_rate_on_a_plateau_together(tmp_path):
   assert float(optim.lr_scale(again.state.opt_state)) == 0.25
 
 
-def test_a_callback_on_one_process_stops_every_process_after_that_epoch(tmp_path):
+@pytest.mark.parametrize("only_process_1_has_callbacks", [False, True])
+def test_a_callback_on_one_process_stops_every_process_after_that_epoch(
+    tmp_path, only_process_1_has_callbacks):
+  """Also when only one process is given callbacks: the others' collectives had not
+  matched its (gloo aborted on a size mismatch, or the processes waited on each other)."""
   config = dict(CONFIG, **{"parallel.strategy": "mesh", "num_epochs": 3})
-  _, info, logs = _train_processes(tmp_path, "callback", 2, 2, config, callback_stop_pid=1)
+  _, info, logs = _train_processes(
+      tmp_path, "callback", 2, 2, config, workdir=str(tmp_path / "workdir"),
+      callback_stop_pid=1, extra={"callbacks_on_pid": 1} if only_process_1_has_callbacks else {})
   assert [h["epoch"] for h in info["history"] if h["split"] == "train"] == [1]
   assert "stopped by a callback after epoch 1" in logs[0].read_text()
 
 
-def test_a_callback_raising_on_one_process_ends_every_process_at_once(tmp_path):
-  """The other process had waited in its next collective until JAX aborted both (~5 min)."""
+def _callback_group(tmp_path, name, **args):
+  """Two processes (mesh, 3 epochs, a workdir) with callback args; (codes, logs)."""
   script = tmp_path / "child.py"
   script.write_text(CHILD)
   coordinator = f"127.0.0.1:{_free_port()}"
@@ -279,15 +292,32 @@ def test_a_callback_raising_on_one_process_ends_every_process_at_once(tmp_path):
   commands = [[sys.executable, str(script), json.dumps({
       "devices": 2, "num_processes": 2, "process_id": pid, "coordinator": coordinator,
       "out": str(tmp_path / "out"), "workdir": str(tmp_path / "workdir"), "config": config,
-      "callback_raise_pid": 1})] for pid in range(2)]
-  logs = [tmp_path / f"raise.{pid}.log" for pid in range(2)]
+      **args})] for pid in range(2)]
+  logs = [tmp_path / f"{name}.{pid}.log" for pid in range(2)]
   start = time.monotonic()
   codes = _run_group(commands, logs, stop_on_failure=False)
   assert time.monotonic() - start < 120, [_tail(log) for log in logs]
+  return codes, logs
+
+
+def test_a_callback_raising_on_one_process_ends_every_process_at_once(tmp_path):
+  """The other process had waited in its next collective until JAX aborted both (~5 min)."""
+  codes, logs = _callback_group(tmp_path, "raise", callback_raise_pid=1)
   assert codes == [1, 1], [_tail(log) for log in logs]
   assert "ValueError: the user's callback failed at epoch 1" in logs[1].read_text()
   assert ("RuntimeError: a callback raised on process 1 after epoch 1 (that process's output "
           "has its error); every process stops") in logs[0].read_text()
+
+
+def test_a_callbacks_interrupted_run_on_one_process_stops_every_process_resumably(tmp_path):
+  """As a signal to one process does: every process saves and says how to resume (the
+  others had reported a crash)."""
+  codes, logs = _callback_group(tmp_path, "interrupt", callback_interrupt_pid=1)
+  assert codes == [1, 1], [_tail(log) for log in logs]
+  for log in logs:
+    assert ("received a stop signal (in a callback's train) at step 19; saved a checkpoint"
+            in log.read_text()), _tail(log)
+  assert "RuntimeError" not in logs[0].read_text()
 
 
 # ---- start-up errors --------------------------------------------------------------------

@@ -117,15 +117,24 @@ def run_callbacks(callbacks: list[Callable], end: EpochEnd) -> bool:
     error = e
   finally:
     end._close()
-  if jax.process_count() > 1:
+  if jax.process_count() > 1:  # every process comes here each epoch (`any_callbacks`)
     from jax.experimental import multihost_utils
-    flags = np.asarray(multihost_utils.process_allgather(
-        np.array([asked, error is not None], np.int32))).reshape(-1, 2)
+    interrupted = isinstance(error, Interrupted)  # a callback's own train() was stopped
+    try:
+      flags = np.asarray(multihost_utils.process_allgather(np.array(
+          [asked, error is not None and not interrupted, interrupted], np.int32))).reshape(-1, 3)
+    except Exception as gather_error:  # a peer gone: this process's own error comes first
+      if error is not None:
+        raise error from gather_error
+      raise
     failed = np.flatnonzero(flags[:, 1])
     if error is None and failed.size:
       raise RuntimeError(f"a callback raised on process {int(failed[0])} after epoch "
                          f"{end.epoch} (that process's output has its error); every process "
                          "stops")
+    if error is None and flags[:, 2].any():  # stop as that process does (loop: Interrupted)
+      raise Interrupted(f"a callback's train() was interrupted on process "
+                        f"{int(np.flatnonzero(flags[:, 2])[0])}", None)
     asked = bool(flags[:, 0].any())
   if error is not None:
     raise error
@@ -617,6 +626,14 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   stopped_by_callback = False
   best_in_memory = None  # (epoch, host state) of the best early-stopping epoch run here
   multi = jax.process_count() > 1
+  # Each epoch end's callbacks are an agreement between the processes (run_callbacks), so
+  # a process passed none (`callbacks=[...] if jax.process_index() == 0 else []`) joins
+  # it too: its collectives had not matched the others'.
+  any_callbacks = bool(callbacks)
+  if multi:
+    from jax.experimental import multihost_utils
+    any_callbacks = bool(np.asarray(multihost_utils.process_allgather(
+        np.int32(any_callbacks))).any())
 
   def kept() -> str:
     """What a diverged run leaves behind, for its error message."""
@@ -756,7 +773,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       save({"val_" + k: v for k, v in (val_metrics or {}).items()
             if isinstance(v, float)} or None,
            improved=early.best_epoch == epoch + 1 if follow else None)
-      if callbacks:
+      if any_callbacks:
         logs = {k: record[k] for k in ("loss", "accuracy", "learning_rate", "examples_per_sec",
                                        "tokens_per_sec") if k in record}
         if dataset.val is not None:
@@ -767,7 +784,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
           stopped_by_callback = run_callbacks(callbacks, EpochEnd(
               epoch + 1, step, logs, model, lambda: strategy.get_state(
                   {"params": state.params, "batch_stats": state.batch_stats})))
-        except Interrupted as inner:  # a callback's own train() got the signal: stop too
+        except Interrupted as inner:  # a callback's own train() got the signal (here or on
+          # another process): stop too, every process through its checkpointed exit
           guard.signal_name = guard.signal_name or "a stop signal (in a callback's train)"
           try:
             exit_preempted()
