@@ -282,6 +282,15 @@ def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, histor
   return state, False
 
 
+def saved_metric_mode(saved_config: dict | None, section: str) -> tuple[str, str]:
+  """(metric, resolved mode) of config `section` (early_stopping, reduce_lr_on_plateau) as
+  a checkpoint saved it; today's defaults for keys an older checkpoint lacks."""
+  saved = (saved_config or {}).get(section) or {}
+  defaults = config_lib.get_config()[section]
+  metric = saved.get("metric", defaults.metric)
+  return metric, config_lib.metric_mode(metric, saved.get("mode", defaults.mode))
+
+
 def warn_ineffective_settings(config: Any, dataset: Dataset, workdir: Any) -> None:
   """Early-stopping, schedule, precision and augmentation settings that would not do what
   they say (or quietly do less), named once at the start."""
@@ -507,10 +516,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       state, extra = restored
       train_it.set_state(extra["iterator"])
       history = extra["history"]
-      saved_es = (ckpt.restored_config or {}).get("early_stopping") or {}
-      defaults = config_lib.get_config().early_stopping
-      was = (saved_es.get("metric", defaults.metric), config_lib.metric_mode(
-          saved_es.get("metric", defaults.metric), saved_es.get("mode", defaults.mode)))
+      was = saved_metric_mode(ckpt.restored_config, "early_stopping")
       now = (config.early_stopping.metric, early.mode)
       if was == now:
         early.load_state_dict(extra["early_stopping"])
@@ -519,10 +525,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
             f"({now[1]}): early stopping counts from this resume on")
       if plateau is not None:
         saved_rp = (ckpt.restored_config or {}).get("reduce_lr_on_plateau") or {}
-        rp_defaults = config_lib.get_config().reduce_lr_on_plateau
-        was_metric = saved_rp.get("metric", rp_defaults.metric)
-        was = (was_metric, config_lib.metric_mode(was_metric,
-                                                  saved_rp.get("mode", rp_defaults.mode)))
+        was = saved_metric_mode(ckpt.restored_config, "reduce_lr_on_plateau")
         # (switched on at this resume, it starts afresh: other_plateau_layout)
         if saved_rp.get("patience", 0) and was != (plateau.metric, plateau.mode):
           state = plateau.forget_best(state)
