@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any
@@ -91,6 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
   o.label_smoothing = 0.0         # in the training loss; val/test loss stay plain
                                   # cross-entropy (so their curve does not floor at the
                                   # smoothed targets' entropy)
+  o.freeze = ""                   # regular expression (re.search) of weight paths that
+                                  # are not trained, e.g. "^(stem|stage1)/" (torch's
+                                  # requires_grad=False: batch norm statistics still update)
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 0      # random crop after padding by this many pixels of the
@@ -129,6 +133,15 @@ def get_config() -> ml_collections.ConfigDict:
   r.mode = "auto"                 # "min" | "max" | "auto": min for loss, max for the others
   r.cooldown = 0                  # epochs after a reduction before counting again
   r.min_scale = 0.0               # the learning rate stays >= min_scale * the schedule's
+
+  # Fine-tuning: start from another run's weights instead of a fresh initialisation.
+  c.init = ml_collections.ConfigDict()
+  i = c.init
+  i.workdir = ""                  # a flaxnets run's workdir whose weights start this run;
+                                  # "": a fresh initialisation. A resume ignores it.
+  i.step = "best"                 # "best" | "latest" | a step number, as in flaxnets.load
+  i.skip = ""                     # regular expression (re.search) of weight paths to leave
+                                  # at their fresh initialisation, e.g. "head"
   return c
 
 
@@ -402,9 +415,38 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"config.batch_size={config.batch_size}: expected a multiple of "
                       f"config.grad_accum_steps={k}, which splits each batch into that many "
                       f"equal micro-batches, e.g. {f'{lower} or ' if lower else ''}{lower + k}")
+  _check_init(config.init)
+  try:
+    re.compile(o.freeze)
+  except re.error as e:
+    raise ConfigError(f"config.optimizer.freeze={o.freeze!r}: not a regular expression ({e}); "
+                      "expected a pattern of weight paths such as '^(stem|stage1)/'") from None
   if config.eval_batch_size < 1:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r}: expected >= 1")
   return config
+
+
+def _check_init(i: ml_collections.ConfigDict) -> None:
+  """config.init: a step flaxnets.load takes, a skip pattern that compiles, both with a
+  workdir to read."""
+  if not (i.step in ("best", "latest") or (i.step.isascii() and i.step.isdigit())):
+    raise ConfigError(f"config.init.step={i.step!r}: expected 'best', 'latest' or a step "
+                      "number such as '1200'")
+  try:
+    re.compile(i.skip)
+  except re.error as e:
+    raise ConfigError(f"config.init.skip={i.skip!r}: not a regular expression ({e}); "
+                      "expected a pattern of weight paths such as 'head' or "
+                      "'^(head|stage3)/'") from None
+  if not i.workdir.strip():
+    if i.workdir:
+      raise ConfigError(f"config.init.workdir={i.workdir!r}: expected a run's folder, or '' "
+                        "for a fresh initialisation")
+    for key, default in (("skip", ""), ("step", "best")):
+      if i[key] != default:
+        raise ConfigError(f"config.init.{key}={i[key]!r}: only read with config.init.workdir, "
+                          f"which is ''; set init.workdir to the run to start from (or "
+                          f"{key}={default!r})")
 
 
 def metric_mode(metric: str, mode: str) -> str:

@@ -159,6 +159,7 @@ def config_changes(saved: dict, current: dict) -> list[str]:
   a, b = _with_defaults(saved), _with_defaults(current)
   return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
           if not any(key == r or key.startswith(r + ".") for r in RESUME_KEYS)
+          and not key.startswith("init.")  # read only by a run's start
           and a.get(key) != b.get(key) and not _same_mode(a, b, key)]
 
 

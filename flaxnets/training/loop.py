@@ -25,7 +25,7 @@ from flaxnets import metrics as metrics_lib
 from flaxnets.data import pipeline, sources
 from flaxnets.data.types import Dataset
 from flaxnets.models import registry
-from flaxnets.training import hooks, optim, parallel, steps
+from flaxnets.training import finetune, hooks, optim, parallel, steps
 from flaxnets.training.checkpoint import close_on_error
 from flaxnets.training.state import TrainState, create_state, param_count, summary
 
@@ -282,6 +282,19 @@ def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, histor
   return state, False
 
 
+def init_from(state: Any, config: Any, dataset: Dataset) -> Any:
+  """state with config.init's checkpoint's weights (fine-tuning); optimizer state, step
+  and RNG stay the fresh run's."""
+  source = finetune.read(config.init.workdir, config.init.step)
+  variables, notes = finetune.merge(
+      {"params": state.params, "batch_stats": state.batch_stats}, source, config.init.skip,
+      dataset.label_names, None if dataset.vocab is None else dataset.vocab.tokens,
+      config.init.workdir, config.model.to_dict())
+  log(f"initialised from {source.path} (step {source.step}): " + "; ".join(notes))
+  return state.replace(params=variables["params"],
+                       batch_stats=variables.get("batch_stats", state.batch_stats))
+
+
 def saved_metric_mode(saved_config: dict | None, section: str) -> tuple[str, str]:
   """(metric, resolved mode) of config `section` (early_stopping, reduce_lr_on_plateau) as
   a checkpoint saved it; today's defaults for keys an older checkpoint lacks."""
@@ -445,6 +458,9 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   for key in ("path", "data_dir"):  # checkpoints record where the data is, from anywhere
     if config.dataset[key]:
       config.dataset[key] = str(pathlib.Path(config.dataset[key]).expanduser().absolute())
+  if config.init.workdir:
+    config.init.workdir = str(pathlib.Path(config.init.workdir).expanduser().absolute())
+    finetune.check(config.init, workdir, restart)
   from flaxnets.training.checkpoint import workdir_lock
   with workdir_lock(workdir):
     if workdir is not None and not config.checkpoint.enabled:
@@ -489,6 +505,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       (f"; batches of {config.batch_size} in {config.grad_accum_steps} micro-batches of "
        f"{config.batch_size // config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""))
   log(summary(state.params, state.batch_stats))
+  if config.optimizer.freeze:
+    log(finetune.check_freeze(state.params, config.optimizer.freeze))
   warn_ineffective_settings(config, dataset, workdir)
 
   # ---- checkpoint restore ----------------------------------------------------------
@@ -553,6 +571,10 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         config_changes.append({"step": resumed_step, "changes": changed})
         log(f"resumed with changed settings, which apply from step {resumed_step} on:\n  " +
             "\n  ".join(changed))
+  if config.init.workdir and resumed_step is not None:
+    log("config.init.workdir is not read: the run resumes from its own checkpoint")
+  elif config.init.workdir:
+    state = init_from(state, config, dataset)
   writer = hooks.MetricWriter(workdir, tensorboard=config.tensorboard, restart=restart,
                               resume_step=resumed_step)
 
@@ -567,7 +589,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       flip=config.augment.flip and dataset.input_kind == "image",
       axis_name=strategy.axis_name, debug=config.debug,
       grad_accum_steps=config.grad_accum_steps,
-      order_micro_batches=strategy.name != "mesh" or strategy.num_devices == 1)),
+      order_micro_batches=strategy.name != "mesh" or strategy.num_devices == 1,
+      freeze=config.optimizer.freeze)),
       running_sums=True)
   if config.debug:  # chex's value assertions inside the compiled step, checked every call
     import chex

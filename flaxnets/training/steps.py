@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flaxnets.training import optim
+from flaxnets.training import finetune, optim
 from flaxnets.training.state import TrainState
 
 
@@ -117,8 +117,8 @@ DEBUG_PARTS = ("the gradients", "the updated parameters", "the optimizer state",
 def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callable,
                     label_smoothing: float = 0.0, crop_padding: int = 0, flip: bool = False,
                     axis_name: str | None = None, debug: bool = False,
-                    grad_accum_steps: int = 1, order_micro_batches: bool = True
-                    ) -> Callable:
+                    grad_accum_steps: int = 1, order_micro_batches: bool = True,
+                    freeze: str = "") -> Callable:
   """Build `train_step(state, batch) -> (state, metrics)` for the given task settings.
 
   With `grad_accum_steps` k > 1 the batch is split into k micro-batches (`micro_batches`)
@@ -138,12 +138,17 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
   (experiments/benchmarks/grad_accum.py). Under jit over a multi-device mesh the wait
   costs a gradient all-reduce per micro-batch (the partial gradients are reduced to be
   read), so the mesh strategy turns it off.
+
+  Weights whose path matches `freeze` (a regular expression) are not trained: no gradient
+  flows to them, and they keep their values through the update.
   """
   accum = grad_accum_steps
   if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
     raise ValueError(f"grad_accum_steps={accum!r}: expected an integer >= 1")
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    # config.optimizer.freeze: those weights get no gradient and keep their values
+    frozen = finetune.frozen_mask(state.params, freeze) if freeze else None
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name:  # a different, reproducible stream per device
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -161,6 +166,9 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
       """Gradients of one (micro-)batch's share of the loss, its sums and batch stats."""
 
       def loss_fn(params):
+        if frozen is not None:
+          params = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen,
+                                params)
         variables = {"params": params}
         if has_bn:
           variables["batch_stats"] = batch_stats
@@ -209,6 +217,9 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
       chex.assert_tree_all_finite(grads, custom_message=DEBUG_PARTS[0])
     grads = _reduce(grads, axis_name)
     new_state = state.apply_gradients(grads=grads)
+    if frozen is not None:  # weight decay and momentum would still move them
+      new_state = new_state.replace(params=jax.tree.map(
+          lambda f, old, new: old if f else new, frozen, state.params, new_state.params))
     if has_bn:
       new_state = new_state.replace(batch_stats=batch_stats)
     if debug:  # finite gradients can still overflow a state (adam's nu = g^2 at lr 1e6)

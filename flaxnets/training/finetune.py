@@ -1,0 +1,230 @@
+"""Fine-tuning: a run's first weights from another run's checkpoint (`config.init`), and
+weights left untrained (`config.optimizer.freeze`).
+
+The source is read as `flaxnets.load` reads it (params and batch-norm statistics, host
+arrays, any device count). Each of the new model's arrays takes the source's array of the
+same path and shape, cast to the new dtype; `config.init.skip` (a regular expression
+searched in the path, 'head/kernel') leaves arrays at their fresh initialisation. Two
+axes are matched by name rather than position, since their rows mean something:
+an embedding's rows by token when the vocabularies differ (rows of tokens the source never
+saw stay fresh), and the head's outputs by class name when the label names differ (a
+language model's classes are its tokens). Anything else that does not fit (a path
+missing on either side, another shape) is one ConfigError listing it. The optimizer
+state, step and input statistics are the new run's own.
+
+Frozen weights (paths matching config.optimizer.freeze) get no gradient (stop_gradient, so
+XLA drops their weight-gradient work) and keep their values through the optimizer update
+(weight decay and momentum do not move them either), as torch's requires_grad=False.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+from typing import Any, Sequence
+
+import numpy as np
+from flax import traverse_util
+
+from flaxnets.config import ConfigError
+
+_MAX_LISTED = 6  # problems named in one error
+
+
+@dataclasses.dataclass
+class Source:
+  """A checkpoint's weights (host arrays, flat by 'path/to/leaf') and what names its axes."""
+  path: pathlib.Path
+  step: int
+  arrays: dict[str, dict[str, np.ndarray]]  # collection -> path -> array
+  label_names: list[str]
+  tokens: list[str] | None
+  model_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # config.model
+
+
+def _step(step: str) -> str | int:
+  return int(step) if step.isdigit() else step
+
+
+def check(init: Any, own_workdir: str | None, restart: bool) -> None:
+  """Before train() touches anything: config.init names another run's folder, and (unless
+  this run will resume from its own checkpoints, which it then does) a step it holds."""
+  from flaxnets.inference import _step_dir
+  from flaxnets.training.checkpoint import existing_steps
+  path = pathlib.Path(init.workdir)
+  if own_workdir is not None and path.resolve() == pathlib.Path(own_workdir).resolve():
+    raise ConfigError(f"config.init.workdir={init.workdir!r}: that is this run's own "
+                      "workdir; expected another run's (a run resumes from its own "
+                      "checkpoints without init)")
+  if own_workdir is not None and not restart and pathlib.Path(own_workdir).is_dir() and \
+      existing_steps(own_workdir):
+    return  # it resumes, and does not read init
+  try:
+    _step_dir(path, _step(init.step))
+  except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+    raise ConfigError(f"config.init.workdir={init.workdir!r} (step {init.step!r}): {e}") \
+        from None
+
+
+def read(workdir: str, step: str) -> Source:
+  """config.init's checkpoint, or a ConfigError naming config.init.workdir / step."""
+  from flaxnets.inference import load
+  try:
+    predictor = load(workdir, _step(step))
+  except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+    raise ConfigError(f"config.init.workdir={workdir!r} (step {step!r}): {e}") from None
+  vocab = predictor.meta.get("vocab")
+  arrays = {"params": traverse_util.flatten_dict(predictor.params, sep="/")}
+  if predictor.batch_stats:
+    arrays["batch_stats"] = traverse_util.flatten_dict(predictor.batch_stats, sep="/")
+  return Source(path=predictor.path, step=int(predictor.path.name), arrays=arrays,
+                label_names=list(predictor.meta["label_names"]),
+                tokens=None if vocab is None else list(vocab["tokens"]),
+                model_config=dict(predictor.meta["config"]["model"]))
+
+
+def _named_axis(path: str, tokens: bool) -> int | None:
+  """The axis of a leaf whose positions are named (tokens or classes), or None.
+
+  Embeddings are nn.Embed 'embed' [vocab, features]; every model's output layer is the
+  Dense 'head' at the top, kernel [features, classes] and bias [classes]."""
+  if tokens and (path == "embed/embedding" or path.endswith("/embed/embedding")):
+    return 0
+  if not tokens and path in ("head/kernel", "head/bias"):
+    return -1
+  return None
+
+
+def _remap(fresh: np.ndarray, src: np.ndarray, axis: int, new_names: Sequence[str],
+           old_names: Sequence[str]) -> tuple[np.ndarray, int]:
+  """fresh with each named position that the source has, by name, taken from src."""
+  fresh_axis = np.moveaxis(np.array(fresh), axis, 0)  # a copy: fresh is not changed
+  src_axis = np.moveaxis(np.asarray(src), axis, 0)
+  where = {name: i for i, name in enumerate(old_names) if i < src_axis.shape[0]}
+  pairs = [(j, where[name]) for j, name in enumerate(new_names[:fresh_axis.shape[0]])
+           if name in where]
+  if pairs:
+    to, frm = map(list, zip(*pairs))
+    fresh_axis[to] = src_axis[frm].astype(fresh_axis.dtype)
+  return np.moveaxis(fresh_axis, 0, axis), len(pairs)
+
+
+def merge(variables: dict[str, Any], source: Source, skip: str, label_names: Sequence[str],
+          tokens: Sequence[str] | None, workdir: str, model_config: dict[str, Any] | None = None
+          ) -> tuple[dict[str, Any], list[str]]:
+  """`variables` ({'params', 'batch_stats'} of the fresh model) with the source's arrays.
+
+  Returns the new variables (host arrays) and lines describing what was not a plain copy.
+  Raises ConfigError naming the paths that neither fit nor are skipped, after the model
+  settings (`model_config`, this run's config.model) that differ from the source's.
+  """
+  pattern = re.compile(skip) if skip else None
+  out: dict[str, Any] = {}
+  notes: list[str] = []
+  problems: list[str] = []
+  skipped: list[str] = []
+  remapped: dict[str, str] = {}
+  copied = total = 0
+  for collection in ("params", "batch_stats"):
+    fresh = traverse_util.flatten_dict(variables.get(collection) or {}, sep="/")
+    old = source.arrays.get(collection, {})
+    new: dict[str, np.ndarray] = {}
+    for path, leaf in fresh.items():
+      total += 1
+      leaf = np.asarray(leaf)
+      if pattern is not None and pattern.search(path):
+        new[path] = leaf
+        skipped.append(path)
+        continue
+      if path not in old:
+        problems.append(f"{collection} {path} {leaf.shape}: not in the checkpoint")
+        new[path] = leaf
+        continue
+      src = old[path]
+      # Which names the leaf's axis carries: tokens (both runs have a vocabulary) or classes.
+      named = None
+      if collection == "params":
+        if tokens is not None and source.tokens is not None and _named_axis(path, True) == 0:
+          named = ("tokens", 0, list(tokens), source.tokens)
+        elif _named_axis(path, False) is not None:
+          named = ("classes", -1, list(label_names), source.label_names)
+      same_names = named is not None and named[2] == named[3]
+      if src.shape == leaf.shape and (named is None or same_names):
+        new[path] = src.astype(leaf.dtype)
+        copied += 1
+      elif named is not None and src.ndim == leaf.ndim and all(
+          a == b for k, (a, b) in enumerate(zip(src.shape, leaf.shape))
+          if k != named[1] % leaf.ndim):
+        kind, axis, new_names, old_names = named
+        new[path], matched = _remap(leaf, src, axis, new_names, old_names)
+        remapped[path] = (f"{matched} of {leaf.shape[axis]} {kind} taken from the "
+                          f"checkpoint's by name")
+        copied += 1
+      else:
+        problems.append(f"{collection} {path}: shape {src.shape} in the checkpoint, "
+                        f"{leaf.shape} in this model")
+        new[path] = leaf
+    for path in old:
+      if path not in fresh and not (pattern is not None and pattern.search(path)):
+        problems.append(f"{collection} {path} {old[path].shape}: in the checkpoint, not in "
+                        "this model")
+    if fresh:
+      out[collection] = traverse_util.unflatten_dict(new, sep="/")
+  if pattern is not None and not skipped and not any(
+      pattern.search(p) for arrays in source.arrays.values() for p in arrays):
+    every = paths(variables.get("params"))
+    raise ConfigError(f"config.init.skip={skip!r}: matches no weight of this model or the "
+                      f"checkpoint ({', '.join(every[:4])}{', ...' if len(every) > 4 else ''});"
+                      " expected a pattern of some of their paths, such as 'head'")
+  if problems:
+    shown = problems[:_MAX_LISTED] + ([f"... {len(problems) - _MAX_LISTED} more"]
+                                      if len(problems) > _MAX_LISTED else [])
+    settings = ""
+    if model_config is not None and source.model_config:
+      from flaxnets.training.checkpoint import config_differences
+      names = source.model_config.get("name"), model_config.get("name")
+      differ = config_differences({"model": source.model_config}, {"model": model_config})
+      if names[0] != names[1]:
+        settings = f" (a {names[0]!r} model's, and this one is {names[1]!r})"
+      elif differ:
+        settings = f" (its settings: {'; '.join(differ)})"
+    raise ConfigError(
+        f"config.init.workdir={workdir!r}: its checkpoint ({source.path}) does not fit this "
+        f"model{settings}; {len(problems)} arrays differ: " + "; ".join(shown) + "; expected the same model settings, and "
+        "config.init.skip (a regular expression of these paths, e.g. 'head') leaves "
+        "arrays at their fresh initialisation")
+  if skipped:
+    notes.append(f"fresh (config.init.skip={skip!r}): {', '.join(skipped)}")
+  notes += [f"{path}: {how}" for path, how in remapped.items()]
+  notes.insert(0, f"{copied} of {total} arrays from the checkpoint")
+  return out, notes
+
+
+def paths(tree: Any) -> list[str]:
+  """'stage1/block0/conv/kernel' for each leaf of a variables collection."""
+  return list(traverse_util.flatten_dict(tree or {}, sep="/"))
+
+
+def frozen_mask(params: Any, pattern: str) -> Any:
+  """A tree like params, True where the leaf's path matches `pattern` (re.search)."""
+  rx = re.compile(pattern)
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return traverse_util.unflatten_dict({k: bool(pattern) and bool(rx.search(k)) for k in flat},
+                                      sep="/")
+
+
+def check_freeze(params: Any, pattern: str) -> str:
+  """A log line of what config.optimizer.freeze holds still; ConfigError if it matches no
+  weight (a mistyped path) or every one (nothing would train)."""
+  rx = re.compile(pattern)
+  flat = traverse_util.flatten_dict(params, sep="/")
+  frozen = [k for k in flat if rx.search(k)]
+  if not frozen or len(frozen) == len(flat):
+    shown = ", ".join(list(flat)[:4]) + (", ..." if len(flat) > 4 else "")
+    raise ConfigError(f"config.optimizer.freeze={pattern!r}: matches "
+                      f"{'no' if not frozen else 'every'} weight of this model ({shown}); "
+                      f"expected a pattern of some of their paths, so that the rest train")
+  size = sum(int(np.size(flat[k])) for k in frozen)
+  total = sum(int(np.size(v)) for v in flat.values())
+  return (f"frozen (config.optimizer.freeze={pattern!r}): {len(frozen)} of {len(flat)} "
+          f"arrays, {size:,} of {total:,} parameters")

@@ -1,0 +1,287 @@
+"""Fine-tuning: config.init starts a run from another run's weights; config.optimizer.freeze
+keeps weights untrained."""
+import json
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+import flaxnets
+from flaxnets.config import ConfigError
+from flaxnets.data import sources
+from flaxnets.training import finetune, steps
+from flaxnets.training.loop import build_model
+from flaxnets.training.state import create_state
+
+from helpers import quiet_config
+
+SMALL = {"model.features": (8, 16), "model.hidden": 32}
+
+
+def flat(tree):
+  return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  """A SimpleCNN trained 3 epochs on digits, in a workdir."""
+  workdir = tmp_path_factory.mktemp("source")
+  result = flaxnets.train(quiet_config(num_epochs=3, **SMALL), workdir=str(workdir))
+  assert result.test_metrics["accuracy"] > 0.85
+  return workdir, result
+
+
+def fresh_variables(config, data=None):
+  dataset = sources.load_dataset(config.dataset, data)
+  model = build_model(config, dataset)
+  state = create_state(model, optax.sgd(0.1), jax.random.PRNGKey(config.seed),
+                       dataset.input_shape, dataset.input_kind)
+  return {"params": state.params, "batch_stats": state.batch_stats}, dataset
+
+
+def test_init_copies_every_array_of_the_checkpoint_bit_for_bit(source):
+  workdir, _ = source
+  config = quiet_config(**SMALL)
+  variables, dataset = fresh_variables(config)
+  src = finetune.read(str(workdir), "best")
+  merged, notes = finetune.merge(variables, src, "", dataset.label_names, None, str(workdir))
+  loaded = flaxnets.load(workdir)
+  assert flat(merged["params"]).keys() == flat(loaded.params).keys()
+  for key, value in flat(loaded.params).items():
+    np.testing.assert_array_equal(flat(merged["params"])[key], value)
+    assert flat(merged["params"])[key].dtype == value.dtype
+  assert notes == ["8 of 8 arrays from the checkpoint"]
+  # step 'latest' and a step number read those checkpoints
+  latest = flaxnets.load(workdir, "latest")
+  assert finetune.read(str(workdir), "latest").step == int(latest.path.name)
+  assert finetune.read(str(workdir), latest.path.name).step == int(latest.path.name)
+
+
+def test_a_fine_tuned_run_starts_where_the_source_ended(source):
+  workdir, result = source
+  # At a learning rate that barely moves the weights, one epoch keeps the source's
+  # accuracy when it starts from them, and stays near chance from a fresh start.
+  changes = dict(num_epochs=1, **{"optimizer.learning_rate": 1e-7}, **SMALL)
+  tuned = flaxnets.train(quiet_config(**changes, **{"init.workdir": str(workdir)}))
+  fresh = flaxnets.train(quiet_config(**changes))
+  best = flaxnets.load(workdir).evaluate("test")["accuracy"]
+  assert abs(tuned.test_metrics["accuracy"] - best) < 0.02
+  assert fresh.test_metrics["accuracy"] < 0.4
+  assert json.loads(json.dumps(tuned.config.init.to_dict()))["workdir"] == str(workdir)
+
+
+@pytest.mark.parametrize("strategy", ["single", "pmap", "mesh"])
+def test_frozen_weights_keep_their_values_and_the_rest_train(source, strategy):
+  workdir, _ = source
+  # adamw's decoupled weight decay would move every weight, gradient or not
+  config = quiet_config(num_epochs=3, **SMALL, **{
+      "init.workdir": str(workdir), "init.skip": "^head/", "optimizer.freeze": "^(?!head/)",
+      "optimizer.name": "adamw", "optimizer.weight_decay": 0.1,
+      "parallel.strategy": strategy, "batch_size": 64})
+  result = flaxnets.train(config)
+  start = flat(flaxnets.load(workdir).params)
+  end = flat(result.state.params)
+  for key in start:
+    if key.startswith("head/"):
+      assert not np.array_equal(end[key], start[key]), key
+    else:
+      np.testing.assert_array_equal(end[key], start[key], err_msg=key)
+  # a new head on the frozen features of the source learns the task
+  assert result.test_metrics["accuracy"] > 0.85
+
+
+def test_freezing_drops_the_frozen_weights_gradient_work():
+  config = quiet_config(**SMALL)
+  variables, dataset = fresh_variables(config)
+  model = build_model(config, dataset)
+  state = create_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), dataset.input_shape,
+                       dataset.input_kind)
+  rng = np.random.default_rng(0)
+  batch = {"inputs": rng.normal(size=(32, *dataset.input_shape)).astype(np.float32),
+           "labels": rng.integers(0, 10, 32).astype(np.int32)}
+
+  def flops(freeze):
+    step = steps.make_train_step(num_classes=10, stats={}, schedule=optax.constant_schedule(
+        0.1), freeze=freeze)
+    cost = jax.jit(step).lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return cost["flops"]
+
+  # with both convolutions frozen no gradient is needed below the dense layers: the
+  # convolutions' backward pass is gone from the compiled step
+  assert flops("^Conv_") < 0.8 * flops("")
+  new_state, _ = jax.jit(steps.make_train_step(
+      num_classes=10, stats={}, schedule=optax.constant_schedule(0.1), freeze="^Conv_"))(
+          state, batch)
+  for key, value in flat(state.params).items():
+    same = np.array_equal(flat(new_state.params)[key], value)
+    assert same == key.startswith("Conv_"), key
+
+
+def test_head_outputs_follow_the_class_names(source, tmp_path):
+  workdir, _ = source
+  digits = sources.load_dataset(quiet_config().dataset)
+  # classes '7', 'new', '3': two the source knows, one it does not
+  picked = np.isin(digits.train["labels"], [3, 7])
+  x, y = digits.train["inputs"][picked], digits.train["labels"][picked]
+  y = np.where(y == 7, 0, 2)
+  x = np.concatenate([x, x[:10]])
+  y = np.concatenate([y, np.ones(10, y.dtype)])
+  data = {"train": (x, y), "label_names": ["7", "new", "3"]}
+  config = quiet_config(**SMALL, **{"dataset.name": "arrays"})
+  variables, dataset = fresh_variables(config, data)
+  assert dataset.label_names == ["7", "new", "3"]
+  src = finetune.read(str(workdir), "best")
+  merged, notes = finetune.merge(variables, src, "", dataset.label_names, None, str(workdir))
+  old = flat(flaxnets.load(workdir).params)
+  new, before = flat(merged["params"]), flat(variables["params"])
+  np.testing.assert_array_equal(new["head/kernel"][:, [0, 2]], old["head/kernel"][:, [7, 3]])
+  np.testing.assert_array_equal(new["head/bias"][[0, 2]], old["head/bias"][[7, 3]])
+  np.testing.assert_array_equal(new["head/kernel"][:, 1], before["head/kernel"][:, 1])
+  np.testing.assert_array_equal(new["Conv_0/kernel"], old["Conv_0/kernel"])
+  assert "head/kernel: 2 of 3 classes taken from the checkpoint's by name" in notes
+
+
+def test_embedding_rows_follow_the_tokens():
+  def src_arrays(v, e):
+    return {"params": {"embed/embedding": np.arange(v * e, dtype=np.float32).reshape(v, e),
+                       "rnn/kernel": np.full((e, 4), 7.0, np.float32),
+                       "head/kernel": np.arange(4 * 3, dtype=np.float32).reshape(4, 3),
+                       "head/bias": np.arange(3, dtype=np.float32)}}
+
+  source = finetune.Source(path=pathlib.Path("/src/best/9"), step=9,
+                           arrays=src_arrays(5, 2), label_names=["neg", "pos", "mid"],
+                           tokens=["<pad>", "<unk>", "a", "b", "c"])
+  fresh = {"params": {"embed": {"embedding": -np.ones((6, 2), np.float32)},
+                      "rnn": {"kernel": np.zeros((2, 4), np.float32)},
+                      "head": {"kernel": -np.ones((4, 3), np.float32),
+                               "bias": -np.ones(3, np.float32)}}}
+  merged, notes = finetune.merge(fresh, source, "", ["neg", "pos", "mid"],
+                                 ["<pad>", "<unk>", "c", "z", "a", "y"], "/src")
+  emb = merged["params"]["embed"]["embedding"]
+  src_emb = source.arrays["params"]["embed/embedding"]
+  np.testing.assert_array_equal(emb[[0, 1, 2, 4]], src_emb[[0, 1, 4, 2]])
+  np.testing.assert_array_equal(emb[[3, 5]], -np.ones((2, 2)))  # unseen tokens stay fresh
+  np.testing.assert_array_equal(merged["params"]["head"]["kernel"],
+                                source.arrays["params"]["head/kernel"])
+  assert "embed/embedding: 4 of 6 tokens taken from the checkpoint's by name" in notes
+  # one with no vocabulary (token ids given as arrays) keeps positions, so must fit
+  with pytest.raises(ConfigError, match=r"params embed/embedding: shape \(5, 2\) in the "
+                                        r"checkpoint, \(6, 2\) in this model"):
+    finetune.merge(fresh, source, "", ["neg", "pos", "mid"], None, "/src")
+
+
+def test_what_does_not_fit_is_listed_and_skip_leaves_it_fresh(source):
+  workdir, _ = source
+  with pytest.raises(ConfigError) as err:
+    flaxnets.train(quiet_config(num_epochs=1, **{"model.features": (8, 24),
+                                                 "model.hidden": 32,
+                                                 "init.workdir": str(workdir)}))
+  message = str(err.value)
+  assert message.startswith(f"config.init.workdir={str(workdir)!r}: its checkpoint")
+  assert "(its settings: model.features: checkpoint [8, 16] vs now [8, 24])" in message
+  assert "params Conv_1/kernel: shape (3, 3, 8, 16) in the checkpoint, (3, 3, 8, 24) in " \
+         "this model" in message
+  assert "config.init.skip" in message and "\n" not in message
+  # skipping them trains: the second conv and the dense layer above it start fresh
+  result = flaxnets.train(quiet_config(num_epochs=1, **{
+      "model.features": (8, 24), "model.hidden": 32, "init.workdir": str(workdir),
+      "init.skip": "^(Conv_1|Dense_0)/"}))
+  assert result.test_metrics["accuracy"] > 0.5
+  # another model altogether: named, with the first of its arrays missing from the
+  # checkpoint
+  with pytest.raises(ConfigError, match=r"\(a 'simple_cnn' model's, and this one is "
+                                        r"'resnet20'\); 112 arrays differ: params "
+                                        r"BasicBlock_0/BatchNorm_0/bias \(16,\): not in the "
+                                        r"checkpoint;"):
+    flaxnets.train(quiet_config(num_epochs=1, **{
+        "model.name": "resnet20", "init.workdir": str(workdir)}))
+  # a checkpoint array this model lacks is named too
+  src = finetune.read(str(workdir), "best")
+  src.arrays["params"]["extra/kernel"] = np.zeros((2, 2), np.float32)
+  variables, dataset = fresh_variables(quiet_config(**SMALL))
+  with pytest.raises(ConfigError, match=r"1 arrays differ: params extra/kernel \(2, 2\): in "
+                                        r"the checkpoint, not in this model"):
+    finetune.merge(variables, src, "", dataset.label_names, None, str(workdir))
+  merged, notes = finetune.merge(variables, src, "^extra/", dataset.label_names, None,
+                                 str(workdir))
+  assert notes == ["8 of 8 arrays from the checkpoint"]
+
+
+def test_a_resume_does_not_read_init_again(source, tmp_path, capsys):
+  workdir, _ = source
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  run = tmp_path / "run"
+  flaxnets.train(quiet_config(num_epochs=1, **SMALL, **{"init.workdir": str(copy)}),
+                 workdir=str(run))
+  shutil.rmtree(copy)  # gone: the resume trains on from its own checkpoint
+  capsys.readouterr()
+  result = flaxnets.train(quiet_config(num_epochs=2, **SMALL, **{
+      "init.workdir": str(copy), "init.skip": "head"}), workdir=str(run))
+  out = capsys.readouterr().out
+  assert "config.init.workdir is not read: the run resumes from its own checkpoint" in out
+  # the changed settings listed are those that apply from the resume on
+  assert "  num_epochs: 1 -> 2" in out
+  assert "init.skip: " not in out and "init.workdir: " not in out
+  assert [h["epoch"] for h in result.history if h["split"] == "train"] == [1, 2]
+
+
+def test_bad_init_and_freeze_settings_are_refused_before_anything_is_touched(source,
+                                                                              tmp_path):
+  workdir, _ = source
+  own = tmp_path / "own"
+  flaxnets.train(quiet_config(num_epochs=1, **SMALL), workdir=str(own))
+  before = sorted(p.relative_to(own) for p in own.rglob("*"))
+  cases = [
+      ({"init.workdir": str(tmp_path / "nowhere")}, r"config.init.workdir=.*nowhere.*"
+                                                    r"does not exist"),
+      ({"init.workdir": str(workdir), "init.step": "99999"}, r"step 99999 not found"),
+      ({"init.workdir": str(own)}, r"that is this run's own workdir"),
+      ({"init.workdir": str(workdir), "init.step": "first"},
+       r"config.init.step='first': expected 'best', 'latest' or a step number"),
+      ({"init.workdir": str(workdir), "init.skip": "head("}, r"config.init.skip='head\(': "
+                                                             r"not a regular expression"),
+      ({"init.skip": "head"}, r"config.init.skip='head': only read with config.init.workdir"),
+      ({"init.workdir": "  "}, r"config.init.workdir='  ': expected a run's folder"),
+      ({"optimizer.freeze": "conv["}, r"config.optimizer.freeze='conv\[': not a regular"),
+  ]
+  for changes, message in cases:
+    with pytest.raises(ConfigError, match=message):
+      flaxnets.train(quiet_config(num_epochs=1, **SMALL, **changes), workdir=str(own),
+                     restart=True)
+  assert sorted(p.relative_to(own) for p in own.rglob("*")) == before
+  # patterns that match nothing, or every weight
+  with pytest.raises(ConfigError, match=r"config.init.skip='haed': matches no weight"):
+    flaxnets.train(quiet_config(num_epochs=1, **SMALL, **{
+        "init.workdir": str(workdir), "init.skip": "haed"}))
+  for pattern, what in (("^conv", "no"), (".", "every")):
+    with pytest.raises(ConfigError) as err:
+      flaxnets.train(quiet_config(num_epochs=1, **SMALL, **{"optimizer.freeze": pattern}))
+    assert str(err.value).startswith(f"config.optimizer.freeze={pattern!r}: matches {what} "
+                                     "weight of this model (Conv_0/bias, Conv_0/kernel")
+
+
+def test_the_command_line_fine_tunes(source, tmp_path):
+  import subprocess
+  import sys
+  workdir, _ = source
+  out = subprocess.run(
+      [sys.executable, "-m", "flaxnets.cli", "train", "--workdir", str(tmp_path / "cli"),
+       "--config.num_epochs=1", "--config.progress=False", "--config.tensorboard=False",
+       "--config.model.features=(8,16)", "--config.model.hidden=32",
+       f"--config.init.workdir={workdir}", "--config.init.step=latest",
+       "--config.optimizer.freeze=^Conv_"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "initialised from" in out.stdout and "frozen (config.optimizer.freeze='^Conv_'): " \
+      "4 of 8 arrays" in out.stdout
+  bad = subprocess.run(
+      [sys.executable, "-m", "flaxnets.cli", "train", "--workdir", str(tmp_path / "bad"),
+       f"--config.init.workdir={tmp_path / 'nowhere'}"], capture_output=True, text=True,
+      timeout=300)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().count("\n") == 0 and "config.init.workdir=" in bad.stderr
