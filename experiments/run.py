@@ -63,8 +63,11 @@ def apply_overrides(config, overrides: list[str]) -> None:
         raise ValueError(f"--set {item!r}: the config has no key "
                          f"{'.'.join(parents[:i + 1])!r}")
       node = node[p]
+    value = parse_value(raw)
+    if leaf in node and isinstance(node[leaf], str) and not isinstance(value, str):
+      value = raw  # a text setting given digits: init.step=1200
     try:
-      node[leaf] = parse_value(raw)
+      node[leaf] = value
     except (TypeError, ValueError) as e:
       raise ValueError(f"--set {item!r}: {e}") from None
 

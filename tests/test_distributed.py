@@ -51,6 +51,8 @@ CHILD = textwrap.dedent('''
       threading.Thread(target=signal_once_training, daemon=True).start()
     import flaxnets
     config = flaxnets.get_config()
+    if args.get("cwd_by_pid", {}).get(str(args["process_id"])):  # relative paths differ
+      os.chdir(args["cwd_by_pid"][str(args["process_id"])])
     for dotted, value in args["config"].items():  # update_from_flattened_dict skips new
       *parents, leaf = dotted.split(".")          # keys such as model fields
       node = config
@@ -318,6 +320,44 @@ def test_a_callbacks_interrupted_run_on_one_process_stops_every_process_resumabl
     assert ("received a stop signal (in a callback's train) at step 19; saved a checkpoint"
             in log.read_text()), _tail(log)
   assert "RuntimeError" not in logs[0].read_text()
+
+
+def test_two_processes_fine_tune_from_one_checkpoint(tmp_path):
+  """config.init: each process reads the step process 0 picked; frozen weights stay the
+  checkpoint's on both, and a source one process cannot read stops both at once."""
+  source = tmp_path / "source"
+  flaxnets.train(quiet_config(**{**CONFIG, "parallel.strategy": "single"}), str(source))
+  config = dict(CONFIG, **{"parallel.strategy": "mesh", "checkpoint.async_save": False,
+                           "init.workdir": str(source), "optimizer.freeze": "^Conv_"})
+  params, info, logs = _train_processes(tmp_path, "tuned", 2, 2, config,
+                                        str(tmp_path / "workdir"))
+  start = _flat(flaxnets.load(source).params)
+  for key, value in start.items():
+    if "Conv_" in key:
+      np.testing.assert_array_equal(params[key], value, err_msg=key)
+    else:
+      assert not np.array_equal(params[key], value), key
+  one, one_info, _ = _train_processes(tmp_path, "one", 1, 4, config)
+  _assert_params_close(params, one)
+  assert f"initialised from {source}/" in logs[0].read_text()
+  # A source on a disk process 1 does not see: a relative path, from another folder there.
+  (tmp_path / "elsewhere").mkdir()
+  script = tmp_path / "child.py"
+  coordinator = f"127.0.0.1:{_free_port()}"
+  commands = [[sys.executable, str(script), json.dumps({
+      "devices": 2, "num_processes": 2, "process_id": pid, "coordinator": coordinator,
+      "out": str(tmp_path / "out"), "workdir": str(tmp_path / "unreadable"),
+      "config": dict(config, **{"init.workdir": "source"}),
+      "cwd_by_pid": {"0": str(tmp_path), "1": str(tmp_path / "elsewhere")}})]
+      for pid in range(2)]
+  logs = [tmp_path / f"unreadable.{pid}.log" for pid in range(2)]
+  start = time.monotonic()
+  codes = _run_group(commands, logs, stop_on_failure=False)
+  assert time.monotonic() - start < 120, [_tail(log) for log in logs]
+  assert codes == [1, 1], [_tail(log) for log in logs]
+  assert "elsewhere/source' does not exist" in logs[1].read_text()
+  assert (f"ConfigError: config.init.workdir={str(source)!r}: process 1 of this run could "
+          "not read it") in logs[0].read_text()
 
 
 # ---- start-up errors --------------------------------------------------------------------

@@ -57,6 +57,9 @@ def test_set_values_parse_as_the_command_line_does():
                                "model.name=rnn", "dataset.name=mnist1d"])
   assert config.augment.flip is True and config.optimizer.learning_rate == 0.01
   assert config.model.name == "rnn" and config.dataset.name == "mnist1d"
+  # a text setting keeps digits as text, as the command line's --config.init.step=1200
+  run.apply_overrides(config, ["init.step=1200", "dataset.test_split=''"])
+  assert config.init.step == "1200" and config.dataset.test_split == ""
   with pytest.raises(ValueError, match=r"--set 'augment\.flip=maybe': .*bool"):
     run.apply_overrides(config, ["augment.flip=maybe"])
 

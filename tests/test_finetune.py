@@ -6,6 +6,7 @@ import shutil
 
 import jax
 import numpy as np
+import flax
 import optax
 import pytest
 from flax import traverse_util
@@ -13,9 +14,10 @@ from flax import traverse_util
 import flaxnets
 from flaxnets.config import ConfigError
 from flaxnets.data import sources
+from flaxnets.models import registry
 from flaxnets.training import finetune, steps
 from flaxnets.training.loop import build_model
-from flaxnets.training.state import create_state
+from flaxnets.training.state import create_state, dummy_inputs
 
 from helpers import quiet_config
 
@@ -114,12 +116,46 @@ def test_freezing_drops_the_frozen_weights_gradient_work():
   # with both convolutions frozen no gradient is needed below the dense layers: the
   # convolutions' backward pass is gone from the compiled step
   assert flops("^Conv_") < 0.8 * flops("")
-  new_state, _ = jax.jit(steps.make_train_step(
-      num_classes=10, stats={}, schedule=optax.constant_schedule(0.1), freeze="^Conv_"))(
-          state, batch)
+  step = jax.jit(steps.make_train_step(
+      num_classes=10, stats={}, schedule=optax.constant_schedule(0.1), freeze="^Conv_"))
+  new_state, _ = step(state, batch)
   for key, value in flat(state.params).items():
     same = np.array_equal(flat(new_state.params)[key], value)
     assert same == key.startswith("Conv_"), key
+  # params held in a FrozenDict (older Flax's init) freeze the same
+  frozen_dict = state.replace(params=flax.core.freeze(state.params),
+                              opt_state=optax.sgd(0.1).init(flax.core.freeze(state.params)))
+  again, _ = step(frozen_dict, batch)
+  jax.tree.map(np.testing.assert_array_equal, flax.core.unfreeze(again.params),
+               new_state.params)
+
+
+@pytest.mark.parametrize("name", sorted(registry.MODELS))
+def test_every_model_names_its_embedding_and_head_as_fine_tuning_expects(name):
+  """The axes matched by name: each token model's one embedding [vocab, features], and
+  every model's top-level head [..., classes]."""
+  cls = registry.MODELS[name]
+  kinds = getattr(cls, "input_kinds", ("image", "series", "tokens"))
+  kind = "tokens" if "tokens" in kinds else kinds[0]
+  fields = registry.model_fields(name)
+  kwargs = {k: v for k, v in {"num_classes": 3, "vocab_size": 37}.items() if k in fields}
+  model = registry.build_model(name, **kwargs)
+  shape = {"tokens": (12,), "series": (12, 2), "image": (16, 16, 3)}[kind]
+  x, lengths = dummy_inputs(shape, kind)
+  params = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0),
+                                              "dropout": jax.random.PRNGKey(0)}, x, lengths,
+                                             train=False))["params"]
+  leaves = flat(params)
+  embeddings = [p for p in leaves if finetune._named_axis(p, True) == 0]
+  heads = {p: leaves[p].shape for p in leaves if finetune._named_axis(p, False) == -1}
+  classes = 37 if "lm" in getattr(cls, "tasks", ()) else 3
+  assert heads["head/kernel"][-1] == classes
+  assert heads.pop("head/bias", (classes,)) == (classes,)  # fast_cnn's head has no bias
+  assert set(heads) == {"head/kernel"}
+  if kind == "tokens":
+    assert len(embeddings) == 1 and leaves[embeddings[0]].shape[0] == 37, embeddings
+  else:
+    assert embeddings == []
 
 
 def test_head_outputs_follow_the_class_names(source, tmp_path):
@@ -237,9 +273,16 @@ def test_bad_init_and_freeze_settings_are_refused_before_anything_is_touched(sou
   own = tmp_path / "own"
   flaxnets.train(quiet_config(num_epochs=1, **SMALL), workdir=str(own))
   before = sorted(p.relative_to(own) for p in own.rglob("*"))
+  step = next((own / "checkpoints").iterdir()).name
   cases = [
       ({"init.workdir": str(tmp_path / "nowhere")}, r"config.init.workdir=.*nowhere.*"
                                                     r"does not exist"),
+      # a source that does not fit is found before a restart deletes this run's steps
+      ({"model.hidden": 48, "init.workdir": str(workdir)}, r"does not fit this model"),
+      ({"init.workdir": str(workdir), "init.skip": "haed"}, r"config.init.skip='haed': "
+                                                            r"matches no weight"),
+      ({"init.workdir": str(own / "checkpoints" / step)},
+       rf"a step folder; expected the run's workdir, '{own}', with config.init.step='{step}'"),
       ({"init.workdir": str(workdir), "init.step": "99999"}, r"step 99999 not found"),
       ({"init.workdir": str(own)}, r"that is this run's own workdir"),
       ({"init.workdir": str(workdir), "init.step": "first"},
@@ -252,13 +295,16 @@ def test_bad_init_and_freeze_settings_are_refused_before_anything_is_touched(sou
   ]
   for changes, message in cases:
     with pytest.raises(ConfigError, match=message):
-      flaxnets.train(quiet_config(num_epochs=1, **SMALL, **changes), workdir=str(own),
+      flaxnets.train(quiet_config(num_epochs=1, **{**SMALL, **changes}), workdir=str(own),
                      restart=True)
   assert sorted(p.relative_to(own) for p in own.rglob("*")) == before
-  # patterns that match nothing, or every weight
-  with pytest.raises(ConfigError, match=r"config.init.skip='haed': matches no weight"):
-    flaxnets.train(quiet_config(num_epochs=1, **SMALL, **{
-        "init.workdir": str(workdir), "init.skip": "haed"}))
+  # a new workdir is left without checkpoint folders
+  with pytest.raises(ConfigError, match=r"does not fit this model"):
+    flaxnets.train(quiet_config(num_epochs=1, **{**SMALL, "model.hidden": 48,
+                                                 "init.workdir": str(workdir)}),
+                   workdir=str(tmp_path / "new"))
+  assert not (tmp_path / "new" / "checkpoints").exists()
+  # freeze patterns that match nothing, or every weight
   for pattern, what in (("^conv", "no"), (".", "every")):
     with pytest.raises(ConfigError) as err:
       flaxnets.train(quiet_config(num_epochs=1, **SMALL, **{"optimizer.freeze": pattern}))
@@ -285,3 +331,41 @@ def test_the_command_line_fine_tunes(source, tmp_path):
       timeout=300)
   assert bad.returncode == 2
   assert bad.stderr.strip().count("\n") == 0 and "config.init.workdir=" in bad.stderr
+
+
+
+def test_unfreezing_at_a_resume_warns_of_adams_shared_step_count(tmp_path, capsys):
+  # optax's adam itself: weights whose moments are zero at a shared step count of 500
+  tx, params = optax.adam(1.0), np.zeros(2, np.float32)
+  state = tx.init(params)
+  for _ in range(500):
+    _, state = tx.update(np.zeros(2, np.float32), state, params)
+  peak = 0.0
+  for _ in range(1000):
+    update, state = tx.update(np.ones(2, np.float32), state, params)
+    peak = max(peak, float(np.abs(update).max()))
+  assert peak == pytest.approx(finetune.adam_peak_ratio(500, 0.9, 0.999), rel=1e-3)
+  assert finetune.adam_peak_ratio(0, 0.9, 0.999) == pytest.approx(1.0)
+  # 157 steps frozen (digits at batch 8), then unfrozen at a resume
+  run = tmp_path / "run"
+  frozen = {"batch_size": 8, **SMALL, "optimizer.freeze": "^Conv_"}
+  flaxnets.train(quiet_config(num_epochs=1, **frozen), workdir=str(run))
+  capsys.readouterr()
+  flaxnets.train(quiet_config(num_epochs=2, **{**frozen, "optimizer.freeze": ""}),
+                 workdir=str(run))
+  out = capsys.readouterr().out
+  assert "  optimizer.freeze: '^Conv_' -> ''" in out
+  assert ("warning: 4 arrays frozen until this resume (step 157) start with adam's moments "
+          "near zero but its step count at 157: under a steady gradient their updates would "
+          "grow to 2.6x the learning rate") in out
+  # sgd has no step count to outrun; freezing more unfreezes nothing
+  for name, freeze in (("sgd", ""), ("adam", "^(Conv_|Dense_)")):
+    again = tmp_path / name
+    flaxnets.train(quiet_config(num_epochs=1, **{**frozen, "optimizer.name": name}),
+                   workdir=str(again))
+    capsys.readouterr()
+    flaxnets.train(quiet_config(num_epochs=2, **{**frozen, "optimizer.name": name,
+                                                 "optimizer.freeze": freeze}),
+                   workdir=str(again))
+    out = capsys.readouterr().out
+    assert "optimizer.freeze: '^Conv_' -> " in out and "warning:" not in out

@@ -19,10 +19,12 @@ XLA drops their weight-gradient work) and keep their values through the optimize
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
 from flax import traverse_util
 
@@ -46,12 +48,41 @@ def _step(step: str) -> str | int:
   return int(step) if step.isdigit() else step
 
 
+def agreed(fn: Callable[[], Any], what: str) -> Any:
+  """fn() on every process of a run; when it raises on any, it raises on all (its own
+  error where it failed, a ConfigError naming the process elsewhere): a process that had
+  gone on alone would wait for the others in a collective forever."""
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils
+  result, error = None, None
+  try:
+    result = fn()
+  except Exception as e:  # noqa: BLE001 -- every process must hear of it (below)
+    error = e
+  failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+  if error is not None:
+    raise error
+  if failed.any():
+    raise ConfigError(f"{what}: process {int(np.flatnonzero(failed)[0])} of this run could "
+                      "not read it (its own error says why)")
+  return result
+
+
 def check(init: Any, own_workdir: str | None, restart: bool) -> None:
   """Before train() touches anything: config.init names another run's folder, and (unless
   this run will resume from its own checkpoints, which it then does) a step it holds."""
+  agreed(lambda: _check(init, own_workdir, restart), f"config.init.workdir={init.workdir!r}")
+
+
+def _check(init: Any, own_workdir: str | None, restart: bool) -> None:
   from flaxnets.inference import _step_dir
-  from flaxnets.training.checkpoint import existing_steps
+  from flaxnets.training.checkpoint import CHECKPOINT_DIRS, existing_steps
   path = pathlib.Path(init.workdir)
+  if path.name.isdigit() and path.parent.name in CHECKPOINT_DIRS:
+    raise ConfigError(f"config.init.workdir={init.workdir!r}: a step folder; expected the "
+                      f"run's workdir, {str(path.parent.parent)!r}, with "
+                      f"config.init.step={path.name!r}")
   if own_workdir is not None and path.resolve() == pathlib.Path(own_workdir).resolve():
     raise ConfigError(f"config.init.workdir={init.workdir!r}: that is this run's own "
                       "workdir; expected another run's (a run resumes from its own "
@@ -67,8 +98,35 @@ def check(init: Any, own_workdir: str | None, restart: bool) -> None:
 
 
 def read(workdir: str, step: str) -> Source:
-  """config.init's checkpoint, or a ConfigError naming config.init.workdir / step."""
-  from flaxnets.inference import load
+  """config.init's checkpoint, or a ConfigError naming config.init.workdir / step.
+
+  In a multi-process run process 0 picks the step ('best' and 'latest' could differ
+  between processes while the source run is still saving) and every process reads it."""
+  from flaxnets.inference import _step_dir, load
+  where = f"config.init.workdir={workdir!r} (step {step!r})"
+  if jax.process_count() > 1 and not step.isdigit():
+    from jax.experimental import multihost_utils
+
+    def pick():
+      try:
+        return int(_step_dir(pathlib.Path(workdir), _step(step)).name)
+      except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+    picked = None
+    if jax.process_index() == 0:
+      try:
+        picked = pick()
+      except ConfigError as e:
+        picked = e
+    number = int(multihost_utils.broadcast_one_to_all(
+        np.int64(picked if isinstance(picked, int) else -1)))
+    if isinstance(picked, ConfigError):
+      raise picked
+    if number < 0:
+      raise ConfigError(f"{where}: process 0 of this run could not read it (its own error "
+                        "says why)")
+    step = str(number)
   try:
     predictor = load(workdir, _step(step))
   except (FileNotFoundError, NotADirectoryError, ValueError) as e:
@@ -86,9 +144,10 @@ def read(workdir: str, step: str) -> Source:
 def _named_axis(path: str, tokens: bool) -> int | None:
   """The axis of a leaf whose positions are named (tokens or classes), or None.
 
-  Embeddings are nn.Embed 'embed' [vocab, features]; every model's output layer is the
-  Dense 'head' at the top, kernel [features, classes] and bias [classes]."""
-  if tokens and (path == "embed/embedding" or path.endswith("/embed/embedding")):
+  Token embeddings are nn.Embed's 'embedding' [vocab, features] ('front/embed/embedding',
+  text_cnn's 'Embed_0/embedding'; no model has a positional one); every model's output
+  layer is the Dense 'head' at the top, kernel [features, classes] and bias [classes]."""
+  if tokens and (path == "embedding" or path.endswith("/embedding")):
     return 0
   if not tokens and path in ("head/kernel", "head/bias"):
     return -1
@@ -159,7 +218,7 @@ def merge(variables: dict[str, Any], source: Source, skip: str, label_names: Seq
         new[path], matched = _remap(leaf, src, axis, new_names, old_names)
         remapped[path] = (f"{matched} of {leaf.shape[axis]} {kind} taken from the "
                           f"checkpoint's by name")
-        copied += 1
+        copied += matched > 0
       else:
         problems.append(f"{collection} {path}: shape {src.shape} in the checkpoint, "
                         f"{leaf.shape} in this model")
@@ -206,11 +265,12 @@ def paths(tree: Any) -> list[str]:
 
 
 def frozen_mask(params: Any, pattern: str) -> Any:
-  """A tree like params, True where the leaf's path matches `pattern` (re.search)."""
+  """A tree of params' structure (dict or FrozenDict), True where the leaf's path matches
+  `pattern` (re.search)."""
+  from flaxnets.training.state import _path_name
   rx = re.compile(pattern)
-  flat = traverse_util.flatten_dict(params, sep="/")
-  return traverse_util.unflatten_dict({k: bool(pattern) and bool(rx.search(k)) for k in flat},
-                                      sep="/")
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(pattern) and bool(rx.search(_path_name(path))), params)
 
 
 def check_freeze(params: Any, pattern: str) -> str:
@@ -228,3 +288,37 @@ def check_freeze(params: Any, pattern: str) -> str:
   total = sum(int(np.size(v)) for v in flat.values())
   return (f"frozen (config.optimizer.freeze={pattern!r}): {len(frozen)} of {len(flat)} "
           f"arrays, {size:,} of {total:,} parameters")
+
+
+
+def adam_peak_ratio(step: int, b1: float, b2: float, horizon: int = 5000) -> float:
+  """The largest |update| / learning rate of Adam's first `horizon` steps under a steady
+  gradient, for a weight whose moments are zero while the shared step count is `step`
+  (a fresh Adam's is 1). Bias correction divides by 1 - b^t of the shared count, not of
+  the weight's own steps, so the second moment is under-corrected for a while."""
+  peak = 0.0
+  for k in range(1, horizon):
+    t = step + k
+    peak = max(peak, ((1 - b1**k) / (1 - b1**t)) / math.sqrt((1 - b2**k) / (1 - b2**t)))
+  return peak
+
+
+def unfreeze_note(params: Any, was: str, optimizer: Any, step: int, workdir: str) -> str | None:
+  """A warning for weights a resume unfreezes under an Adam-type optimizer, or None.
+
+  Their moments stayed near zero while frozen, but optax keeps one step count for all
+  weights (torch keeps one per parameter; Keras builds a new optimizer at compile), so
+  their updates grow past the learning rate (adam_peak_ratio) for hundreds of steps."""
+  if not was or optimizer.name not in ("adam", "adamw", "lamb"):
+    return None
+  before = traverse_util.flatten_dict(frozen_mask(params, was), sep="/")
+  now = traverse_util.flatten_dict(frozen_mask(params, optimizer.freeze), sep="/")
+  unfrozen = [k for k in before if before[k] and not now[k]]
+  peak = adam_peak_ratio(step, optimizer.b1, optimizer.b2)
+  if not unfrozen or peak < 1.5:
+    return None
+  return (f"warning: {len(unfrozen)} arrays frozen until this resume (step {step}) start "
+          f"with {optimizer.name}'s moments near zero but its step count at {step}: under a "
+          f"steady gradient their updates would grow to {peak:.1f}x the learning rate (a fresh "
+          f"{optimizer.name}'s stay at 1x); for fresh optimizer state start a new run from "
+          f"this one instead, with config.init.workdir={workdir!r}")

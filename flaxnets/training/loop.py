@@ -26,7 +26,7 @@ from flaxnets.data import pipeline, sources
 from flaxnets.data.types import Dataset
 from flaxnets.models import registry
 from flaxnets.training import finetune, hooks, optim, parallel, steps
-from flaxnets.training.checkpoint import close_on_error
+from flaxnets.training.checkpoint import close_on_error, existing_steps
 from flaxnets.training.state import TrainState, create_state, param_count, summary
 
 
@@ -285,11 +285,13 @@ def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, histor
 def init_from(state: Any, config: Any, dataset: Dataset) -> Any:
   """state with config.init's checkpoint's weights (fine-tuning); optimizer state, step
   and RNG stay the fresh run's."""
-  source = finetune.read(config.init.workdir, config.init.step)
-  variables, notes = finetune.merge(
+  source = finetune.agreed(lambda: finetune.read(config.init.workdir, config.init.step),
+                          f"config.init.workdir={config.init.workdir!r}")
+  variables, notes = finetune.agreed(lambda: finetune.merge(
       {"params": state.params, "batch_stats": state.batch_stats}, source, config.init.skip,
       dataset.label_names, None if dataset.vocab is None else dataset.vocab.tokens,
-      config.init.workdir, config.model.to_dict())
+      config.init.workdir, config.model.to_dict()),
+      f"config.init.workdir={config.init.workdir!r}")
   log(f"initialised from {source.path} (step {source.step}): " + "; ".join(notes))
   return state.replace(params=variables["params"],
                        batch_stats=variables.get("batch_stats", state.batch_stats))
@@ -505,6 +507,13 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       (f"; batches of {config.batch_size} in {config.grad_accum_steps} micro-batches of "
        f"{config.batch_size // config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""))
   log(summary(state.params, state.batch_stats))
+  # Fine-tuning reads its checkpoint before the checkpointer is made (a restart deletes
+  # this run's steps there: a source that does not fit must not cost them); a run with
+  # steps of its own resumes from them instead, and reads it only when none restores.
+  resumable = (workdir is not None and config.checkpoint.enabled and not restart and
+               bool(existing_steps(workdir)))
+  if config.init.workdir and not resumable:
+    state = init_from(state, config, dataset)
   if config.optimizer.freeze:
     log(finetune.check_freeze(state.params, config.optimizer.freeze))
   warn_ineffective_settings(config, dataset, workdir)
@@ -571,9 +580,14 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         config_changes.append({"step": resumed_step, "changes": changed})
         log(f"resumed with changed settings, which apply from step {resumed_step} on:\n  " +
             "\n  ".join(changed))
+      was_frozen = ((ckpt.restored_config or {}).get("optimizer") or {}).get("freeze") or ""
+      note = finetune.unfreeze_note(state.params, was_frozen, config.optimizer, resumed_step,
+                                    workdir)
+      if note:
+        log(note)
   if config.init.workdir and resumed_step is not None:
     log("config.init.workdir is not read: the run resumes from its own checkpoint")
-  elif config.init.workdir:
+  elif config.init.workdir and resumable:  # its steps were set aside, none restored
     state = init_from(state, config, dataset)
   writer = hooks.MetricWriter(workdir, tensorboard=config.tensorboard, restart=restart,
                               resume_step=resumed_step)
