@@ -93,8 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
                                   # cross-entropy (so their curve does not floor at the
                                   # smoothed targets' entropy)
   o.freeze = ""                   # regular expression (re.search) of weight paths that
-                                  # are not trained, e.g. "^(stem|stage1)/" (torch's
-                                  # requires_grad=False: batch norm statistics still update)
+                                  # are not trained, e.g. "^(?!head/)" (Keras's
+                                  # trainable=False: a batch norm whose scale and bias
+                                  # match runs on its running statistics, kept as they are)
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 0      # random crop after padding by this many pixels of the

@@ -369,3 +369,35 @@ def test_unfreezing_at_a_resume_warns_of_adams_shared_step_count(tmp_path, capsy
                    workdir=str(again))
     out = capsys.readouterr().out
     assert "optimizer.freeze: '^Conv_' -> " in out and "warning:" not in out
+
+
+@pytest.mark.parametrize("strategy", ["single", "pmap"])
+def test_frozen_batch_norm_layers_keep_their_statistics(tmp_path, strategy):
+  """As Keras's trainable=False: a frozen batch-norm layer normalises by its running
+  statistics while training and leaves them as they are; the others update theirs."""
+  small = {"model.name": "resnet20", "model.num_filters": 4, "model.stage_sizes": (1, 1, 1),
+           "batch_size": 64, "parallel.strategy": strategy}
+  source = tmp_path / "source"
+  flaxnets.train(quiet_config(num_epochs=1, **small), workdir=str(source))
+  start = flaxnets.load(source)
+  stats = flat(start.batch_stats)
+  frozen = "^(stem|BatchNorm_0|BasicBlock_0)/"
+  result = flaxnets.train(quiet_config(num_epochs=1, **small, **{
+      "init.workdir": str(source), "optimizer.freeze": frozen}))
+  after = flat(result.state.batch_stats)
+  assert sorted(after) == sorted(stats)
+  for key, value in stats.items():
+    if key.startswith(("BatchNorm_0/", "BasicBlock_0/")):
+      np.testing.assert_array_equal(after[key], value, err_msg=key)
+    else:
+      assert not np.array_equal(after[key], value), key
+  # every layer frozen: the training-mode forward pass is the evaluation's, and changes
+  # no statistic
+  variables = {"params": start.params, "batch_stats": start.batch_stats}
+  x = result.dataset.test["inputs"][:16].astype(np.float32)
+  model = start.model.clone(bn_axis_name=None)
+  with flax.linen.intercept_methods(finetune.frozen_norms("^(?!head/)")):
+    logits, updates = model.apply(variables, x, None, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(logits, model.apply(variables, x, None, train=False),
+                             rtol=1e-6, atol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], start.batch_stats)

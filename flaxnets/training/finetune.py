@@ -14,7 +14,9 @@ state, step and input statistics are the new run's own.
 
 Frozen weights (paths matching config.optimizer.freeze) get no gradient (stop_gradient, so
 XLA drops their weight-gradient work) and keep their values through the optimizer update
-(weight decay and momentum do not move them either), as torch's requires_grad=False.
+(weight decay and momentum do not move them either), as torch's requires_grad=False; a
+batch-norm layer whose scale and bias are frozen runs in inference mode while training,
+leaving its statistics as they are, as Keras's trainable=False and timm's freeze do.
 """
 from __future__ import annotations
 
@@ -273,7 +275,36 @@ def frozen_mask(params: Any, pattern: str) -> Any:
       lambda path, _: bool(pattern) and bool(rx.search(_path_name(path))), params)
 
 
-def check_freeze(params: Any, pattern: str) -> str:
+def _norm_frozen(rx: re.Pattern, module_path: str) -> bool:
+  """A batch-norm layer is frozen when the pattern holds both its scale and its bias (the
+  paths they have, whether or not the layer has them)."""
+  return bool(rx.search(f"{module_path}/scale")) and bool(rx.search(f"{module_path}/bias"))
+
+
+def frozen_norms(pattern: str) -> Callable:
+  """A flax method interceptor (nn.intercept_methods) that runs each frozen batch-norm
+  layer called in training mode in inference mode instead: normalised by its running
+  statistics, which it leaves as they are (Keras's trainable=False, timm's freeze).
+
+  Any layer with a `use_running_average` field counts (nn.BatchNorm, and the models' own
+  masked one); it is cloned with the field set and applied to its own variables."""
+  rx = re.compile(pattern)
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if (context.method_name == "__call__" and
+        getattr(module, "use_running_average", None) is False and
+        _norm_frozen(rx, "/".join(module.path))):
+      variables = {c: module.variables[c] for c in ("params", "batch_stats")
+                   if c in module.variables}
+      return module.clone(parent=None, use_running_average=True).apply(
+          variables, *args, **kwargs)
+    return next_fun(*args, **kwargs)
+
+  return interceptor
+
+
+def check_freeze(params: Any, pattern: str, batch_stats: Any = None) -> str:
   """A log line of what config.optimizer.freeze holds still; ConfigError if it matches no
   weight (a mistyped path) or every one (nothing would train)."""
   rx = re.compile(pattern)
@@ -286,8 +317,12 @@ def check_freeze(params: Any, pattern: str) -> str:
                       f"expected a pattern of some of their paths, so that the rest train")
   size = sum(int(np.size(flat[k])) for k in frozen)
   total = sum(int(np.size(v)) for v in flat.values())
+  norms = {p.rsplit("/", 1)[0] for p in paths(batch_stats)}
+  held = sum(_norm_frozen(rx, m) for m in norms)
   return (f"frozen (config.optimizer.freeze={pattern!r}): {len(frozen)} of {len(flat)} "
-          f"arrays, {size:,} of {total:,} parameters")
+          f"arrays, {size:,} of {total:,} parameters" +
+          (f"; {held} of {len(norms)} batch-norm layers run on their running statistics"
+           if held else ""))
 
 
 

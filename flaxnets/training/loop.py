@@ -515,7 +515,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   if config.init.workdir and not resumable:
     state = init_from(state, config, dataset)
   if config.optimizer.freeze:
-    log(finetune.check_freeze(state.params, config.optimizer.freeze))
+    log(finetune.check_freeze(state.params, config.optimizer.freeze, state.batch_stats))
   warn_ineffective_settings(config, dataset, workdir)
 
   # ---- checkpoint restore ----------------------------------------------------------

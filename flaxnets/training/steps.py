@@ -12,9 +12,11 @@ inside the compiled step (`with_running_sums`).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import chex
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,7 +142,8 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
   read), so the mesh strategy turns it off.
 
   Weights whose path matches `freeze` (a regular expression) are not trained: no gradient
-  flows to them, and they keep their values through the update.
+  flows to them, and they keep their values through the update; batch-norm layers whose
+  scale and bias it matches run in inference mode (running statistics, left unchanged).
   """
   accum = grad_accum_steps
   if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
@@ -149,6 +152,7 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     # config.optimizer.freeze: those weights get no gradient and keep their values
     frozen = finetune.frozen_mask(state.params, freeze) if freeze else None
+    norms = finetune.frozen_norms(freeze) if freeze and state.batch_stats else None
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name:  # a different, reproducible stream per device
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -172,9 +176,10 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
         variables = {"params": params}
         if has_bn:
           variables["batch_stats"] = batch_stats
-        logits, updates = state.apply_fn(variables, x, seq_lengths, train=True,
-                                         rngs={"dropout": dropout_rng},
-                                         mutable=["batch_stats"])
+        with flax.linen.intercept_methods(norms) if norms else contextlib.nullcontext():
+          logits, updates = state.apply_fn(variables, x, seq_lengths, train=True,
+                                           rngs={"dropout": dropout_rng},
+                                           mutable=["batch_stats"])
         losses, correct = losses_and_correct(logits, labels, num_classes, label_smoothing)
         return (losses * weight).sum() / count, (updates, losses, correct)
 
