@@ -139,6 +139,9 @@ def check_03_checkpoints_inference(r, out, cwd):
   assert r["png_accuracy"] >= 0.75, r
   assert r["export_max_abs_diff"] < 1e-6, r
   assert r["text_predictions"] == r["text_expected"], r
+  # fine-tuned to odd/even on the frozen digits features, with a fresh head
+  assert r["parity_frozen_unchanged"] is True and r["parity_test_accuracy"] > 0.9, r
+  assert "head/kernel: 0 of 2 classes taken from the checkpoint's by name" in out
   _files_exist(r, cwd, ".png", ".jax", "metrics.jsonl")
 
 
