@@ -322,6 +322,23 @@ def test_a_callbacks_interrupted_run_on_one_process_stops_every_process_resumabl
   assert "RuntimeError" not in logs[0].read_text()
 
 
+def test_a_batch_that_does_not_split_over_the_processes_devices_names_them(tmp_path):
+  script = tmp_path / "child.py"
+  script.write_text(CHILD)
+  coordinator = f"127.0.0.1:{_free_port()}"
+  config = dict(CONFIG, **{"parallel.strategy": "mesh", "batch_size": 30})
+  commands = [[sys.executable, str(script), json.dumps({
+      "devices": 2, "num_processes": 2, "process_id": pid, "coordinator": coordinator,
+      "out": str(tmp_path / "out"), "workdir": None, "config": config})] for pid in range(2)]
+  logs = [tmp_path / f"batch.{pid}.log" for pid in range(2)]
+  codes = _run_group(commands, logs, stop_on_failure=False)
+  assert codes == [1, 1], [_tail(log) for log in logs]
+  for log in logs:
+    assert ("config.batch_size=30 does not divide evenly over 4 devices of 2 processes (2 on "
+            "this one) (strategy 'mesh'); expected a multiple of 4, e.g. 28 or 32") in \
+        log.read_text(), _tail(log)
+
+
 def test_two_processes_fine_tune_from_one_checkpoint(tmp_path):
   """config.init: each process reads the step process 0 picked; frozen weights stay the
   checkpoint's on both, and a source one process cannot read stops both at once."""

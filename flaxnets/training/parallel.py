@@ -139,7 +139,10 @@ class Strategy:
     if global_batch % n:
       lower = global_batch // n * n
       hint = f"{lower} or {lower + n}" if lower else str(n)
-      over = f"{self.num_devices} devices (strategy {self.name!r})"
+      processes = len({d.process_index for d in self.devices})
+      over = (f"{self.num_devices} devices" +
+              (f" of {processes} processes ({len(self.local_devices)} on this one)"
+               if processes > 1 else "") + f" (strategy {self.name!r})")
       if micro_batches > 1:
         over = f"config.grad_accum_steps={micro_batches} micro-batches" + (
             f" on each of {over}" if self.num_devices > 1 else "")
