@@ -64,7 +64,8 @@ def apply_overrides(config, overrides: list[str]) -> None:
                          f"{'.'.join(parents[:i + 1])!r}")
       node = node[p]
     value = parse_value(raw)
-    if leaf in node and isinstance(node[leaf], str) and not isinstance(value, str):
+    if (leaf in node and isinstance(node[leaf], str) and isinstance(value, (int, float))
+        and not isinstance(value, bool)):
       value = raw  # a text setting given digits: init.step=1200
     try:
       node[leaf] = value

@@ -279,6 +279,8 @@ def test_bad_init_and_freeze_settings_are_refused_before_anything_is_touched(sou
                                                     r"does not exist"),
       # a source that does not fit is found before a restart deletes this run's steps
       ({"model.hidden": 48, "init.workdir": str(workdir)}, r"does not fit this model"),
+      ({"model.hidden": 48, "init.workdir": str(workdir), "checkpoint.enabled": False},
+       r"does not fit this model"),
       ({"init.workdir": str(workdir), "init.skip": "haed"}, r"config.init.skip='haed': "
                                                             r"matches no weight"),
       ({"init.workdir": str(own / "checkpoints" / step)},
@@ -304,6 +306,15 @@ def test_bad_init_and_freeze_settings_are_refused_before_anything_is_touched(sou
                                                  "init.workdir": str(workdir)}),
                    workdir=str(tmp_path / "new"))
   assert not (tmp_path / "new" / "checkpoints").exists()
+  # a workdir with best/ steps alone does not resume (they are set aside): init is checked
+  # before that
+  best_only = tmp_path / "best_only"
+  shutil.copytree(own, best_only)
+  shutil.rmtree(best_only / "checkpoints")
+  with pytest.raises(ConfigError, match=r"nowhere.*does not exist"):
+    flaxnets.train(quiet_config(num_epochs=1, **SMALL, **{
+        "init.workdir": str(tmp_path / "nowhere")}), workdir=str(best_only))
+  assert [p.name for p in (best_only / "best").iterdir()] == [step]
   # freeze patterns that match nothing, or every weight
   for pattern, what in (("^conv", "no"), (".", "every")):
     with pytest.raises(ConfigError) as err:
@@ -358,14 +369,15 @@ def test_unfreezing_at_a_resume_warns_of_adams_shared_step_count(tmp_path, capsy
   assert ("warning: 4 arrays frozen until this resume (step 157) start with adam's moments "
           "near zero but its step count at 157: under a steady gradient their updates would "
           "grow to 2.6x the learning rate") in out
-  # sgd has no step count to outrun; freezing more unfreezes nothing
-  for name, freeze in (("sgd", ""), ("adam", "^(Conv_|Dense_)")):
-    again = tmp_path / name
-    flaxnets.train(quiet_config(num_epochs=1, **{**frozen, "optimizer.name": name}),
-                   workdir=str(again))
+  # sgd has no step count to outrun; lamb's trust ratio rescales each array's update;
+  # adam's L2 weight decay fills the frozen arrays' moments; freezing more unfreezes nothing
+  for name, decay, freeze in (("sgd", 0.0, ""), ("lamb", 0.0, ""), ("adam", 1e-4, ""),
+                              ("adam", 0.0, "^(Conv_|Dense_)")):
+    again = tmp_path / f"{name}{decay}{len(freeze)}"
+    changes = {**frozen, "optimizer.name": name, "optimizer.weight_decay": decay}
+    flaxnets.train(quiet_config(num_epochs=1, **changes), workdir=str(again))
     capsys.readouterr()
-    flaxnets.train(quiet_config(num_epochs=2, **{**frozen, "optimizer.name": name,
-                                                 "optimizer.freeze": freeze}),
+    flaxnets.train(quiet_config(num_epochs=2, **{**changes, "optimizer.freeze": freeze}),
                    workdir=str(again))
     out = capsys.readouterr().out
     assert "optimizer.freeze: '^Conv_' -> " in out and "warning:" not in out

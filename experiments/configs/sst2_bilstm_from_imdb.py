@@ -33,5 +33,5 @@ def get_config():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config()
-  c.init.workdir = "runs/imdb_lstm_3epochs_seed0"  # relative to the repository root
+  c.init.workdir = str(here.parents[1] / "runs" / "imdb_lstm_3epochs_seed0")  # repo's runs/
   return c

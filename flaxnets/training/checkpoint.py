@@ -301,10 +301,12 @@ def _pixel_range(dataset: Dataset) -> list[float] | None:
 CHECKPOINT_DIRS = ("checkpoints", "best")
 
 
-def existing_steps(workdir: str | pathlib.Path) -> list[str]:
-  """The step folders a workdir's checkpoints/ and best/ hold, as 'checkpoints/12'."""
+def existing_steps(workdir: str | pathlib.Path, subs: Sequence[str] = CHECKPOINT_DIRS
+                   ) -> list[str]:
+  """The step folders a workdir's checkpoints/ and best/ (or `subs`) hold, as
+  'checkpoints/12'."""
   root = pathlib.Path(workdir)
-  return [f"{sub}/{d.name}" for sub in CHECKPOINT_DIRS if (root / sub).is_dir()
+  return [f"{sub}/{d.name}" for sub in subs if (root / sub).is_dir()
           for d in sorted((root / sub).iterdir()) if d.is_dir() and d.name.isdigit()]
 
 

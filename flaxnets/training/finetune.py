@@ -90,8 +90,8 @@ def _check(init: Any, own_workdir: str | None, restart: bool) -> None:
                       "workdir; expected another run's (a run resumes from its own "
                       "checkpoints without init)")
   if own_workdir is not None and not restart and pathlib.Path(own_workdir).is_dir() and \
-      existing_steps(own_workdir):
-    return  # it resumes, and does not read init
+      existing_steps(own_workdir, ("checkpoints",)):
+    return  # it resumes (a best/ step alone is set aside), and does not read init
   try:
     _step_dir(path, _step(init.step))
   except (FileNotFoundError, NotADirectoryError, ValueError) as e:
@@ -119,11 +119,11 @@ def read(workdir: str, step: str) -> Source:
     if jax.process_index() == 0:
       try:
         picked = pick()
-      except ConfigError as e:
+      except Exception as e:  # noqa: BLE001 -- the others must hear of it (below)
         picked = e
     number = int(multihost_utils.broadcast_one_to_all(
         np.int64(picked if isinstance(picked, int) else -1)))
-    if isinstance(picked, ConfigError):
+    if isinstance(picked, Exception):
       raise picked
     if number < 0:
       raise ConfigError(f"{where}: process 0 of this run could not read it (its own error "
@@ -344,7 +344,10 @@ def unfreeze_note(params: Any, was: str, optimizer: Any, step: int, workdir: str
   Their moments stayed near zero while frozen, but optax keeps one step count for all
   weights (torch keeps one per parameter; Keras builds a new optimizer at compile), so
   their updates grow past the learning rate (adam_peak_ratio) for hundreds of steps."""
-  if not was or optimizer.name not in ("adam", "adamw", "lamb"):
+  # lamb rescales each array's update by its trust ratio, which cancels the growth; adam's
+  # L2 weight decay (added to the gradient) fills the frozen arrays' moments meanwhile
+  if not was or not (optimizer.name == "adamw" or
+                     (optimizer.name == "adam" and optimizer.weight_decay == 0)):
     return None
   before = traverse_util.flatten_dict(frozen_mask(params, was), sep="/")
   now = traverse_util.flatten_dict(frozen_mask(params, optimizer.freeze), sep="/")

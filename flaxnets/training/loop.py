@@ -465,7 +465,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
     finetune.check(config.init, workdir, restart)
   from flaxnets.training.checkpoint import workdir_lock
   with workdir_lock(workdir):
-    if workdir is not None and not config.checkpoint.enabled:
+    if workdir is not None and not config.checkpoint.enabled and not config.init.workdir:
       from flaxnets.training.checkpoint import check_disabled
       check_disabled(workdir, restart)  # before anything in workdir is touched
     return _train(config, workdir, data, restart, start_time, callbacks)
@@ -511,9 +511,12 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   # this run's steps there: a source that does not fit must not cost them); a run with
   # steps of its own resumes from them instead, and reads it only when none restores.
   resumable = (workdir is not None and config.checkpoint.enabled and not restart and
-               bool(existing_steps(workdir)))
+               bool(existing_steps(workdir, ("checkpoints",))))
   if config.init.workdir and not resumable:
     state = init_from(state, config, dataset)
+    if workdir is not None and not config.checkpoint.enabled:  # (train() left it for here)
+      from flaxnets.training.checkpoint import check_disabled
+      check_disabled(workdir, restart)  # refused, or deleted with restart, after the read
   if config.optimizer.freeze:
     log(finetune.check_freeze(state.params, config.optimizer.freeze, state.batch_stats))
   warn_ineffective_settings(config, dataset, workdir)
