@@ -265,6 +265,11 @@ def test_a_resume_does_not_read_init_again(source, tmp_path, capsys):
   assert "  num_epochs: 1 -> 2" in out
   assert "init.skip: " not in out and "init.workdir: " not in out
   assert [h["epoch"] for h in result.history if h["split"] == "train"] == [1, 2]
+  # results.json says which checkpoint the run started from, after the resume too
+  started = json.loads((run / "results.json").read_text())["initialised_from"]
+  best = flaxnets.load(workdir).path
+  assert started == {"path": str(copy / "best" / best.name), "step": int(best.name),
+                     "notes": ["8 of 8 arrays from the checkpoint"]}
 
 
 def test_bad_init_and_freeze_settings_are_refused_before_anything_is_touched(source,

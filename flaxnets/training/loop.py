@@ -282,9 +282,9 @@ def restore_best(state: Any, best_epoch: int | None, best_in_memory: Any, histor
   return state, False
 
 
-def init_from(state: Any, config: Any, dataset: Dataset) -> Any:
-  """state with config.init's checkpoint's weights (fine-tuning); optimizer state, step
-  and RNG stay the fresh run's."""
+def init_from(state: Any, config: Any, dataset: Dataset) -> tuple[Any, dict[str, Any]]:
+  """state with config.init's checkpoint's weights (fine-tuning; optimizer state, step
+  and RNG stay the fresh run's), and where they came from (for results.json)."""
   source = finetune.agreed(lambda: finetune.read(config.init.workdir, config.init.step),
                           f"config.init.workdir={config.init.workdir!r}")
   variables, notes = finetune.agreed(lambda: finetune.merge(
@@ -293,8 +293,9 @@ def init_from(state: Any, config: Any, dataset: Dataset) -> Any:
       config.init.workdir, config.model.to_dict()),
       f"config.init.workdir={config.init.workdir!r}")
   log(f"initialised from {source.path} (step {source.step}): " + "; ".join(notes))
-  return state.replace(params=variables["params"],
-                       batch_stats=variables.get("batch_stats", state.batch_stats))
+  return (state.replace(params=variables["params"],
+                        batch_stats=variables.get("batch_stats", state.batch_stats)),
+          {"path": str(source.path), "step": source.step, "notes": notes})
 
 
 def saved_metric_mode(saved_config: dict | None, section: str) -> tuple[str, str]:
@@ -512,8 +513,9 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   # steps of its own resumes from them instead, and reads it only when none restores.
   resumable = (workdir is not None and config.checkpoint.enabled and not restart and
                bool(existing_steps(workdir, ("checkpoints",))))
+  initialised_from = None  # config.init's checkpoint as read: path, step, what was not copied
   if config.init.workdir and not resumable:
-    state = init_from(state, config, dataset)
+    state, initialised_from = init_from(state, config, dataset)
     if workdir is not None and not config.checkpoint.enabled:  # (train() left it for here)
       from flaxnets.training.checkpoint import check_disabled
       check_disabled(workdir, restart)  # refused, or deleted with restart, after the read
@@ -568,6 +570,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
               f"raises the learning rate to {after:.4g} x the schedule's (it was "
               f"{before:.4g} x)")
       resumed_sums = extra.get("epoch_sums")
+      initialised_from = extra.get("initialised_from")  # absent before 2026-11-30
       resumed_train_time = float(extra.get("train_time_s", 0.0))
       resumed_wall = float(extra.get("wall_time_s", 0.0))
       resumed_step = int(state.step)
@@ -591,7 +594,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   if config.init.workdir and resumed_step is not None:
     log("config.init.workdir is not read: the run resumes from its own checkpoint")
   elif config.init.workdir and resumable:  # its steps were set aside, none restored
-    state = init_from(state, config, dataset)
+    state, initialised_from = init_from(state, config, dataset)
   writer = hooks.MetricWriter(workdir, tensorboard=config.tensorboard, restart=restart,
                               resume_step=resumed_step)
 
@@ -635,7 +638,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                "early_stopping": early.state_dict(),
                "train_time_s": train_time + (time.time() - epoch_start
                                              if position["next_index"] else 0.0),
-               "wall_time_s": run_wall_time(), "config_changes": config_changes}
+               "wall_time_s": run_wall_time(), "config_changes": config_changes,
+               "initialised_from": initialised_from}
       if position["next_index"] and sums is not None:  # so the resumed epoch's record is exact
         extra["epoch_sums"] = jax.device_get(strategy.unreplicate(sums))
       ckpt.save(step, strategy.get_state(state), extra, final_metrics, force=force,
@@ -882,7 +886,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         "config": config.to_dict(), "val": val_metrics, "test": test_metrics,
         "train_time_s": train_time, "wall_time_s": run_wall_time(), "steps": step,
         "stopped_early": stopped_early, "stopped_by_callback": stopped_by_callback,
-        "config_changes": config_changes,
+        "config_changes": config_changes, "initialised_from": initialised_from,
         "evaluated_weights": evaluated,
         "devices": [str(d) for d in strategy.devices],
         "device_kind": jax.devices()[0].device_kind, "strategy": strategy.name,
