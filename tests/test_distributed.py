@@ -285,15 +285,17 @@ def test_a_callback_on_one_process_stops_every_process_after_that_epoch(
   assert "stopped by a callback after epoch 1" in logs[0].read_text()
 
 
-def _callback_group(tmp_path, name, **args):
-  """Two processes (mesh, 3 epochs, a workdir) with callback args; (codes, logs)."""
+def _callback_group(tmp_path, name, config=None, workdir="workdir", **args):
+  """Two processes of 2 devices (`config`, by default mesh and 3 epochs; `workdir` under
+  tmp_path, or None) with the child's other args; (codes, logs), within 120 s."""
   script = tmp_path / "child.py"
   script.write_text(CHILD)
   coordinator = f"127.0.0.1:{_free_port()}"
-  config = dict(CONFIG, **{"parallel.strategy": "mesh", "num_epochs": 3})
+  config = config or dict(CONFIG, **{"parallel.strategy": "mesh", "num_epochs": 3})
   commands = [[sys.executable, str(script), json.dumps({
       "devices": 2, "num_processes": 2, "process_id": pid, "coordinator": coordinator,
-      "out": str(tmp_path / "out"), "workdir": str(tmp_path / "workdir"), "config": config,
+      "out": str(tmp_path / "out"), "config": config,
+      "workdir": None if workdir is None else str(tmp_path / workdir),
       **args})] for pid in range(2)]
   logs = [tmp_path / f"{name}.{pid}.log" for pid in range(2)]
   start = time.monotonic()
@@ -323,15 +325,8 @@ def test_a_callbacks_interrupted_run_on_one_process_stops_every_process_resumabl
 
 
 def test_a_batch_that_does_not_split_over_the_processes_devices_names_them(tmp_path):
-  script = tmp_path / "child.py"
-  script.write_text(CHILD)
-  coordinator = f"127.0.0.1:{_free_port()}"
-  config = dict(CONFIG, **{"parallel.strategy": "mesh", "batch_size": 30})
-  commands = [[sys.executable, str(script), json.dumps({
-      "devices": 2, "num_processes": 2, "process_id": pid, "coordinator": coordinator,
-      "out": str(tmp_path / "out"), "workdir": None, "config": config})] for pid in range(2)]
-  logs = [tmp_path / f"batch.{pid}.log" for pid in range(2)]
-  codes = _run_group(commands, logs, stop_on_failure=False)
+  codes, logs = _callback_group(tmp_path, "batch", workdir=None, config=dict(
+      CONFIG, **{"parallel.strategy": "mesh", "batch_size": 30}))
   assert codes == [1, 1], [_tail(log) for log in logs]
   for log in logs:
     assert ("config.batch_size=30 does not divide evenly over 4 devices of 2 processes (2 on "
@@ -359,18 +354,9 @@ def test_two_processes_fine_tune_from_one_checkpoint(tmp_path):
   assert f"initialised from {source}/" in logs[0].read_text()
   # A source on a disk process 1 does not see: a relative path, from another folder there.
   (tmp_path / "elsewhere").mkdir()
-  script = tmp_path / "child.py"
-  coordinator = f"127.0.0.1:{_free_port()}"
-  commands = [[sys.executable, str(script), json.dumps({
-      "devices": 2, "num_processes": 2, "process_id": pid, "coordinator": coordinator,
-      "out": str(tmp_path / "out"), "workdir": str(tmp_path / "unreadable"),
-      "config": dict(config, **{"init.workdir": "source"}),
-      "cwd_by_pid": {"0": str(tmp_path), "1": str(tmp_path / "elsewhere")}})]
-      for pid in range(2)]
-  logs = [tmp_path / f"unreadable.{pid}.log" for pid in range(2)]
-  start = time.monotonic()
-  codes = _run_group(commands, logs, stop_on_failure=False)
-  assert time.monotonic() - start < 120, [_tail(log) for log in logs]
+  codes, logs = _callback_group(
+      tmp_path, "unreadable", config=dict(config, **{"init.workdir": "source"}),
+      workdir="unreadable", cwd_by_pid={"0": str(tmp_path), "1": str(tmp_path / "elsewhere")})
   assert codes == [1, 1], [_tail(log) for log in logs]
   assert "elsewhere/source' does not exist" in logs[1].read_text()
   assert (f"ConfigError: config.init.workdir={str(source)!r}: process 1 of this run could "
