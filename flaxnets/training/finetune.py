@@ -251,9 +251,9 @@ def merge(variables: dict[str, Any], source: Source, skip: str, label_names: Seq
         settings = f" (its settings: {'; '.join(differ)})"
     raise ConfigError(
         f"config.init.workdir={workdir!r}: its checkpoint ({source.path}) does not fit this "
-        f"model{settings}; {len(problems)} arrays differ: " + "; ".join(shown) + "; expected the same model settings, and "
-        "config.init.skip (a regular expression of these paths, e.g. 'head') leaves "
-        "arrays at their fresh initialisation")
+        f"model{settings}; {len(problems)} arrays differ: " + "; ".join(shown) +
+        "; expected the same model settings, and config.init.skip (a regular expression of "
+        "these paths, e.g. 'head') leaves arrays at their fresh initialisation")
   if skipped:
     notes.append(f"fresh (config.init.skip={skip!r}): {', '.join(skipped)}")
   notes += [f"{path}: {how}" for path, how in remapped.items()]
@@ -323,7 +323,6 @@ def check_freeze(params: Any, pattern: str, batch_stats: Any = None) -> str:
           f"arrays, {size:,} of {total:,} parameters" +
           (f"; {held} of {len(norms)} batch-norm layers run on their running statistics"
            if held else ""))
-
 
 
 def adam_peak_ratio(step: int, b1: float, b2: float, horizon: int = 5000) -> float:
