@@ -140,7 +140,8 @@ def get_config() -> ml_collections.ConfigDict:
   i = c.init
   i.workdir = ""                  # a flaxnets run's workdir whose weights start this run;
                                   # "": a fresh initialisation. A resume ignores it.
-  i.step = "best"                 # "best" | "latest" | a step number, as in flaxnets.load
+  # "best" | "latest" | a step number (1200 or "1200"), as in flaxnets.load
+  i.step = ml_collections.FieldReference("best", field_type=object)
   i.skip = ""                     # regular expression (re.search) of weight paths to leave
                                   # at their fresh initialisation, e.g. "head"
   return c
@@ -332,7 +333,16 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Raise ConfigError for the first bad key or value; return the config unchanged."""
+  """Raise ConfigError for the first bad key or value; return the config unchanged (but
+  for config.init.step given as a number, which becomes its text, '1200')."""
+  step = config.get("init", {}).get("step") if isinstance(config.get("init"), (
+      ml_collections.ConfigDict, dict)) else None
+  if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+    with config.ignore_type():
+      config.init.step = str(step)
+  elif step is not None and not isinstance(step, str):
+    raise ConfigError(f"config.init.step={step!r}: expected 'best', 'latest' or a step "
+                      "number such as 1200")
   _check_keys(config, get_config(), "")
   for key, ok, allowed in _RULES:
     value = _get(config, key)
@@ -432,7 +442,7 @@ def _check_init(i: ml_collections.ConfigDict) -> None:
   workdir to read."""
   if not (i.step in ("best", "latest") or (i.step.isascii() and i.step.isdigit())):
     raise ConfigError(f"config.init.step={i.step!r}: expected 'best', 'latest' or a step "
-                      "number such as '1200'")
+                      "number such as 1200")
   try:
     re.compile(i.skip)
   except re.error as e:

@@ -61,6 +61,15 @@ def test_init_copies_every_array_of_the_checkpoint_bit_for_bit(source):
   latest = flaxnets.load(workdir, "latest")
   assert finetune.read(str(workdir), "latest").step == int(latest.path.name)
   assert finetune.read(str(workdir), latest.path.name).step == int(latest.path.name)
+  # config.init.step takes the number itself too
+  config = quiet_config(**{"init.workdir": str(workdir)})
+  config.init.step = int(latest.path.name)
+  assert flaxnets.config.validate(config).init.step == latest.path.name
+  for bad in (-3, True, 2.5):
+    config.init.step = bad
+    with pytest.raises(ConfigError, match=rf"config.init.step={bad!r}: expected 'best', "
+                                          r"'latest' or a step number such as 1200"):
+      flaxnets.config.validate(config)
 
 
 def test_a_fine_tuned_run_starts_where_the_source_ended(source):
@@ -293,7 +302,7 @@ def test_bad_init_and_freeze_settings_are_refused_before_anything_is_touched(sou
       ({"init.workdir": str(workdir), "init.step": "99999"}, r"step 99999 not found"),
       ({"init.workdir": str(own)}, r"that is this run's own workdir"),
       ({"init.workdir": str(workdir), "init.step": "first"},
-       r"config.init.step='first': expected 'best', 'latest' or a step number"),
+       r"config.init.step='first': expected 'best', 'latest' or a step number such as 1200"),
       ({"init.workdir": str(workdir), "init.skip": "head("}, r"config.init.skip='head\(': "
                                                              r"not a regular expression"),
       ({"init.skip": "head"}, r"config.init.skip='head': only read with config.init.workdir"),
@@ -336,7 +345,8 @@ def test_the_command_line_fine_tunes(source, tmp_path):
       [sys.executable, "-m", "flaxnets.cli", "train", "--workdir", str(tmp_path / "cli"),
        "--config.num_epochs=1", "--config.progress=False", "--config.tensorboard=False",
        "--config.model.features=(8,16)", "--config.model.hidden=32",
-       f"--config.init.workdir={workdir}", "--config.init.step=latest",
+       f"--config.init.workdir={workdir}",
+       f"--config.init.step={flaxnets.load(workdir).path.name}",  # a number, parsed as one
        "--config.optimizer.freeze=^Conv_"], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "initialised from" in out.stdout and "frozen (config.optimizer.freeze='^Conv_'): " \
