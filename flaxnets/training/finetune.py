@@ -20,11 +20,12 @@ leaving its statistics as they are, as Keras's trainable=False and timm's freeze
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import pathlib
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -48,6 +49,16 @@ class Source:
 
 def _step(step: str) -> str | int:
   return int(step) if step.isdigit() else step
+
+
+@contextlib.contextmanager
+def _named(where: str) -> Iterator[None]:
+  """flaxnets.load's errors for a missing folder or step as one ConfigError naming `where`
+  (config.init.workdir and step)."""
+  try:
+    yield
+  except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+    raise ConfigError(f"{where}: {e}") from None
 
 
 def agreed(fn: Callable[[], Any], what: str) -> Any:
@@ -92,11 +103,8 @@ def _check(init: Any, own_workdir: str | None, restart: bool) -> None:
   if own_workdir is not None and not restart and pathlib.Path(own_workdir).is_dir() and \
       existing_steps(own_workdir, ("checkpoints",)):
     return  # it resumes (a best/ step alone is set aside), and does not read init
-  try:
+  with _named(f"config.init.workdir={init.workdir!r} (step {init.step!r})"):
     _step_dir(path, _step(init.step))
-  except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-    raise ConfigError(f"config.init.workdir={init.workdir!r} (step {init.step!r}): {e}") \
-        from None
 
 
 def read(workdir: str, step: str) -> Source:
@@ -109,16 +117,11 @@ def read(workdir: str, step: str) -> Source:
   if jax.process_count() > 1 and not step.isdigit():
     from jax.experimental import multihost_utils
 
-    def pick():
-      try:
-        return int(_step_dir(pathlib.Path(workdir), _step(step)).name)
-      except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-
     picked = None
     if jax.process_index() == 0:
       try:
-        picked = pick()
+        with _named(where):
+          picked = int(_step_dir(pathlib.Path(workdir), _step(step)).name)
       except Exception as e:  # noqa: BLE001 -- the others must hear of it (below)
         picked = e
     number = int(multihost_utils.broadcast_one_to_all(
@@ -129,10 +132,8 @@ def read(workdir: str, step: str) -> Source:
       raise ConfigError(f"{where}: process 0 of this run could not read it (its own error "
                         "says why)")
     step = str(number)
-  try:
+  with _named(f"config.init.workdir={workdir!r} (step {step!r})"):
     predictor = load(workdir, _step(step))
-  except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-    raise ConfigError(f"config.init.workdir={workdir!r} (step {step!r}): {e}") from None
   vocab = predictor.meta.get("vocab")
   arrays = {"params": traverse_util.flatten_dict(predictor.params, sep="/")}
   if predictor.batch_stats:
