@@ -145,11 +145,17 @@ def summary_table(tasks: list[dict]) -> str:
 
 def task_details(t: dict) -> str:
   rows = []
+  # final validation's macro F1 and per-class F1, from runs recorded since 2026-11-30
+  f1 = any("macro_f1" in (r.get("final_val") or {}) for r in t.get("runs", []))
   for r in t.get("runs", []):
     test = (r.get("test") or {}).get("accuracy")
-    final_val = (r.get("final_val") or {}).get("accuracy")
-    rows.append([fmt(r.get("seed")), pct(test), pct(r.get("best_val_accuracy")), pct(final_val),
-                 fmt(r.get("epochs")), seconds(r.get("train_time_s")), seconds(r.get("wall_time_s"))])
+    final_val = r.get("final_val") or {}
+    rows.append([fmt(r.get("seed")), pct(test), pct(r.get("best_val_accuracy")),
+                 pct(final_val.get("accuracy"))] +
+                ([fmt(final_val.get("macro_f1")), fmt(final_val.get("per_class_f1"))] if f1
+                 else []) +
+                [fmt(r.get("epochs")), seconds(r.get("train_time_s")),
+                 seconds(r.get("wall_time_s"))])
   out = [f"### {t['task']}", "",
          f"Command: {code(t.get('command'))}  ",
          f"Config: {code(t.get('config_file'))}"
@@ -159,9 +165,10 @@ def task_details(t: dict) -> str:
   published = published_for(t["task"])
   if published:
     out += [f"Published, for comparison: {published}.", ""]
-  out.append(table(["seed", "test acc", "best val acc", "final val acc", "epochs",
-                    "training (s)", "wall (s)"], rows,
-                   ["---:", "---:", "---:", "---:", "---:", "---:", "---:"]))
+  header = ["seed", "test acc", "best val acc", "final val acc"] + (
+      ["final val macro F1", "final val F1 by class"] if f1 else []) + [
+      "epochs", "training (s)", "wall (s)"]
+  out.append(table(header, rows, ["---:"] * len(header)))
   return "\n".join(out)
 
 

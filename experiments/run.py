@@ -159,6 +159,7 @@ def main(argv=None) -> int:
       "mean_test_accuracy": mean(lambda r: r["test"] and r["test"]["accuracy"]),
       "mean_best_val_accuracy": mean(lambda r: r["best_val_accuracy"]),
       "mean_final_val_accuracy": mean(lambda r: r["final_val"] and r["final_val"]["accuracy"]),
+      "mean_final_val_macro_f1": mean(lambda r: (r["final_val"] or {}).get("macro_f1")),
       "mean_best_val_loss": mean(lambda r: r["best_val_loss"]),
       "max_wall_time_s": max(r["wall_time_s"] for r in runs),
       "mean_wall_time_s": mean(lambda r: r["wall_time_s"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
+import numbers
 import re
 import types
 import typing
@@ -23,7 +24,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "lamb")
 SCHEDULES = ("constant", "cosine", "linear")
 STRATEGIES = ("auto", "single", "pmap", "mesh")
 POOLINGS = ("last", "mean", "max")
-VAL_METRICS = ("loss", "accuracy", "top5_accuracy")  # what validation reports each epoch
+# What validation reports each epoch (macro_f1 and top5_accuracy for classification only)
+VAL_METRICS = ("loss", "accuracy", "top5_accuracy", "macro_f1")
 MODES = ("auto", "min", "max")
 
 
@@ -92,6 +94,11 @@ def get_config() -> ml_collections.ConfigDict:
   o.label_smoothing = 0.0         # in the training loss; val/test loss stay plain
                                   # cross-entropy (so their curve does not floor at the
                                   # smoothed targets' entropy)
+  # Keras's class_weight: each training example's loss is multiplied by its class's
+  # weight (the mean over the batch, as Keras takes it; val/test loss stay plain). ""
+  # (off), "balanced" (n / (classes * n_c) over the training split, scikit-learn's), a
+  # dict {class name or index: weight} (classes left out weigh 1) or one weight per class.
+  o.class_weights = ml_collections.FieldReference("", field_type=object)
   o.freeze = ""                   # regular expression (re.search) of weight paths that
                                   # are not trained, e.g. "^(?!head/)" (Keras's
                                   # trainable=False: a batch norm whose scale and bias
@@ -281,7 +288,7 @@ def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
         raise ConfigError(f"config.{path}={value!r}: expected a ConfigDict of {sorted(default)}")
       if path != "model":
         _check_keys(value, default, path + ".")
-    elif not _type_ok(value, default):
+    elif not _type_ok(value, default) and path != "optimizer.class_weights":  # (its own check)
       raise ConfigError(f"config.{path}={value!r}: expected {type(default).__name__}, "
                         f"got {type(value).__name__}")
 
@@ -332,9 +339,26 @@ def _get(cfg: Any, dotted: str) -> Any:
   return cfg
 
 
+def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.copy_and_resolve_references(); class_weights keyed by numpy integers
+  (dict(zip(np.unique(y), weights))) are keyed by ints in the copy, as ml_collections
+  copies only str and int keys (the caller's config is left as it was)."""
+  section = config.get("optimizer")
+  weights = section.get("class_weights") if isinstance(
+      section, ml_collections.ConfigDict) else None
+  if not isinstance(weights, dict) or all(type(k) in (str, int) for k in weights):
+    return config.copy_and_resolve_references()
+  section.class_weights = {int(k) if _integer(k) else k: w for k, w in weights.items()}
+  try:
+    return config.copy_and_resolve_references()
+  finally:
+    section.class_weights = weights
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Raise ConfigError for the first bad key or value; return the config unchanged (but
-  for config.init.step given as a number, which becomes its text, '1200')."""
+  for config.init.step given as a number, which becomes its text, '1200', and
+  optimizer.class_weights, whose weights become floats, sorted by key)."""
   step = config.get("init", {}).get("step") if isinstance(config.get("init"), (
       ml_collections.ConfigDict, dict)) else None
   if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
@@ -343,6 +367,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   elif step is not None and not isinstance(step, str):
     raise ConfigError(f"config.init.step={step!r}: expected 'best', 'latest' or a step "
                       "number such as 1200")
+  if isinstance(config.get("optimizer"), (ml_collections.ConfigDict, dict)) and \
+      "class_weights" in config.optimizer:
+    weights = _class_weights_setting(config.optimizer.class_weights)
+    with config.ignore_type():
+      config.optimizer.class_weights = weights
   _check_keys(config, get_config(), "")
   for key, ok, allowed in _RULES:
     value = _get(config, key)
@@ -435,6 +464,55 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.eval_batch_size < 1:
     raise ConfigError(f"config.eval_batch_size={config.eval_batch_size!r}: expected >= 1")
   return config
+
+
+def _class_weights_setting(value: Any) -> Any:
+  """config.optimizer.class_weights checked for its form, as the config holds it: '' or
+  'balanced', a dict of class names or of class indices to weights (a ConfigDict once the
+  config is copied), or a tuple of weights. Which classes exist is checked with the data
+  (`class_weight_vector`)."""
+  what = ("expected '' (off), 'balanced', a dict {class name or index: weight} or one "
+          "weight per class")
+  if isinstance(value, str):
+    if value not in ("", "balanced"):
+      raise ConfigError(f"config.optimizer.class_weights={value!r}: {what}")
+    return value
+  if isinstance(value, ml_collections.ConfigDict):
+    try:
+      value = dict(value.items())
+    except TypeError:  # it sorts its keys, and a str and an int do not compare
+      raise ConfigError(f"config.optimizer.class_weights: {what}; the keys are all class "
+                        "names (str) or all class indices (int), not both") from None
+  if isinstance(value, collections.abc.Mapping):
+    # numpy integers too: dict(zip(np.unique(y), compute_class_weight(...)))
+    items = [(int(k) if _integer(k) else k, w) for k, w in value.items()]
+    kinds = {type(k) for k, _ in items}
+    if not items or not (kinds <= {str} or kinds <= {int}):
+      raise ConfigError(f"config.optimizer.class_weights={value!r}: {what}; the keys are all "
+                        "class names (str) or all class indices (int)")
+    weights = [w for _, w in items]
+  elif isinstance(value, (list, tuple)) or (hasattr(value, "__array__") and
+                                           getattr(value, "ndim", None) == 1):
+    if not len(value):
+      raise ConfigError(f"config.optimizer.class_weights={value!r}: {what}")
+    weights = list(value)  # a 1-D numpy array too: compute_class_weight('balanced', ...)
+  else:
+    raise ConfigError(f"config.optimizer.class_weights={value!r}: {what}, got "
+                      f"{type(value).__name__}")
+  for w in weights:
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not _non_negative(w):
+      raise ConfigError(f"config.optimizer.class_weights={value!r}: weight {w!r}: expected "
+                        "a finite number >= 0")
+  if not any(weights) and not isinstance(value, collections.abc.Mapping):
+    raise ConfigError(f"config.optimizer.class_weights={value!r}: every weight is 0, so "
+                      "nothing would be learned; expected some weight > 0")
+  if isinstance(value, collections.abc.Mapping):
+    return {k: float(w) for k, w in sorted(items)}
+  return tuple(float(w) for w in weights)
+
+
+def _integer(k: Any) -> bool:
+  return isinstance(k, numbers.Integral) and not isinstance(k, bool)
 
 
 def _check_init(i: ml_collections.ConfigDict) -> None:

@@ -184,7 +184,7 @@ def test_arrays_need_dataset_name_arrays():
 def test_unknown_validation_metric_raises_before_anything_is_deleted(tmp_path, key):
   (tmp_path / "checkpoints" / "7").mkdir(parents=True)
   with pytest.raises(ConfigError, match=rf"config\.{key}='val_loss': expected one of "
-                                        r"\('loss', 'accuracy', 'top5_accuracy'\)"):
+                                        r"\('loss', 'accuracy', 'top5_accuracy', 'macro_f1'\)"):
     flaxnets.train(_quiet(**{key: "val_loss"}), workdir=str(tmp_path), restart=True)
   assert (tmp_path / "checkpoints" / "7").is_dir()
 

@@ -36,7 +36,8 @@ def test_every_epoch_reaches_the_callbacks_with_its_logs_and_weights():
     assert end.logs == {"loss": t["loss"], "accuracy": t["accuracy"],
                         "learning_rate": t["learning_rate"],
                         "examples_per_sec": t["examples_per_sec"],
-                        "val_loss": v["loss"], "val_accuracy": v["accuracy"]}
+                        "val_loss": v["loss"], "val_accuracy": v["accuracy"],
+                        "val_macro_f1": v["macro_f1"]}
   # the last epoch's weights are the result's; each epoch's differ from the one before
   jax.tree.map(np.testing.assert_array_equal, first.weights[-1]["params"], result.state.params)
   assert not np.array_equal(first.weights[0]["params"]["head"]["kernel"],

@@ -254,8 +254,7 @@ def test_eval_counts_every_example_once(strategy):
   state = _initial_state("simple_cnn", features=(8, 16), hidden=32)
   eval_step = s.compile_eval(steps.make_eval_step(num_classes=10, stats={},
                                                   axis_name=s.axis_name))
-  got = loop.run_eval(eval_step, s.put_state(state), split, 16, s, None, 10,
-                      with_confusion=True)
+  got = loop.run_eval(eval_step, s.put_state(state), split, 16, s, None, 10)
   logits = np.asarray(state.apply_fn({"params": state.params}, split["inputs"]))
   want_loss = float(optax.softmax_cross_entropy_with_integer_labels(
       logits, split["labels"]).mean())

@@ -146,7 +146,7 @@ def test_a_changed_metric_at_a_resume_forgets_the_old_best(tmp_path, capsys):
     ("factor", 0.0, "a number in (0, 1)"),
     ("min_delta", 0.0, "a finite number > 0"),
     ("patience", -1, "an integer >= 0 (0: off)"),
-    ("metric", "val_loss", "one of ('loss', 'accuracy', 'top5_accuracy')"),
+    ("metric", "val_loss", "one of ('loss', 'accuracy', 'top5_accuracy', 'macro_f1')"),
     ("min_scale", 1.5, "a number in [0, 1]"),
 ])
 def test_bad_settings_are_refused_by_name(key, value, allowed):

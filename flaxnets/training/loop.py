@@ -60,8 +60,8 @@ class EpochEnd:
     epoch: the epoch just finished, from 1.
     step: optimizer steps so far.
     logs: Keras's names: loss, accuracy, learning_rate, examples_per_sec (and
-      tokens_per_sec for a language model), and val_loss, val_accuracy when there is
-      validation.
+      tokens_per_sec for a language model), and val_loss, val_accuracy (and
+      val_macro_f1 for classification) when there is validation.
     model: the Flax module (`model.apply(end.variables(), x, seq_lengths, train=False)`).
   """
 
@@ -371,11 +371,14 @@ def check_task(config: Any, dataset: Dataset, model_cls: type) -> None:
                       ("early_stopping.metric", config.early_stopping.metric),
                       ("reduce_lr_on_plateau.metric", config.reduce_lr_on_plateau.metric)):
     section = key.split(".")[0]
-    if metric != "top5_accuracy" or (section != "checkpoint" and not config[section].patience):
+    if metric not in ("top5_accuracy", "macro_f1") or (
+        section != "checkpoint" and not config[section].patience):
       continue  # a metric without patience is never read
-    if dataset.task == "lm":  # next-token targets: no top-5 over classes is computed
+    if dataset.task == "lm":  # next-token targets: no top-5 or F1 over classes is computed
       raise config_lib.ConfigError(f"config.{key}={metric!r}: expected 'loss' or "
                                    f"'accuracy' for language-model dataset {dataset.name!r}")
+    if metric == "macro_f1":
+      continue
     if dataset.num_classes <= 5:  # every class is in the top 5: always 1.0, never improves
       raise config_lib.ConfigError(
           f"config.{key}={metric!r}: dataset {dataset.name!r} has {dataset.num_classes} "
@@ -401,9 +404,9 @@ def prefetch(batches: Iterator[dict], strategy: parallel.Strategy, size: int = 2
 
 
 def run_eval(eval_fn, state, split: dict[str, np.ndarray], global_batch: int,
-             strategy: parallel.Strategy, buckets, num_classes: int,
-             with_confusion: bool = False) -> dict[str, Any]:
-  """Loss, accuracy (and top-5, confusion matrix, F1) over every example of a split."""
+             strategy: parallel.Strategy, buckets, num_classes: int) -> dict[str, Any]:
+  """Loss, accuracy (and for classification top-5, confusion matrix, macro and per-class
+  F1) over every example of a split."""
   outs = []
   for batch in prefetch(pipeline.eval_batches(split, global_batch, buckets=buckets,
                                               process_index=jax.process_index(),
@@ -413,7 +416,7 @@ def run_eval(eval_fn, state, split: dict[str, np.ndarray], global_batch: int,
   sums = {k: sum(float(np.asarray(strategy.unreplicate(o)[k])) for o in outs)
           for k in ("loss_sum", "correct", "count", "top5_correct") if k in outs[0]}
   result = metrics_lib.summarize(sums)
-  if with_confusion and "preds" in outs[0]:
+  if "preds" in outs[0]:  # classification
     preds = np.concatenate([strategy.gather_preds(o["preds"]) for o in outs])[:len(split["labels"])]
     cm = metrics_lib.confusion_matrix(split["labels"], preds, num_classes)
     result["confusion_matrix"] = cm.tolist()
@@ -451,7 +454,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
     raise config_lib.ConfigError(
         f"config: expected an ml_collections.ConfigDict (flaxnets.get_config(), or a task "
         f"config file's get_config()), got {type(config).__name__}")
-  config = config_lib.validate(config.copy_and_resolve_references())
+  config = config_lib.validate(config_lib.resolved_copy(config))
   callbacks = check_callbacks(callbacks)
   if workdir is not None:  # '~/runs/x' had made a folder named '~' in the current one
     if not isinstance(workdir, (str, os.PathLike)):
@@ -479,6 +482,9 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   dataset = sources.load_dataset(config.dataset, data)
   model_cls = registry.MODELS[config.model.name]
   check_task(config, dataset, model_cls)
+  class_weights = steps.class_weight_vector(config.optimizer.class_weights,
+                                            dataset.train["labels"], dataset.label_names,
+                                            dataset.task)
   dataset = sources.adapt(dataset, getattr(model_cls, "input_kinds", ("image", "series", "tokens")))
   stats = (pipeline.input_stats(dataset.train, dataset.input_kind)
            if config.dataset.normalize else {})
@@ -508,6 +514,10 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       (f"; batches of {config.batch_size} in {config.grad_accum_steps} micro-batches of "
        f"{config.batch_size // config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""))
   log(summary(state.params, state.batch_stats))
+  if class_weights is not None:
+    how = config.optimizer.class_weights
+    log(f"class weights in the training loss ({how if isinstance(how, str) else 'given'}): " +
+        ", ".join(f"{n} {w:.4g}" for n, w in zip(dataset.label_names, class_weights)))
   # Fine-tuning reads its checkpoint before the checkpointer is made (a restart deletes
   # this run's steps there: a source that does not fit must not cost them); a run with
   # steps of its own resumes from them instead, and reads it only when none restores.
@@ -610,7 +620,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       axis_name=strategy.axis_name, debug=config.debug,
       grad_accum_steps=config.grad_accum_steps,
       order_micro_batches=strategy.name != "mesh" or strategy.num_devices == 1,
-      freeze=config.optimizer.freeze)),
+      freeze=config.optimizer.freeze, class_weights=class_weights)),
       running_sums=True)
   if config.debug:  # chex's value assertions inside the compiled step, checked every call
     import chex
@@ -673,6 +683,10 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   stopped_by_callback = False
   best_in_memory = None  # (epoch, host state) of the best early-stopping epoch run here
   multi = jax.process_count() > 1
+  # the progress line shows validation's macro F1 where it is chosen or classes weighed
+  show_f1 = dataset.task == "classification" and (class_weights is not None or "macro_f1" in (
+      config.checkpoint.best_metric, config.early_stopping.metric,
+      config.reduce_lr_on_plateau.metric))
   # Each epoch end's callbacks are an agreement between the processes (run_callbacks), so
   # a process passed none (`callbacks=[...] if jax.process_index() == 0 else []`) joins
   # it too: its collectives had not matched the others'.
@@ -793,9 +807,13 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         val_step = step
         vrec = {"split": "val", "epoch": epoch + 1, "step": step, "loss": val_metrics["loss"],
                 "accuracy": val_metrics["accuracy"], "wall_time": run_wall_time()}
+        if "macro_f1" in val_metrics:
+          vrec["macro_f1"] = val_metrics["macro_f1"]
         history.append(vrec)
         writer.write(vrec)
         msg += f" | val loss {vrec['loss']:.4f} acc {vrec['accuracy']:.4f}"
+        if show_f1:
+          msg += f" f1 {vrec['macro_f1']:.4f}"
         if plateau is not None:  # before the save below: the checkpoint holds its state
           state, before, after = plateau.update(state, val_metrics[plateau.metric], strategy)
           if after < before:
@@ -825,6 +843,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
                                        "tokens_per_sec") if k in record}
         if dataset.val is not None:
           logs.update(val_loss=vrec["loss"], val_accuracy=vrec["accuracy"])
+          if "macro_f1" in vrec:
+            logs["val_macro_f1"] = vrec["macro_f1"]
         if ckpt is not None:  # the epoch's save committed: a callback may copy it
           ckpt.wait()
         try:
@@ -869,14 +889,18 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   test_metrics = None
   if dataset.test is not None:
     test_metrics = run_eval(eval_step, state, dataset.test, eval_batch, strategy, buckets,
-                            dataset.num_classes, with_confusion=True)
+                            dataset.num_classes)
   host_state = strategy.get_state(state)
   wall = run_wall_time()  # over every process of the run, like train_time
   counted = "tokens" if dataset.task == "lm" else "examples"  # what `count` counts
   rows = [(name, m) for name, m in (("val", val_metrics), ("test", test_metrics)) if m]
-  table = [""] + ([f"{'split':<6} {'loss':>8} {'accuracy':>9} {counted:>9}"] if rows else [])
+  f1 = show_f1 and all("macro_f1" in m for _, m in rows)
+  table = [""] + ([f"{'split':<6} {'loss':>8} {'accuracy':>9}" + (f" {'macro F1':>9}" if f1
+                                                                  else "") + f" {counted:>9}"]
+                  if rows else [])
   for name, m in rows:  # no val and no test split: no header over nothing
-    table.append(f"{name:<6} {m['loss']:>8.4f} {m['accuracy']:>9.4f} {m['count']:>9d}")
+    table.append(f"{name:<6} {m['loss']:>8.4f} {m['accuracy']:>9.4f}" +
+                 (f" {m['macro_f1']:>9.4f}" if f1 else "") + f" {m['count']:>9d}")
   table.append(f"params {param_count(host_state.params):,}; training {train_time:.1f} s; "
                f"total {wall:.1f} s")
   log("\n".join(table))
@@ -891,7 +915,9 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
         "devices": [str(d) for d in strategy.devices],
         "device_kind": jax.devices()[0].device_kind, "strategy": strategy.name,
         "process_count": jax.process_count(), "flaxnets_version": flaxnets.__version__,
-        "label_names": list(dataset.label_names)})
+        "label_names": list(dataset.label_names),
+        "class_weights": None if class_weights is None else dict(
+            zip(dataset.label_names, map(float, class_weights)))})
   if ckpt is not None:
     ckpt.close()
   writer.close()
@@ -931,4 +957,4 @@ def evaluate_with(result: TrainResult, split: str, owner: Any) -> dict[str, Any]
     owner._compiled_eval = cached
   state = strategy.put_state(result.state)
   return run_eval(cached[1], state, data, result.config.eval_batch_size, strategy,
-                  buckets_for(result.dataset), result.dataset.num_classes, with_confusion=True)
+                  buckets_for(result.dataset), result.dataset.num_classes)

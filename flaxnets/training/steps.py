@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flaxnets import config as config_lib
 from flaxnets.training import finetune, optim
 from flaxnets.training.state import TrainState
 
@@ -93,6 +94,60 @@ def losses_and_weights(logits: jax.Array, batch: dict[str, jax.Array], num_class
   return loss, correct, example_weights(batch)
 
 
+def class_weight_vector(setting: Any, labels: np.ndarray, label_names: list[str],
+                        task: str = "classification") -> np.ndarray | None:
+  """config.optimizer.class_weights (as `config.validate` leaves it) -> float32 [classes],
+  or None when off. 'balanced' weighs class c by n / (k * n_c) over the training labels,
+  k the number of classes that occur (scikit-learn's compute_class_weight): every class
+  then carries the same total weight, and the mean weight of an example is 1."""
+  if isinstance(setting, str) and not setting:
+    return None
+  key = "config.optimizer.class_weights"
+  if task != "classification":
+    raise config_lib.ConfigError(f"{key}={_shown(setting)}: class weights weigh the classes "
+                                 f"of a classification task, and this dataset is a {task} "
+                                 "task; expected '' (off)")
+  num = len(label_names)
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=num)[:num]
+  if isinstance(setting, str):  # 'balanced'
+    present = counts > 0
+    w = np.ones(num, np.float64)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w.astype(np.float32)
+  if hasattr(setting, "items"):
+    w = np.ones(num, np.float64)
+    for k, v in dict(setting.items()).items():
+      if isinstance(k, str):
+        if k not in label_names:
+          raise config_lib.ConfigError(
+              f"{key}={_shown(setting)}: {k!r} is not a class of this dataset; expected "
+              f"names among {list(label_names)} (or class indices 0..{num - 1})")
+        w[label_names.index(k)] = v
+      else:
+        if not 0 <= k < num:
+          raise config_lib.ConfigError(
+              f"{key}={_shown(setting)}: class index {k} out of range; this dataset has "
+              f"{num} classes, indices 0..{num - 1} ({', '.join(map(repr, label_names))})")
+        w[k] = v
+  else:
+    if len(setting) != num:
+      raise config_lib.ConfigError(
+          f"{key}={_shown(setting)}: {len(setting)} weights; expected one for each of the "
+          f"dataset's {num} classes ({', '.join(map(repr, label_names))}), in that order")
+    w = np.asarray(setting, np.float64)
+  if not (w * counts).any():
+    raise config_lib.ConfigError(
+        f"{key}={_shown(setting)}: every training example would weigh 0 (classes with "
+        f"examples: {[n for n, c in zip(label_names, counts) if c]}), so nothing would be "
+        "learned; expected a weight > 0 for some class that occurs")
+  return w.astype(np.float32)
+
+
+def _shown(setting: Any) -> str:
+  """A setting as the user wrote it (a ConfigDict's repr is YAML)."""
+  return repr(dict(setting.items()) if hasattr(setting, "items") else setting)
+
+
 def _reduce(tree: Any, axis_name: str | None) -> Any:
   return jax.lax.psum(tree, axis_name) if axis_name else tree
 
@@ -120,7 +175,7 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
                     label_smoothing: float = 0.0, crop_padding: int = 0, flip: bool = False,
                     axis_name: str | None = None, debug: bool = False,
                     grad_accum_steps: int = 1, order_micro_batches: bool = True,
-                    freeze: str = "") -> Callable:
+                    freeze: str = "", class_weights: np.ndarray | None = None) -> Callable:
   """Build `train_step(state, batch) -> (state, metrics)` for the given task settings.
 
   With `grad_accum_steps` k > 1 the batch is split into k micro-batches (`micro_batches`)
@@ -144,6 +199,10 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
   Weights whose path matches `freeze` (a regular expression) are not trained: no gradient
   flows to them, and they keep their values through the update; batch-norm layers whose
   scale and bias it matches run in inference mode (running statistics, left unchanged).
+
+  `class_weights` (float [num_classes], `class_weight_vector`) multiplies each example's
+  loss by its class's weight; the loss stays divided by the number of examples, as Keras
+  divides it, and the reported training loss is this weighted one (the one minimised).
   """
   accum = grad_accum_steps
   if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
@@ -165,8 +224,11 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
     # Normalise by the *global* count so that summing gradients over devices (and
     # micro-batches) gives exactly the single-device mean over the global batch.
     count = _reduce(weight.sum(), axis_name)
+    loss_weight = weight  # each example's share of the loss (and of the reported loss)
+    if class_weights is not None:
+      loss_weight = weight * jnp.asarray(class_weights, jnp.float32)[batch["labels"]]
 
-    def grads_of(batch_stats, x, labels, seq_lengths, weight, dropout_rng):
+    def grads_of(batch_stats, x, labels, seq_lengths, weight, loss_weight, dropout_rng):
       """Gradients of one (micro-)batch's share of the loss, its sums and batch stats."""
 
       def loss_fn(params):
@@ -181,20 +243,20 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
                                            rngs={"dropout": dropout_rng},
                                            mutable=["batch_stats"])
         losses, correct = losses_and_correct(logits, labels, num_classes, label_smoothing)
-        return (losses * weight).sum() / count, (updates, losses, correct)
+        return (losses * loss_weight).sum() / count, (updates, losses, correct)
 
       (_, (updates, losses, correct)), grads = jax.value_and_grad(
           loss_fn, has_aux=True)(state.params)
-      sums = {"loss_sum": (losses * weight).sum(), "correct": (correct * weight).sum()}
+      sums = {"loss_sum": (losses * loss_weight).sum(), "correct": (correct * weight).sum()}
       return grads, sums, updates.get("batch_stats", batch_stats)
 
     seq_lengths = batch.get("seq_lengths")
     if accum == 1:
       grads, sums, batch_stats = grads_of(state.batch_stats, x, batch["labels"], seq_lengths,
-                                          weight, dropout_rng)
+                                          weight, loss_weight, dropout_rng)
     else:
       split = [None if a is None else micro_batches(a, accum)
-               for a in (x, batch["labels"], seq_lengths, weight)]
+               for a in (x, batch["labels"], seq_lengths, weight, loss_weight)]
       unroll = jax.default_backend() == "cpu" and _has_convolutions(
           grads_of, state.batch_stats, *[None if a is None else a[0] for a in split],
           dropout_rng)
