@@ -99,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   # (off), "balanced" (n / (classes * n_c) over the training split, scikit-learn's), a
   # dict {class name or index: weight} (classes left out weigh 1) or one weight per class.
   o.class_weights = ml_collections.FieldReference("", field_type=object)
+  # PyTorch's parameter groups (fastai's discriminative learning rates): a sequence of
+  # (pattern, factor) pairs; a weight whose path a pattern matches (re.search, the first
+  # pattern that does) takes factor x the learning rate (schedule, warmup and plateau cuts
+  # included; weight decay scales with it, as in a torch group), e.g. (("^head/", 10.0),)
+  o.lr_multipliers = ()
   o.freeze = ""                   # regular expression (re.search) of weight paths that
                                   # are not trained, e.g. "^(?!head/)" (Keras's
                                   # trainable=False: a batch norm whose scale and bias
@@ -456,6 +461,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f"config.grad_accum_steps={k}, which splits each batch into that many "
                       f"equal micro-batches, e.g. {f'{lower} or ' if lower else ''}{lower + k}")
   _check_init(config.init)
+  with config.ignore_type():
+    o.lr_multipliers = _lr_multipliers_setting(o.lr_multipliers)
   try:
     re.compile(o.freeze)
   except re.error as e:
@@ -509,6 +516,32 @@ def _class_weights_setting(value: Any) -> Any:
   if isinstance(value, collections.abc.Mapping):
     return {k: float(w) for k, w in sorted(items)}
   return tuple(float(w) for w in weights)
+
+
+def _lr_multipliers_setting(value: Any) -> tuple[tuple[str, float], ...]:
+  """config.optimizer.lr_multipliers as ((pattern, factor), ...): each pattern compiles,
+  each factor is a finite number > 0 (0 is config.optimizer.freeze's work)."""
+  key = "config.optimizer.lr_multipliers"
+  what = ("expected a sequence of (pattern, factor) pairs, such as "
+          "((\"^head/\", 10.0), (\"embed\", 0.1))")
+  if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+    raise ConfigError(f"{key}={value!r}: {what}")
+  pairs = []
+  for pair in value:
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], str):
+      raise ConfigError(f"{key}={value!r}: {pair!r} is not a (pattern, factor) pair; {what}")
+    pattern, factor = pair
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f"{key}={value!r}: {pattern!r} is not a regular expression ({e}); "
+                        "expected a pattern of weight paths such as '^head/'") from None
+    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not _positive(factor):
+      hint = (" (to hold weights still, use config.optimizer.freeze)" if factor == 0 else "")
+      raise ConfigError(f"{key}={value!r}: factor {factor!r} of {pattern!r}: expected a finite "
+                        f"number > 0{hint}")
+    pairs.append((pattern, float(factor)))
+  return tuple(pairs)
 
 
 def _integer(k: Any) -> bool:

@@ -326,6 +326,48 @@ def check_freeze(params: Any, pattern: str, batch_stats: Any = None) -> str:
            if held else ""))
 
 
+def lr_multiplier_tree(params: Any, pairs: Sequence[tuple[str, float]]) -> Any:
+  """A tree of params' structure holding each weight's learning-rate factor: that of the
+  first (pattern, factor) pair whose pattern its path matches (re.search), else 1.0."""
+  from flaxnets.training.state import _path_name
+  compiled = [(re.compile(p), f) for p, f in pairs]
+
+  def factor(path, _):
+    name = _path_name(path)
+    return next((f for rx, f in compiled if rx.search(name)), 1.0)
+
+  return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def check_lr_multipliers(params: Any, pairs: Sequence[tuple[str, float]]) -> str:
+  """A log line of the weights each config.optimizer.lr_multipliers pattern takes;
+  ConfigError for a pattern that takes none (a mistyped path, or one an earlier pattern
+  already took every match of)."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  taken: dict[str, int] = {}
+  for k in flat:
+    for i, (pattern, _) in enumerate(pairs):
+      if re.search(pattern, k):
+        taken[k] = i
+        break
+  parts = []
+  for i, (pattern, factor) in enumerate(pairs):
+    mine = [k for k, j in taken.items() if j == i]
+    if not mine:
+      shadow = any(re.search(pattern, k) for k in flat)
+      shown = ", ".join(list(flat)[:4]) + (", ..." if len(flat) > 4 else "")
+      why = ("every weight it matches is taken by an earlier pattern" if shadow else
+             f"it matches no weight of this model ({shown})")
+      raise ConfigError(f"config.optimizer.lr_multipliers: pattern {pattern!r} (x{factor:g}): "
+                        f"{why}; expected a pattern of weight paths that some weight takes")
+    size = sum(int(np.size(flat[k])) for k in mine)
+    parts.append(f"x{factor:g} for {len(mine)} arrays ({size:,} parameters) matching "
+                 f"{pattern!r}")
+  rest = len(flat) - len(taken)
+  return ("learning-rate multipliers (config.optimizer.lr_multipliers): " + "; ".join(parts) +
+          f"; x1 for the other {rest} arrays")
+
+
 def adam_peak_ratio(step: int, b1: float, b2: float, horizon: int = 5000) -> float:
   """The largest |update| / learning rate of Adam's first `horizon` steps under a steady
   gradient, for a weight whose moments are zero while the shared step count is `step`

@@ -531,6 +531,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       check_disabled(workdir, restart)  # refused, or deleted with restart, after the read
   if config.optimizer.freeze:
     log(finetune.check_freeze(state.params, config.optimizer.freeze, state.batch_stats))
+  if config.optimizer.lr_multipliers:
+    log(finetune.check_lr_multipliers(state.params, config.optimizer.lr_multipliers))
   warn_ineffective_settings(config, dataset, workdir)
 
   # ---- checkpoint restore ----------------------------------------------------------
@@ -620,7 +622,8 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       axis_name=strategy.axis_name, debug=config.debug,
       grad_accum_steps=config.grad_accum_steps,
       order_micro_batches=strategy.name != "mesh" or strategy.num_devices == 1,
-      freeze=config.optimizer.freeze, class_weights=class_weights)),
+      freeze=config.optimizer.freeze, class_weights=class_weights,
+      lr_multipliers=config.optimizer.lr_multipliers)),
       running_sums=True)
   if config.debug:  # chex's value assertions inside the compiled step, checked every call
     import chex

@@ -175,7 +175,8 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
                     label_smoothing: float = 0.0, crop_padding: int = 0, flip: bool = False,
                     axis_name: str | None = None, debug: bool = False,
                     grad_accum_steps: int = 1, order_micro_batches: bool = True,
-                    freeze: str = "", class_weights: np.ndarray | None = None) -> Callable:
+                    freeze: str = "", class_weights: np.ndarray | None = None,
+                    lr_multipliers: tuple[tuple[str, float], ...] = ()) -> Callable:
   """Build `train_step(state, batch) -> (state, metrics)` for the given task settings.
 
   With `grad_accum_steps` k > 1 the batch is split into k micro-batches (`micro_batches`)
@@ -203,6 +204,12 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
   `class_weights` (float [num_classes], `class_weight_vector`) multiplies each example's
   loss by its class's weight; the loss stays divided by the number of examples, as Keras
   divides it, and the reported training loss is this weighted one (the one minimised).
+
+  `lr_multipliers` ((pattern, factor) pairs, config.optimizer.lr_multipliers) scale the
+  optimizer's update of each matching weight: for sgd, adam, adamw and lamb the update is
+  the learning rate times a term that does not depend on it, so this is exactly a torch
+  parameter group at factor x the rate (its weight decay scaled alike). The optimizer
+  state is the same as without them: a run can switch them at a resume.
   """
   accum = grad_accum_steps
   if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
@@ -283,7 +290,15 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
     if debug:  # chex value assertions: the loop runs the step under chex.chexify
       chex.assert_tree_all_finite(grads, custom_message=DEBUG_PARTS[0])
     grads = _reduce(grads, axis_name)
-    new_state = state.apply_gradients(grads=grads)
+    if lr_multipliers:
+      factors = finetune.lr_multiplier_tree(state.params, lr_multipliers)
+      updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+      updates = jax.tree.map(lambda f, u: u if f == 1.0 else u * jnp.asarray(f, u.dtype),
+                             factors, updates)
+      new_state = state.replace(step=state.step + 1, opt_state=opt_state,
+                                params=optax.apply_updates(state.params, updates))
+    else:
+      new_state = state.apply_gradients(grads=grads)
     if frozen is not None:  # weight decay and momentum would still move them
       new_state = new_state.replace(params=jax.tree.map(
           lambda f, old, new: old if f else new, frozen, state.params, new_state.params))
