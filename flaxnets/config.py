@@ -17,6 +17,7 @@ import typing
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 DATASETS = ("digits", "mnist1d", "arrays", "image_folder", "text_table", "text_file")
 _PATH_DATASETS = ("image_folder", "text_table", "text_file")  # those that read dataset.path
@@ -97,7 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Keras's class_weight: each training example's loss is multiplied by its class's
   # weight (the mean over the batch, as Keras takes it; val/test loss stay plain). ""
   # (off), "balanced" (n / (classes * n_c) over the training split, scikit-learn's), a
-  # dict {class name or index: weight} (classes left out weigh 1) or one weight per class.
+  # dict {class name or index: weight} (classes left out weigh 1; held as sorted (class,
+  # weight) pairs) or one weight per class.
   o.class_weights = ml_collections.FieldReference("", field_type=object)
   # PyTorch's parameter groups (fastai's discriminative learning rates): a sequence of
   # (pattern, factor) pairs; a weight whose path a pattern matches (re.search, the first
@@ -345,19 +347,22 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.copy_and_resolve_references(); class_weights keyed by numpy integers
-  (dict(zip(np.unique(y), weights))) are keyed by ints in the copy, as ml_collections
-  copies only str and int keys (the caller's config is left as it was)."""
+  """config.copy_and_resolve_references(), with optimizer.class_weights in the form the
+  config holds (`_class_weights_setting`): a dict there would become a ConfigDict, which
+  takes neither numpy keys (np.unique's) nor names with a dot. The caller's config is
+  left as it was."""
   section = config.get("optimizer")
   weights = section.get("class_weights") if isinstance(
       section, ml_collections.ConfigDict) else None
-  if not isinstance(weights, dict) or all(type(k) in (str, int) for k in weights):
+  if weights is None or isinstance(weights, str):
     return config.copy_and_resolve_references()
-  section.class_weights = {int(k) if _integer(k) else k: w for k, w in weights.items()}
+  with section.ignore_type():
+    section.class_weights = _class_weights_setting(weights)
   try:
     return config.copy_and_resolve_references()
   finally:
-    section.class_weights = weights
+    with section.ignore_type():
+      section.class_weights = weights
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -375,8 +380,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if isinstance(config.get("optimizer"), (ml_collections.ConfigDict, dict)) and \
       "class_weights" in config.optimizer:
     weights = _class_weights_setting(config.optimizer.class_weights)
-    with config.ignore_type():
-      config.optimizer.class_weights = weights
+    with config.ignore_type():  # a reference of any type, as get_config()'s: the config
+      # returned (result.config) can take a dict, a list or a name again
+      config.optimizer.class_weights = ml_collections.FieldReference(weights,
+                                                                     field_type=object)
   _check_keys(config, get_config(), "")
   for key, ok, allowed in _RULES:
     value = _get(config, key)
@@ -461,6 +468,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f"config.grad_accum_steps={k}, which splits each batch into that many "
                       f"equal micro-batches, e.g. {f'{lower} or ' if lower else ''}{lower + k}")
   _check_init(config.init)
+  with config.ignore_type():  # as get_config()'s: result.config takes a step number again
+    config.init.step = ml_collections.FieldReference(config.init.step, field_type=object)
   with config.ignore_type():
     o.lr_multipliers = _lr_multipliers_setting(o.lr_multipliers)
   try:
@@ -473,49 +482,57 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def _class_weights_setting(value: Any) -> Any:
-  """config.optimizer.class_weights checked for its form, as the config holds it: '' or
-  'balanced', a dict of class names or of class indices to weights (a ConfigDict once the
-  config is copied), or a tuple of weights. Which classes exist is checked with the data
-  (`class_weight_vector`)."""
+def _class_weights_setting(value: Any) -> str | tuple:
+  """config.optimizer.class_weights checked for its form and put in the one the config
+  holds: '' or 'balanced'; a tuple of (class name or index, weight) pairs, sorted, for a
+  dict (names stay str and indices int through a checkpoint's JSON, where a dict's keys
+  would all become text, and a name may hold a dot, which a ConfigDict key may not); or
+  a tuple of weights, one a class. Which classes exist is checked with the data
+  (`steps.class_weight_vector`)."""
+  key = "config.optimizer.class_weights"
   what = ("expected '' (off), 'balanced', a dict {class name or index: weight} or one "
           "weight per class")
   if isinstance(value, str):
     if value not in ("", "balanced"):
-      raise ConfigError(f"config.optimizer.class_weights={value!r}: {what}")
+      raise ConfigError(f"{key}={value!r}: {what}")
     return value
-  if isinstance(value, ml_collections.ConfigDict):
-    try:
-      value = dict(value.items())
-    except TypeError:  # it sorts its keys, and a str and an int do not compare
-      raise ConfigError(f"config.optimizer.class_weights: {what}; the keys are all class "
-                        "names (str) or all class indices (int), not both") from None
-  if isinstance(value, collections.abc.Mapping):
-    # numpy integers too: dict(zip(np.unique(y), compute_class_weight(...)))
-    items = [(int(k) if _integer(k) else k, w) for k, w in value.items()]
-    kinds = {type(k) for k, _ in items}
-    if not items or not (kinds <= {str} or kinds <= {int}):
-      raise ConfigError(f"config.optimizer.class_weights={value!r}: {what}; the keys are all "
-                        "class names (str) or all class indices (int)")
-    weights = [w for _, w in items]
-  elif isinstance(value, (list, tuple)) or (hasattr(value, "__array__") and
-                                           getattr(value, "ndim", None) == 1):
-    if not len(value):
-      raise ConfigError(f"config.optimizer.class_weights={value!r}: {what}")
-    weights = list(value)  # a 1-D numpy array too: compute_class_weight('balanced', ...)
+  if isinstance(value, ml_collections.ConfigDict):  # a dict set on a config it copied
+    value = dict(value._fields)  # (its items() sorts the keys: a str and an int do not)
+  shown = value
+  if isinstance(value, collections.abc.Mapping) or callable(getattr(value, "items", None)):
+    # (a pandas Series by its index); numpy keys too, from np.unique
+    pairs = [(k, w) for k, w in value.items()]
+  elif isinstance(value, (list, tuple)) and value and all(
+      isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], (str, numbers.Integral))
+      for p in value):  # the pairs this function returns (a checkpoint's JSON: lists)
+    pairs = [tuple(p) for p in value]
+  elif isinstance(value, (list, tuple)) or hasattr(value, "__array__"):
+    weights = np.asarray(value, dtype=object if isinstance(value, (list, tuple)) else float)
+    if weights.ndim != 1 or not weights.size:
+      raise ConfigError(f"{key}={shown!r}: {what}")
+    _check_weights(shown, list(weights))
+    if not any(weights):
+      raise ConfigError(f"{key}={shown!r}: every weight is 0, so nothing would be learned; "
+                        "expected some weight > 0")
+    return tuple(float(w) for w in weights)
   else:
-    raise ConfigError(f"config.optimizer.class_weights={value!r}: {what}, got "
-                      f"{type(value).__name__}")
+    raise ConfigError(f"{key}={value!r}: {what}, got {type(value).__name__}")
+  pairs = [(str(k) if isinstance(k, str) else int(k) if _integer(k) else k, w)
+           for k, w in pairs]  # np.str_ and numpy integers as Python's
+  kinds = {type(k) for k, _ in pairs}
+  if not pairs or not (kinds <= {str} or kinds <= {int}):
+    raise ConfigError(f"{key}={shown!r}: {what}; the keys are all class names (str) or all "
+                      "class indices (int)")
+  _check_weights(shown, [w for _, w in pairs])
+  return tuple(sorted((k, float(w)) for k, w in pairs))
+
+
+def _check_weights(shown: Any, weights: list) -> None:
   for w in weights:
-    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not _non_negative(w):
-      raise ConfigError(f"config.optimizer.class_weights={value!r}: weight {w!r}: expected "
-                        "a finite number >= 0")
-  if not any(weights) and not isinstance(value, collections.abc.Mapping):
-    raise ConfigError(f"config.optimizer.class_weights={value!r}: every weight is 0, so "
-                      "nothing would be learned; expected some weight > 0")
-  if isinstance(value, collections.abc.Mapping):
-    return {k: float(w) for k, w in sorted(items)}
-  return tuple(float(w) for w in weights)
+    if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Real) or \
+        not _non_negative(w):
+      raise ConfigError(f"config.optimizer.class_weights={shown!r}: weight {w!r}: expected a "
+                        "finite number >= 0")
 
 
 def _lr_multipliers_setting(value: Any) -> tuple[tuple[str, float], ...]:

@@ -126,7 +126,9 @@ def test_names_indices_and_a_list_weigh_alike_and_the_run_records_them(tmp_path)
 @pytest.mark.parametrize("setting, message", [
     ("inverse", "expected '' (off), 'balanced', a dict"),
     ({}, "expected '' (off), 'balanced', a dict"),
-    ({0: 1.0, "3": 2.0}, "all class names (str) or all class indices (int), not both"),
+    ({0: 1.0, "3": 2.0}, "={0: 1.0, '3': 2.0}: expected '' (off), 'balanced', a dict "
+                         "{class name or index: weight} or one weight per class; the keys "
+                         "are all class names (str) or all class indices (int)"),
     ({"3": -1.0}, "weight -1.0: expected a finite number >= 0"),
     ((1.0, float("inf")), "weight inf: expected a finite number >= 0"),
     ((0.0, 0.0), "every weight is 0"),
@@ -208,6 +210,57 @@ def test_a_resume_compares_the_weights_as_one_setting(tmp_path, capsys):
   result = run(3, "balanced")
   out = capsys.readouterr().out
   assert ("resumed with changed settings, which apply from step 78 on:\n  "
-          "num_epochs: 2 -> 3\n  optimizer.class_weights: {'2': 4.0, '7': 0.5} -> "
+          "num_epochs: 2 -> 3\n  optimizer.class_weights: [[2, 4.0], [7, 0.5]] -> "
           "'balanced'\n") in out
   assert result.history[-1]["epoch"] == 3
+
+
+def test_index_and_name_keys_stay_apart_through_the_checkpoint(tmp_path, capsys):
+  """Labels named '1' and '2' (star ratings): {1: 5.0} weighs index 1 (class '2') and
+  {'1': 5.0} class '1'; switching between them at a resume is a changed setting, and the
+  recorded config keeps the key's type."""
+  (x, y), _ = _digits(minority_share=1.0)
+  y = y % 2
+  data = {"train": (x, y), "label_names": ["1", "2"]}
+
+  def run(epochs, weights):
+    config = quiet_config(num_epochs=epochs, **{"dataset.name": "arrays",
+                                                "optimizer.class_weights": weights})
+    return flaxnets.train(config, str(tmp_path), data=data)
+
+  run(1, {1: 5.0})
+  assert "class weights in the training loss (given): 1 1, 2 5" in capsys.readouterr().out
+  assert json.loads((tmp_path / "results.json").read_text())["config"]["optimizer"][
+      "class_weights"] == [[1, 5.0]]
+  run(2, {"1": 5.0})
+  out = capsys.readouterr().out
+  assert "optimizer.class_weights: [[1, 5.0]] -> [['1', 5.0]]" in out
+  assert "class weights in the training loss (given): 1 5, 2 1" in out
+
+
+def test_names_with_dots_numpy_strings_and_jax_arrays_are_taken():
+  """What scikit-learn and numpy hand over: np.unique's str_ keys, and names such as
+  'U.S.' or 'n01440764.tench', which a ConfigDict key may not hold; a jax array."""
+  import jax.numpy as jnp
+  names = ["U.S.", "ham", "spam"]
+  labels = np.array([0, 1, 2, 2])
+  for setting, want in [({"U.S.": 2.0}, [2.0, 1.0, 1.0]),
+                        (dict(zip(np.unique(np.array(["ham", "spam"])), [0.5, 3.0])),
+                         [1.0, 0.5, 3.0]),
+                        (jnp.array([1.0, 3.0, 0.25]), [1.0, 3.0, 0.25])]:
+    config = quiet_config(**{"optimizer.class_weights": setting})
+    held = flaxnets.config.validate(flaxnets.config.resolved_copy(config)
+                                    ).optimizer.class_weights
+    np.testing.assert_array_equal(steps.class_weight_vector(held, labels, names), want)
+
+
+def test_the_config_train_returns_takes_another_setting(tmp_path):
+  """result.config (the validated copy) can be changed and trained again, as get_config()'s:
+  ml_collections fixes a copied field's type to its value's."""
+  result = flaxnets.train(quiet_config(num_epochs=1, **{"optimizer.class_weights": {"3": 2.0}}))
+  config = result.config
+  config.optimizer.class_weights = "balanced"
+  config.optimizer.class_weights = [1.0] * 10
+  config.init.step = "latest"
+  config.init.step = 7
+  assert config.optimizer.class_weights == [1.0] * 10 and config.init.step == 7

@@ -83,14 +83,10 @@ def state_tree(state: Any) -> dict[str, Any]:
           "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
 
 
-# Settings whose value may be a dict, compared (and reported) as one value
-_DICT_VALUED = ("optimizer.class_weights",)
-
-
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in d.items():
-    if isinstance(v, dict) and f"{prefix}{k}" not in _DICT_VALUED:
+    if isinstance(v, dict):
       out.update(_flatten(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v

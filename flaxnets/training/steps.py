@@ -114,9 +114,9 @@ def class_weight_vector(setting: Any, labels: np.ndarray, label_names: list[str]
     w = np.ones(num, np.float64)
     w[present] = counts.sum() / (present.sum() * counts[present])
     return w.astype(np.float32)
-  if hasattr(setting, "items"):
+  if isinstance(setting[0], (list, tuple)):  # (class name or index, weight) pairs
     w = np.ones(num, np.float64)
-    for k, v in dict(setting.items()).items():
+    for k, v in setting:
       if isinstance(k, str):
         if k not in label_names:
           raise config_lib.ConfigError(
@@ -144,8 +144,10 @@ def class_weight_vector(setting: Any, labels: np.ndarray, label_names: list[str]
 
 
 def _shown(setting: Any) -> str:
-  """A setting as the user wrote it (a ConfigDict's repr is YAML)."""
-  return repr(dict(setting.items()) if hasattr(setting, "items") else setting)
+  """A setting as the user wrote it: a dict for (class, weight) pairs."""
+  if not isinstance(setting, str) and isinstance(setting[0], (list, tuple)):
+    return repr(dict(setting))
+  return repr(setting)
 
 
 def _reduce(tree: Any, axis_name: str | None) -> Any:
@@ -293,8 +295,10 @@ def make_train_step(*, num_classes: int, stats: dict[str, Any], schedule: Callab
     if lr_multipliers:
       factors = finetune.lr_multiplier_tree(state.params, lr_multipliers)
       updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-      updates = jax.tree.map(lambda f, u: u if f == 1.0 else u * jnp.asarray(f, u.dtype),
-                             factors, updates)
+      # in float32: a bfloat16 factor had been 0.30078 for 0.3, and 1.0 for 1.002
+      updates = jax.tree.map(lambda f, u: u if f == 1.0 else (
+          u.astype(jnp.promote_types(u.dtype, jnp.float32)) * f).astype(u.dtype),
+          factors, updates)
       new_state = state.replace(step=state.step + 1, opt_state=opt_state,
                                 params=optax.apply_updates(state.params, updates))
     else:
