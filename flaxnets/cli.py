@@ -1,10 +1,11 @@
-r"""Command line: `flaxnets train | eval | predict | plot | prepare`.
+r"""Command line: `flaxnets train | eval | predict | generate | plot | prepare`.
 
     flaxnets train                                    # SimpleCNN on digits
     flaxnets train --config experiments/configs/mnist1d_conv.py --config.seed=1 \
         --workdir runs/mnist1d
     flaxnets eval runs/mnist1d [--split test] [--step best]
     flaxnets predict runs/mnist1d INPUT...            # a classifier: images, .npy/.npz or text
+    flaxnets generate runs/shakespeare "ROMEO:" [--length 200] [--temperature 0.8]
     flaxnets plot runs/mnist1d                        # PNG curves and confusion matrix
     flaxnets prepare tfds:mnist [--data_dir DIR]
 
@@ -187,6 +188,24 @@ def _predict(argv: list[str]) -> int:
   return 0
 
 
+def _generate(argv: list[str]) -> int:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("step", "best", "best | latest | a step number", flag_values=fv)
+  flags.DEFINE_integer("length", 200, "tokens to generate after the prompt", flag_values=fv)
+  flags.DEFINE_float("temperature", 1.0, "< 1 sharper, > 1 more varied", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "random seed of the draws", flag_values=fv)
+  usage = "flaxnets generate WORKDIR PROMPT [--length 200] [--temperature 1.0] [--seed 0]"
+  rest = _parse(argv, fv, "generate", usage)
+  if rest is None:
+    return 0
+  if len(rest) != 2:
+    raise UsageError(f"expected WORKDIR and one PROMPT (quote it), got {rest}; usage: {usage}")
+  from flaxnets import inference
+  predictor = inference.load(rest[0], step=fv.step)
+  print(predictor.generate(rest[1], fv.length, temperature=fv.temperature, seed=fv.seed))
+  return 0
+
+
 def _plot(argv: list[str]) -> int:
   fv = flags.FlagValues()
   usage = "flaxnets plot WORKDIR"
@@ -215,8 +234,8 @@ def _prepare(argv: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "plot": _plot,
-            "prepare": _prepare}
+COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "generate": _generate,
+            "plot": _plot, "prepare": _prepare}
 
 
 def main(argv: list[str] | None = None) -> int:

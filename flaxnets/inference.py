@@ -288,7 +288,39 @@ class Predictor:
   def _check_classifier(self, what: str) -> None:
     if self.meta.get("task") == "lm":
       raise ValueError(f"{what}: this is a language model (task 'lm'); predict_proba gives "
-                       "its next-token probabilities [N, T, vocab], not one label per input")
+                       "its next-token probabilities [N, T, vocab], not one label per input, "
+                       "and generate(prompt) (`flaxnets generate`) continues a text")
+
+  def generate(self, prompt: str, length: int = 200, temperature: float = 1.0,
+               seed: int = 0, window: int | None = None) -> str:
+    """A language model's continuation of `prompt`: prompt + `length` tokens drawn one by
+    one (temperature < 1 sharpens the distribution, > 1 flattens it), seeded. Neither
+    padding nor '<unk>' is drawn. Each token reads the last `window` tokens (default: the
+    training windows' length)."""
+    if self.meta.get("task") != "lm":
+      raise ValueError("generate: this is a classifier (task "
+                       f"{self.meta.get('task', 'classification')!r}); generate continues "
+                       "text with a language model (char_lm on a text_file dataset)")
+    if self.vocab is None:
+      raise ValueError("generate: this language model was trained on int token arrays "
+                       "without a vocabulary; use flaxnets.models.classifiers.sample on ids")
+    if not isinstance(prompt, str):
+      raise ValueError(f"prompt of type {type(prompt).__name__}: expected a text string")
+    ids = self.vocab.token_ids(prompt)
+    if not len(ids):
+      raise ValueError(f"prompt={prompt!r}: no tokens; expected some text to continue")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+      raise ValueError(f"seed={seed!r}: expected an integer >= 0")
+    from flaxnets.data.text import PAD_ID, UNK_ID
+    from flaxnets.models.classifiers import sample
+    variables = {"params": self.params}
+    if self.batch_stats:
+      variables["batch_stats"] = self.batch_stats
+    out = sample(self.model, variables, ids, length, jax.random.PRNGKey(seed),
+                 temperature=temperature, window=window or self.input_shape[0],
+                 banned=(PAD_ID, UNK_ID))
+    new = self.vocab.decode(np.asarray(out)[len(ids):])
+    return prompt + new if self.vocab.level == "char" or not new else f"{prompt} {new}"
 
   def describe(self, inputs: Sequence[str], top: int = 3) -> list[str]:
     """CLI lines: input, predicted label and the top probabilities."""

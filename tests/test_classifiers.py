@@ -125,6 +125,15 @@ def test_char_lm_shape_and_sampling():
                        "head": {**head, "bias": head["bias"].at[0].set(50.0)}}}
   out = sample(model, biased, np.array([1, 2]), 40, jax.random.PRNGKey(1), temperature=3.0)
   assert (np.asarray(out) != 0).all()
+  # Banned ids neither: 1 ('<unk>') where it has the most weight after padding.
+  biased["params"]["head"]["bias"] = biased["params"]["head"]["bias"].at[1].set(49.0)
+  out = sample(model, biased, np.array([1, 2]), 40, jax.random.PRNGKey(1), banned=(1,))
+  assert (np.asarray(out[2:]) > 1).all()
+  assert (np.asarray(sample(model, biased, np.array([1, 2]), 40, jax.random.PRNGKey(1)))[2:]
+          == 1).mean() > 0.9  # (without the ban it is drawn)
+  for banned in ((30,), (-1,), tuple(range(30))):
+    with pytest.raises(ValueError, match=r"banned=.*expected ids in \[0, 30\) that leave"):
+      sample(model, variables, np.array([1, 2]), 2, jax.random.PRNGKey(0), banned=banned)
 
 
 @pytest.mark.parametrize("name,kwargs,x,labels", [

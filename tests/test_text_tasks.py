@@ -4,12 +4,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
 
 import flaxnets
+from flaxnets.cli import main
 from flaxnets.data.text import UNK_ID
+from helpers import quiet_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
@@ -166,3 +169,48 @@ def test_sst2_one_epoch_learns(shared_data, in_repo_root):
   result = flaxnets.train(c)
   assert result.val_metrics["count"] == 872
   assert result.val_metrics["accuracy"] > 0.70, result.val_metrics
+
+
+def _tiny_lm(tmp_path, text, level="char", **changes):
+  """A char_lm trained 3 epochs on `text` repeated, saved in tmp_path / 'lm'."""
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(text * 2000)
+  config = quiet_config(num_epochs=3, batch_size=32, **{
+      "dataset.name": "text_file", "dataset.path": str(corpus), "dataset.vocab_level": level,
+      "dataset.seq_len": 16, "model.name": "char_lm", "model.embed_dim": 16,
+      "model.hidden_size": 32, "model.num_layers": 1, "optimizer.learning_rate": 1e-2,
+      **changes})
+  flaxnets.train(config, str(tmp_path / "lm"))
+  return flaxnets.load(str(tmp_path / "lm"))
+
+
+def test_a_language_model_continues_a_prompt(tmp_path, capsys):
+  """Predictor.generate: the prompt, then tokens the model draws (a learned cycle 'abcd'
+  continued exactly at a low temperature), seeded; never '<pad>' or '<unk>'."""
+  lm = _tiny_lm(tmp_path, "abcd")
+  capsys.readouterr()
+  assert lm.generate("ab", 18, temperature=0.3) == "ab" + "cdab" * 4 + "cd"
+  assert lm.generate("bc", 5, temperature=0.3, seed=3) == "bcdabcd"
+  hot = [lm.generate("a", 40, temperature=5.0, seed=s) for s in (0, 0, 1)]
+  assert hot[0] == hot[1] != hot[2]  # seeded draws
+  assert all(len(h) == 41 and set(h) <= set("abcd") for h in hot)  # no '<unk>' text
+  # An unknown character reads as '<unk>' and the model goes on from the next ones.
+  assert lm.generate("zzcd", 4, temperature=0.3) == "zzcdabcd"
+  assert main(["generate", str(tmp_path / "lm"), "da", "--length", "6",
+               "--temperature", "0.3"]) == 0
+  assert capsys.readouterr().out == "dabcdabc\n"
+  for kwargs, message in [({"prompt": ""}, "prompt='': no tokens"),
+                          ({"prompt": b"ab"}, "prompt of type bytes: expected a text string"),
+                          ({"seed": -1}, "seed=-1: expected an integer >= 0"),
+                          ({"length": -1}, "length=-1: expected an integer >= 0")]:
+    with pytest.raises(ValueError, match=re.escape(message)):
+      lm.generate(**{"prompt": "ab", **kwargs})
+
+
+def test_a_word_language_model_joins_words_and_a_classifier_does_not_generate(tmp_path):
+  lm = _tiny_lm(tmp_path, "red green blue . ", level="word")
+  out = lm.generate("red green", 6, temperature=0.3)
+  assert out == "red green blue . red green blue .", out
+  flaxnets.train(quiet_config(num_epochs=1), str(tmp_path / "digits"))
+  with pytest.raises(ValueError, match="generate: this is a classifier"):
+    flaxnets.load(str(tmp_path / "digits")).generate("ab")

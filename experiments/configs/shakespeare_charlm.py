@@ -3,7 +3,8 @@
 The last 10% of the text is validation (contiguous, not shuffled windows, so no
 validation text leaks into training); training windows of 128 characters overlap by
 half. Metrics are per character: loss is cross-entropy in nats, accuracy is
-next-character accuracy. Sample from a trained model with flaxnets.models.classifiers.sample.
+next-character accuracy. Sample from a trained model with
+`flaxnets generate WORKDIR "ROMEO:"` (Predictor.generate).
 
 Run:      flaxnets train --config experiments/configs/shakespeare_charlm.py   (from the repo root)
 Seeds:    python experiments/run.py experiments/configs/shakespeare_charlm.py --seeds 0

@@ -7,7 +7,7 @@ Token inputs (int [B, T], 0 = padding) go through an embedding; real-valued seri
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -196,11 +196,11 @@ class CharLM(nn.Module):
 
 
 def sample(model: CharLM, variables: dict, prompt: Array, length: int, rng: Array,
-           temperature: float = 1.0, window: int = 128) -> Array:
+           temperature: float = 1.0, window: int = 128, banned: Sequence[int] = (0,)) -> Array:
   """Generate `length` tokens after prompt (int [T0], T0 >= 1) -> int [T0 + length].
 
   Each new token re-reads the last `window` tokens; a fixed window keeps one compiled
-  shape for the whole loop.
+  shape for the whole loop. Ids in `banned` are never drawn (0, padding, always).
   """
   prompt = jnp.asarray(prompt, jnp.int32)
   if prompt.ndim != 1 or prompt.shape[0] < 1:
@@ -217,20 +217,24 @@ def sample(model: CharLM, variables: dict, prompt: Array, length: int, rng: Arra
     raise ValueError(f"length={length!r}: expected an integer >= 0 (tokens to generate)")
   if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
     raise ValueError(f"window={window!r}: expected an integer >= 1 (tokens of context)")
+  banned = sorted({0, *(int(b) for b in banned)})  # id 0 pads; it is never a next token
+  if banned[0] < 0 or banned[-1] >= model.vocab_size or len(banned) >= model.vocab_size:
+    raise ValueError(f"banned={banned}: expected ids in [0, {model.vocab_size}) that leave "
+                     "some token to draw")
   total = prompt.shape[0] + length
   tokens = jnp.zeros((total,), jnp.int32).at[:prompt.shape[0]].set(prompt)
 
   @jax.jit
-  def next_token(tokens, pos, key):
+  def next_token(variables, tokens, pos, key):  # (the weights an argument, not constants)
     start = jnp.clip(pos - window, 0, max(total - window, 0))
     ctx = jax.lax.dynamic_slice(tokens, (start,), (min(window, total),))
     n_valid = jnp.minimum(pos - start, ctx.shape[0])
     logits = model.apply(variables, ctx[None], n_valid[None], train=False)[0]
     logits = logits[n_valid - 1] / temperature
-    logits = logits.at[0].set(-jnp.inf)  # id 0 pads; it is never a next token
+    logits = logits.at[jnp.asarray(banned)].set(-jnp.inf)
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
   for pos in range(prompt.shape[0], total):
     rng, key = jax.random.split(rng)
-    tokens = tokens.at[pos].set(next_token(tokens, pos, key))
+    tokens = tokens.at[pos].set(next_token(variables, tokens, pos, key))
   return tokens
