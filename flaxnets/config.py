@@ -347,22 +347,26 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.copy_and_resolve_references(), with optimizer.class_weights in the form the
-  config holds (`_class_weights_setting`): a dict there would become a ConfigDict, which
-  takes neither numpy keys (np.unique's) nor names with a dot. The caller's config is
-  left as it was."""
+  """config.copy_and_resolve_references() as a mutable ConfigDict (a FrozenConfigDict's
+  too), with optimizer.class_weights in the form the config holds
+  (`_class_weights_setting`): a dict there would become a ConfigDict, which takes neither
+  numpy keys (np.unique's) nor names with a dot. The caller's config is left as it was:
+  the held form stands in the field's slot for the copy only, and the slot gets back the
+  very object it held (a FieldReference stays linked; setting it would have cut it)."""
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    config = config.as_configdict()
   section = config.get("optimizer")
   weights = section.get("class_weights") if isinstance(
       section, ml_collections.ConfigDict) else None
   if weights is None or isinstance(weights, str):
     return config.copy_and_resolve_references()
-  with section.ignore_type():
-    section.class_weights = _class_weights_setting(weights)
+  held = _class_weights_setting(weights)
+  slot = section._fields["class_weights"]  # pylint: disable=protected-access
+  section._fields["class_weights"] = held
   try:
     return config.copy_and_resolve_references()
   finally:
-    with section.ignore_type():
-      section.class_weights = weights
+    section._fields["class_weights"] = slot
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -507,14 +511,20 @@ def _class_weights_setting(value: Any) -> str | tuple:
       for p in value):  # the pairs this function returns (a checkpoint's JSON: lists)
     pairs = [tuple(p) for p in value]
   elif isinstance(value, (list, tuple)) or hasattr(value, "__array__"):
-    weights = np.asarray(value, dtype=object if isinstance(value, (list, tuple)) else float)
-    if weights.ndim != 1 or not weights.size:
+    if isinstance(value, (list, tuple)):
+      weights = [_check_weight(shown, w) for w in value]
+    else:  # a numpy or jax array: of numbers (not bools, text or complex numbers)
+      arr = np.asarray(value)
+      if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+        raise ConfigError(f"{key}={shown!r}: {what} (an array of {arr.ndim} dimension(s) and "
+                          f"dtype {arr.dtype}; expected 1-D numbers)")
+      weights = [_check_weight(shown, w) for w in arr.tolist()]
+    if not weights:
       raise ConfigError(f"{key}={shown!r}: {what}")
-    _check_weights(shown, list(weights))
     if not any(weights):
       raise ConfigError(f"{key}={shown!r}: every weight is 0, so nothing would be learned; "
                         "expected some weight > 0")
-    return tuple(float(w) for w in weights)
+    return tuple(weights)
   else:
     raise ConfigError(f"{key}={value!r}: {what}, got {type(value).__name__}")
   pairs = [(str(k) if isinstance(k, str) else int(k) if _integer(k) else k, w)
@@ -523,16 +533,23 @@ def _class_weights_setting(value: Any) -> str | tuple:
   if not pairs or not (kinds <= {str} or kinds <= {int}):
     raise ConfigError(f"{key}={shown!r}: {what}; the keys are all class names (str) or all "
                       "class indices (int)")
-  _check_weights(shown, [w for _, w in pairs])
-  return tuple(sorted((k, float(w)) for k, w in pairs))
+  seen = [k for k, _ in pairs]
+  twice = next((k for k in seen if seen.count(k) > 1), None)
+  if twice is not None:  # (a list of pairs, or a pandas Series with a repeated index)
+    raise ConfigError(f"{key}={shown!r}: class {twice!r} is given more than one weight; "
+                      "expected one weight a class")
+  return tuple(sorted((k, _check_weight(shown, w)) for k, w in pairs))
 
 
-def _check_weights(shown: Any, weights: list) -> None:
-  for w in weights:
-    if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Real) or \
-        not _non_negative(w):
-      raise ConfigError(f"config.optimizer.class_weights={shown!r}: weight {w!r}: expected a "
-                        "finite number >= 0")
+def _check_weight(shown: Any, w: Any) -> float:
+  """One class weight as a float: a finite number >= 0 (a 0-d numpy or jax array too)."""
+  if hasattr(w, "__array__") and np.ndim(w) == 0 and np.asarray(w).dtype.kind in "iuf":
+    w = np.asarray(w).item()
+  if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Real) or \
+      not _non_negative(w):
+    raise ConfigError(f"config.optimizer.class_weights={shown!r}: weight {w!r}: expected a "
+                      "finite number >= 0")
+  return float(w)
 
 
 def _lr_multipliers_setting(value: Any) -> tuple[tuple[str, float], ...]:

@@ -264,3 +264,31 @@ def test_the_config_train_returns_takes_another_setting(tmp_path):
   config.init.step = "latest"
   config.init.step = 7
   assert config.optimizer.class_weights == [1.0] * 10 and config.init.step == 7
+
+
+def test_the_callers_config_is_left_linked_and_a_frozen_one_trains():
+  """train() reads the setting without setting it: a FieldReference the caller holds stays
+  the field's, and a FrozenConfigDict (which copies into another frozen one) trains."""
+  import ml_collections
+  shared = ml_collections.FieldReference({"3": 2.0}, field_type=object)
+  config = quiet_config(num_epochs=0)  # refused after the copy: nothing trains
+  config.optimizer.class_weights = shared
+  with pytest.raises(ConfigError, match="num_epochs=0"):
+    flaxnets.train(config)
+  shared.set("balanced")
+  assert config.optimizer.class_weights == "balanced"
+  config = quiet_config(num_epochs=1, **{"optimizer.class_weights": (("3", 2.0),)})
+  result = flaxnets.train(ml_collections.FrozenConfigDict(config))
+  assert result.test_metrics["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("setting, message", [
+    (np.array(["1.5", "2"]), "dtype <U3; expected 1-D numbers"),
+    (np.array([True, False]), "dtype bool; expected 1-D numbers"),
+    (np.array([1 + 1j, 2]), "dtype complex128; expected 1-D numbers"),
+    (np.ones((2, 2)), "an array of 2 dimension(s)"),
+    ([(0, 5.0), (0, 1.0)], "class 0 is given more than one weight"),
+])
+def test_arrays_of_other_than_numbers_and_repeated_classes_are_refused(setting, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    flaxnets.train(quiet_config(**{"optimizer.class_weights": setting}))
