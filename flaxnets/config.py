@@ -370,9 +370,10 @@ def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Raise ConfigError for the first bad key or value; return the config unchanged (but
-  for config.init.step given as a number, which becomes its text, '1200', and
-  optimizer.class_weights, whose weights become floats, sorted by key)."""
+  """Raise ConfigError for the first bad key or value; return the config unchanged but
+  for the forms three settings are held in: config.init.step given as a number becomes
+  its text ('1200'), optimizer.class_weights floats (a dict as sorted (class, weight)
+  pairs), and optimizer.lr_multipliers a tuple of (pattern, float) pairs."""
   step = config.get("init", {}).get("step") if isinstance(config.get("init"), (
       ml_collections.ConfigDict, dict)) else None
   if isinstance(step, int) and not isinstance(step, bool) and step >= 0:

@@ -317,7 +317,8 @@ class Predictor:
     if self.batch_stats:
       variables["batch_stats"] = self.batch_stats
     out = sample(self.model, variables, ids, length, jax.random.PRNGKey(seed),
-                 temperature=temperature, window=window or self.input_shape[0],
+                 temperature=temperature,
+                 window=self.input_shape[0] if window is None else window,
                  banned=(PAD_ID, UNK_ID))
     new = self.vocab.decode(np.asarray(out)[len(ids):])
     return prompt + new if self.vocab.level == "char" or not new else f"{prompt} {new}"

@@ -202,7 +202,8 @@ def test_a_language_model_continues_a_prompt(tmp_path, capsys):
   for kwargs, message in [({"prompt": ""}, "prompt='': no tokens"),
                           ({"prompt": b"ab"}, "prompt of type bytes: expected a text string"),
                           ({"seed": -1}, "seed=-1: expected an integer >= 0"),
-                          ({"length": -1}, "length=-1: expected an integer >= 0")]:
+                          ({"length": -1}, "length=-1: expected an integer >= 0"),
+                          ({"window": 0}, "window=0: expected an integer >= 1")]:
     with pytest.raises(ValueError, match=re.escape(message)):
       lm.generate(**{"prompt": "ab", **kwargs})
 
