@@ -70,6 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
   d.split_punctuation = False     # word level: also split punctuation off words (raw text)
   d.min_freq = 1
   d.max_vocab = 0                 # 0: no limit
+  d.vocabulary = ""               # "": built from the training split; else a fixed one
+                                  # (Keras TextVectorization's vocabulary=): a run's
+                                  # workdir (its checkpoint's, e.g. config.init's run), a
+                                  # flaxnets vocabulary .json (or an export's .json), or a
+                                  # file of one token a line; tokens it lacks are <unk>
   d.max_len = 0                   # tokens per example; 0: longest training example
   d.seq_len = 128                 # language-model window
   d.normalize = True              # per-channel standardisation from training statistics
@@ -247,7 +252,7 @@ _TEXT_SOURCES = ("text_table", "text_file", "tfds:<name>")
 _SPLIT_SOURCES = ("image_folder", "text_table", "tfds:<name>")
 _READERS = [("max_len", ("text_table", "tfds:<name>")), ("seq_len", ("text_file",)),
             *((k, _TEXT_SOURCES) for k in ("vocab_level", "lowercase", "split_punctuation",
-                                            "min_freq", "max_vocab")),
+                                            "min_freq", "max_vocab", "vocabulary")),
             *((k, _SPLIT_SOURCES) for k in ("train_split", "val_split", "test_split")),
             *((k, ("text_table", "tfds:<name>")) for k in ("text_column", "label_column")),
             ("val_fraction", ("arrays", "mnist1d", "image_folder", "text_table", "text_file",
@@ -459,6 +464,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f"config.dataset.{key}={d[key]!r}: only {', '.join(readers)} datasets "
                         f"read it, and config.dataset.name={d.name!r}; {hint} (or {key}="
                         f"{defaults[key]!r})")
+  for key in ("min_freq", "max_vocab"):
+    if d.vocabulary and d[key] != defaults[key]:  # they choose a built vocabulary's tokens
+      raise ConfigError(f"config.dataset.{key}={d[key]!r}: it chooses the tokens of a "
+                        "vocabulary built from the training split, and config.dataset."
+                        f"vocabulary={d.vocabulary!r} gives one; expected {key}="
+                        f"{defaults[key]!r} (or vocabulary='')")
   o = config.optimizer
   if o.nesterov and o.name != "sgd":  # had been ignored
     raise ConfigError(f"config.optimizer.nesterov=True: only sgd takes Nesterov momentum, and "

@@ -6,6 +6,7 @@ names come from the training split only; other splits are encoded with them.
 from __future__ import annotations
 
 import gzip
+import json
 import pathlib
 from typing import Any
 
@@ -200,15 +201,78 @@ def _encode_texts(dcfg: Any, splits: dict[str, dict]) -> tuple[Vocabulary, dict[
     if val is not None:
       splits["val"] = val
   texts = list(splits["train"]["texts"])
-  vocab = Vocabulary.build(texts, level=dcfg.vocab_level, lowercase=dcfg.lowercase,
-                           min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
-                           split_punctuation=dcfg.split_punctuation)
+  vocab = given_vocabulary(dcfg)
+  if vocab is None:
+    vocab = Vocabulary.build(texts, level=dcfg.vocab_level, lowercase=dcfg.lowercase,
+                             min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
+                             split_punctuation=dcfg.split_punctuation)
   max_len = dcfg.max_len or max(len(vocab.tokenize(t)) for t in texts)
   out = {}
   for role, split in splits.items():
     ids, lengths = vocab.encode(list(split["texts"]), max_len)
     out[role] = {"inputs": ids, "labels": split["labels"], "seq_lengths": lengths}
   return vocab, out
+
+
+def given_vocabulary(dcfg: Any) -> Vocabulary | None:
+  """config.dataset.vocabulary's vocabulary, or None to build one from the training split.
+
+  A run's workdir gives its checkpoint's vocabulary (its best step's, else its latest's), a
+  .json file a saved Vocabulary (or the "vocab" of an export's .json), any other file one
+  token a line tokenized by config.dataset's rules. The first two carry the tokenizer
+  rules their model trained with: config.dataset's must be the same (a ConfigError names
+  the one that differs), so the recorded config says how the texts were split."""
+  spec = dcfg.vocabulary
+  if not spec:
+    return None
+  where = f"config.dataset.vocabulary={spec!r}"
+  path = pathlib.Path(spec).expanduser()
+  if not path.exists():
+    raise FileNotFoundError(f"{where} does not exist; expected a run's workdir, a vocabulary "
+                            ".json file or a file of one token a line")
+  try:
+    if path.is_dir():
+      vocab = _run_vocabulary(path)
+    elif path.name.lower().endswith(".json"):
+      vocab = Vocabulary.load(path)
+    else:
+      vocab = Vocabulary.from_token_file(path, dcfg.vocab_level, dcfg.lowercase,
+                                         dcfg.split_punctuation)
+      cased = [t for t in vocab.tokens[2:] if t != t.lower()]
+      if dcfg.lowercase and cased:
+        warn(f"{where}: {len(cased)} of its {len(vocab) - 2} tokens have capitals (e.g. "
+             f"{cased[:3]}), and config.dataset.lowercase=True lowercases the texts, so "
+             "they never match; set lowercase=False for a cased vocabulary")
+      return vocab
+  except FileNotFoundError as e:  # a workdir without checkpoints
+    raise FileNotFoundError(f"{where}: {e}") from None
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{where}: {e}") from None
+  from flaxnets.config import ConfigError
+  rules = {"vocab_level": vocab.level, "lowercase": vocab.lowercase}
+  if vocab.level == "word":
+    rules["split_punctuation"] = vocab.split_punctuation
+  for key, value in rules.items():
+    if dcfg[key] != value:
+      raise ConfigError(f"config.dataset.{key}={dcfg[key]!r}: the vocabulary of {where} was "
+                        f"built with {key}={value!r}, and its tokens are what that splitting "
+                        f"gives; expected {key}={value!r}")
+  return vocab
+
+
+def _run_vocabulary(workdir: pathlib.Path) -> Vocabulary:
+  from flaxnets.inference import _step_dir
+  step_dir = _step_dir(workdir, "best")
+  meta_file = step_dir / "meta" / "metadata"
+  try:
+    meta = json.loads(meta_file.read_text("utf-8"))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"the checkpoint {str(step_dir)!r} could not be read ({e})") from None
+  if not isinstance(meta, dict) or not meta.get("vocab"):
+    what = meta.get("input_kind", "no text") if isinstance(meta, dict) else "no text"
+    raise ValueError(f"the run in it trained on {what} inputs, with no vocabulary; expected "
+                     "a text model's run")
+  return Vocabulary.from_dict(meta["vocab"])
 
 
 # ---- text corpora (language models) -------------------------------------------------------
@@ -234,9 +298,11 @@ def text_file_dataset(dcfg: Any) -> Dataset:
   if dcfg.vocab_level == "word":  # on a word boundary: a split word had become two tokens
     while cut < len(text) and not text[cut].isspace():
       cut += 1
-  vocab = Vocabulary.build([text[:cut]], level=dcfg.vocab_level, lowercase=dcfg.lowercase,
-                           min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
-                           split_punctuation=dcfg.split_punctuation)
+  vocab = given_vocabulary(dcfg)
+  if vocab is None:
+    vocab = Vocabulary.build([text[:cut]], level=dcfg.vocab_level, lowercase=dcfg.lowercase,
+                             min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
+                             split_punctuation=dcfg.split_punctuation)
 
   def windows(part: str, what: str) -> dict[str, np.ndarray]:
     ids = vocab.token_ids(part)

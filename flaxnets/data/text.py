@@ -208,7 +208,8 @@ class Vocabulary:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Vocabulary":
-    """Reads a file written by save(); a malformed file gets an error naming the path."""
+    """Reads a file written by save() (or the .json beside a Predictor.export); a malformed
+    file gets an error naming the path."""
     path = pathlib.Path(path)
     if not path.is_file():
       raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
@@ -217,6 +218,11 @@ class Vocabulary:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
       raise ValueError(f"{path} is not a vocabulary file: expected UTF-8 JSON ({e})") \
           from None
+    if isinstance(cfg, dict) and "format" not in cfg and "vocab" in cfg:
+      if not cfg["vocab"]:  # Predictor.export's .json, of a model without one
+        raise ValueError(f"{path}: the exported model has no vocabulary (input_kind "
+                         f"{cfg.get('input_kind')!r}); expected a text model's")
+      cfg = cfg["vocab"]  # Predictor.export's .json
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
       raise ValueError(f"{path} is not a vocabulary file: expected a JSON object with "
                        f"\"format\": \"{_FORMAT}\"")
@@ -229,6 +235,57 @@ class Vocabulary:
       return cls.from_dict(cfg)
     except ValueError as e:
       raise ValueError(f"{path}: {e}") from None
+
+  @classmethod
+  def from_token_file(cls, path: str | os.PathLike, level: str = "word",
+                      lowercase: bool = True,
+                      split_punctuation: bool = False) -> "Vocabulary":
+    """A vocabulary file of one token a line (Keras TextVectorization's `vocabulary=`
+    file): ids in line order after '<pad>' 0 and '<unk>' 1, which the file may hold as its
+    first two lines (or as Keras's '' and '[UNK]'). The tokenizer rules are the arguments'. A token that
+    tokenized text could never produce (a word with whitespace in it, a 'char' of several
+    characters), an empty line, or a token given twice is an error naming its line."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+      raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
+    try:
+      text = path.read_text("utf-8-sig")
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path} is not a vocabulary file: expected UTF-8 text ({e})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+      lines.pop()  # the last line's newline
+    # the file's own padding and unknown-token lines: flaxnets' names, or Keras's
+    # get_vocabulary() ('' and '[UNK]') written a line each
+    head = [line.removesuffix("\r") for line in lines[:2]]
+    skip = 2 if head in ([PAD, UNK], ["", "[UNK]"]) else 0
+    cleaned = []
+    for n, line in enumerate(lines[skip:], skip + 1):
+      token = line.removesuffix("\r")
+      if level == "word":
+        token = token.strip()
+        if any(c.isspace() for c in token):
+          raise ValueError(f"{path}: line {n} is {line!r}: a word-level token holds no "
+                           "whitespace (text is split on it)")
+      elif len(token) != 1:
+        raise ValueError(f"{path}: line {n} is {line!r}: expected one character a line "
+                         "(level 'char')")
+      if not token:
+        raise ValueError(f"{path}: line {n} is empty; expected one token a line")
+      cleaned.append(token)
+    tokens, line_of = [PAD, UNK], {}
+    for n, token in enumerate(cleaned, skip + 1):
+      if token in (PAD, UNK):
+        raise ValueError(f"{path}: line {n} is {token!r}; expected {PAD!r} and {UNK!r} "
+                         "(ids 0 and 1) as lines 1 and 2 together, or not at all")
+      if token in line_of:
+        raise ValueError(f"{path}: line {n} is {token!r}, as line {line_of[token]} is; "
+                         "expected each token once")
+      line_of[token] = n
+      tokens.append(token)
+    if len(tokens) == 2:
+      raise ValueError(f"{path}: no tokens; expected one token a line")
+    return cls(tokens, level, lowercase, split_punctuation)
 
 
 def padded_lengths(ids: np.ndarray) -> np.ndarray:

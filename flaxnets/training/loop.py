@@ -23,6 +23,7 @@ import ml_collections
 from flaxnets import config as config_lib
 from flaxnets import metrics as metrics_lib
 from flaxnets.data import pipeline, sources
+from flaxnets.data.text import PAD_ID, UNK_ID
 from flaxnets.data.types import Dataset
 from flaxnets.models import registry
 from flaxnets.training import finetune, hooks, optim, parallel, steps
@@ -461,7 +462,7 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
       raise TypeError(f"workdir={workdir!r}: expected a folder path (str or pathlib.Path) "
                       "or None")
     workdir = str(pathlib.Path(workdir).expanduser())
-  for key in ("path", "data_dir"):  # checkpoints record where the data is, from anywhere
+  for key in ("path", "data_dir", "vocabulary"):  # checkpoints record where the data is
     if config.dataset[key]:
       config.dataset[key] = str(pathlib.Path(config.dataset[key]).expanduser().absolute())
   if config.init.workdir:
@@ -514,6 +515,12 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       (f"; batches of {config.batch_size} in {config.grad_accum_steps} micro-batches of "
        f"{config.batch_size // config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""))
   log(summary(state.params, state.batch_stats))
+  if config.dataset.vocabulary:
+    ids = dataset.train["inputs"]
+    unknown = (ids == UNK_ID).sum() / max(1, (ids != PAD_ID).sum())
+    log(f"vocabulary: {len(dataset.vocab)} tokens from {config.dataset.vocabulary} "
+        f"({dataset.vocab.level} level); {unknown:.2%} of the training tokens are not in it "
+        "(<unk>)")
   if class_weights is not None:
     how = config.optimizer.class_weights
     log(f"class weights in the training loss ({how if isinstance(how, str) else 'given'}): " +
