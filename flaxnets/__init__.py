@@ -11,8 +11,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "evaluate", "load", "Predictor", "get_config", "ConfigError", "Interrupted",
-           "CheckpointError", "EpochEnd", "__version__"]
+__all__ = ["train", "evaluate", "load", "lr_find", "Predictor", "get_config", "ConfigError",
+           "Interrupted", "CheckpointError", "EpochEnd", "__version__"]
 
 
 def __getattr__(name):
@@ -26,6 +26,9 @@ def __getattr__(name):
   if name == "CheckpointError":  # a failed save, a damaged step, a busy or foreign workdir
     from flaxnets.training import checkpoint
     return checkpoint.CheckpointError
+  if name in ("lr_find", "LRFindResult"):  # the learning-rate range test
+    from flaxnets.training import lr_find
+    return getattr(lr_find, name)
   if name in ("load", "Predictor"):
     from flaxnets import inference
     return getattr(inference, name)

@@ -476,9 +476,9 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
     return _train(config, workdir, data, restart, start_time, callbacks)
 
 
-def _train(config: Any, workdir: str | None, data: Any, restart: bool,
-           start_time: float, callbacks: list[Callable]) -> TrainResult:
-  """train() once the config is validated and the workdir is held."""
+def setup(config: Any, data: Any) -> tuple:
+  """What a run trains on, and with: (dataset as the model reads it, class weights,
+  input statistics, length buckets, strategy, model, training iterator)."""
   # ---- data ------------------------------------------------------------------------
   dataset = sources.load_dataset(config.dataset, data)
   model_cls = registry.MODELS[config.model.name]
@@ -490,15 +490,37 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
   stats = (pipeline.input_stats(dataset.train, dataset.input_kind)
            if config.dataset.normalize else {})
   buckets = buckets_for(dataset)
-
   # ---- devices and model ------------------------------------------------------------
   strategy = parallel.Strategy(parallel.choose(config.parallel.strategy))
   strategy.check_batch(config.batch_size, micro_batches=config.grad_accum_steps)
-  eval_batch = -(-config.eval_batch_size // strategy.num_devices) * strategy.num_devices
   model = build_model(config, dataset, strategy.name)
   train_it = pipeline.TrainIterator(dataset.train, config.batch_size, config.seed,
                                     buckets=buckets, process_index=jax.process_index(),
                                     process_count=jax.process_count())
+  return dataset, class_weights, stats, buckets, strategy, model, train_it
+
+
+def compile_train_step(config: Any, dataset: Dataset, stats: dict, schedule: Callable,
+                       strategy: parallel.Strategy, class_weights: Any) -> Callable:
+  """config's train step, with the epoch's running metric sums, compiled for strategy."""
+  return strategy.compile_train(steps.with_running_sums(steps.make_train_step(
+      num_classes=dataset.num_classes, stats=stats, schedule=schedule,
+      label_smoothing=config.optimizer.label_smoothing,
+      crop_padding=config.augment.crop_padding if dataset.input_kind == "image" else 0,
+      flip=config.augment.flip and dataset.input_kind == "image",
+      axis_name=strategy.axis_name, debug=config.debug,
+      grad_accum_steps=config.grad_accum_steps,
+      order_micro_batches=strategy.name != "mesh" or strategy.num_devices == 1,
+      freeze=config.optimizer.freeze, class_weights=class_weights,
+      lr_multipliers=config.optimizer.lr_multipliers)),
+      running_sums=True)
+
+
+def _train(config: Any, workdir: str | None, data: Any, restart: bool,
+           start_time: float, callbacks: list[Callable]) -> TrainResult:
+  """train() once the config is validated and the workdir is held."""
+  dataset, class_weights, stats, buckets, strategy, model, train_it = setup(config, data)
+  eval_batch = -(-config.eval_batch_size // strategy.num_devices) * strategy.num_devices
   steps_per_epoch = train_it.steps_per_epoch
   tx, schedule = optim.make_optimizer(config.optimizer, steps_per_epoch, config.num_epochs,
                                       plateau=config.reduce_lr_on_plateau)
@@ -621,17 +643,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
     return resumed_wall + time.time() - start_time
 
   # ---- compile ---------------------------------------------------------------------
-  train_step = strategy.compile_train(steps.with_running_sums(steps.make_train_step(
-      num_classes=dataset.num_classes, stats=stats, schedule=schedule,
-      label_smoothing=config.optimizer.label_smoothing,
-      crop_padding=config.augment.crop_padding if dataset.input_kind == "image" else 0,
-      flip=config.augment.flip and dataset.input_kind == "image",
-      axis_name=strategy.axis_name, debug=config.debug,
-      grad_accum_steps=config.grad_accum_steps,
-      order_micro_batches=strategy.name != "mesh" or strategy.num_devices == 1,
-      freeze=config.optimizer.freeze, class_weights=class_weights,
-      lr_multipliers=config.optimizer.lr_multipliers)),
-      running_sums=True)
+  train_step = compile_train_step(config, dataset, stats, schedule, strategy, class_weights)
   if config.debug:  # chex's value assertions inside the compiled step, checked every call
     import chex
     train_step = chex.chexify(train_step, async_check=False)

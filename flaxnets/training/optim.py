@@ -164,10 +164,13 @@ def other_plateau_layout(state: Any, rcfg: Any, dropped: list | None = None
 
 
 def make_optimizer(ocfg: Any, steps_per_epoch: int, num_epochs: int,
-                   plateau: Any = None) -> tuple[optax.GradientTransformation, Callable]:
+                   plateau: Any = None, schedule: Callable | None = None
+                   ) -> tuple[optax.GradientTransformation, Callable]:
   """(tx, schedule) from config.optimizer; with `plateau` (config.reduce_lr_on_plateau,
-  patience > 0) the chain ends in `plateau_scale`."""
-  schedule = make_schedule(ocfg, steps_per_epoch, num_epochs)
+  patience > 0) the chain ends in `plateau_scale`. `schedule` (step -> learning rate)
+  replaces config.optimizer's (learning_rate, schedule, warmup), as lr_find's sweep does."""
+  if schedule is None:
+    schedule = make_schedule(ocfg, steps_per_epoch, num_epochs)
   wd = ocfg.weight_decay
   parts = []
   if ocfg.clip_norm > 0:
