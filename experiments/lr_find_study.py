@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import io
 import json
+import os
 import pathlib
 import platform
 
@@ -45,7 +46,13 @@ def ema_steepest(result, skip_begin=10, skip_end=1) -> float:
 
 
 def main() -> None:
-  out = {"device": jax.devices()[0].device_kind, "host": platform.machine(),
+  out = {"benchmark": "lr_find_study",
+         "what": "flaxnets.lr_find's suggestion (centred average) beside the exponential "
+                 "average's steepest fall (Lightning's pick), SimpleCNN on digits; then "
+                 "validation accuracy after 3 epochs at fixed rates",
+         "command": "python experiments/lr_find_study.py",
+         "device_kind": jax.devices()[0].device_kind, "machine": platform.machine(),
+         "cpu_count": os.cpu_count(), "jax_version": jax.__version__,
          "date": datetime.date.today().isoformat(), "sweeps": [], "grid": []}
   print("optimizer seed  suggestion  min-loss rate  EMA steepest  diverged")
   for opt in GRID:

@@ -399,7 +399,10 @@ class Predictor:
       raise ValueError("this model was trained on numpy arrays passed to train(data=...), "
                        "which the checkpoint does not hold; call flaxnets.evaluate(result) "
                        "on train's result, or predict on the arrays")
-    dataset = sources.load_dataset(config.dataset)
+    # a given vocabulary (config.dataset.vocabulary) is the checkpoint's copy: its source
+    # may have changed or gone since
+    dataset = sources.load_dataset(config.dataset, vocab=self.vocab if config.dataset.get(
+        "vocabulary") else None)
     dataset = sources.adapt(dataset, getattr(registry.MODELS[config.model.name], "input_kinds",
                                              ("image", "series", "tokens")))
     from flaxnets.training import checkpoint

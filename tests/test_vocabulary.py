@@ -53,7 +53,7 @@ def test_a_token_file_gives_ids_in_line_order(tmp_path):
   np.testing.assert_array_equal(ids, [[2, 4, UNK_ID, 0], [5, 3, 0, 0]])
   np.testing.assert_array_equal(lengths, [3, 2])
   # the file's own padding and unknown lines, flaxnets' or Keras's get_vocabulary()'s
-  for head in (f"{PAD}\n{UNK}\n", "\n[UNK]\n"):
+  for head in (f"{PAD}\n{UNK}\n", "\n[UNK]\n", f"{PAD} \r\n {UNK}\n", "[UNK]\n", f"{UNK}\n"):
     f.write_text(head + "the\nmovie\n")
     assert Vocabulary.from_token_file(f).tokens == [PAD, UNK, "the", "movie"]
   f.write_text("a\nb\n \n")  # a char vocabulary takes the space as a token
@@ -68,7 +68,8 @@ def test_a_token_file_gives_ids_in_line_order(tmp_path):
     (f"the\n{UNK}\n", "word", r"line 2 is '<unk>'; expected '<pad>' and '<unk>' \(ids 0 and "
                               r"1\) as lines 1 and 2 together, or not at all"),
     (f"{PAD}\nthe\n", "word", r"line 1 is '<pad>'"),
-    ("a\nbc\n", "char", r"line 2 is 'bc': expected one character a line \(level 'char'\)"),
+    ("a\nbc\n", "char", r"line 2 is 'bc': expected one character a line \(level 'char'; a vocabulary "
+                                  r"with a newline character is a .json"),
     ("", "word", r"no tokens; expected one token a line"),
     ("\n[UNK]\n", "word", r"no tokens"),
 ])
@@ -216,8 +217,19 @@ def test_bad_vocabulary_settings_are_refused_before_anything_is_touched(tmp_path
   # capitals that lowercased text never matches: a warning
   vocab.write_text("good\nBad\n")
   config = _config(data, **{"dataset.vocabulary": str(vocab)})
-  with pytest.warns(UserWarning, match=r"1 of its 2 tokens have capitals \(e.g. \['Bad'\]\), "
-                                       r"and config.dataset.lowercase=True"):
+  with pytest.warns(UserWarning, match=r"1 of its 2 tokens are never produced by config."
+                                       r"dataset's tokenizer \(lowercase=True, split_punctuation"
+                                       r"=False\), e.g. \['Bad'\] becomes \['bad'\]"):
+    sources.load_dataset(config.dataset)
+  vocab.write_text("good.\nbad\n")  # punctuation split off: 'good.' is never a token
+  config.dataset.split_punctuation = True
+  with pytest.warns(UserWarning, match=r"e.g. \['good.'\] becomes \['good', '.'\]"):
+    sources.load_dataset(config.dataset)
+  # a saved vocabulary of no tokens
+  Vocabulary([PAD, UNK]).save(tmp_path / "empty.json")
+  config = _config(data, **{"dataset.vocabulary": str(tmp_path / "empty.json")})
+  with pytest.raises(ValueError, match=r"empty.json': it holds no tokens but '<pad>' and "
+                                       r"'<unk>'; expected some"):
     sources.load_dataset(config.dataset)
 
 
@@ -237,3 +249,57 @@ def test_a_resume_with_another_vocabulary_is_refused(tmp_path):
   result = flaxnets.train(_config(data, **{"dataset.vocabulary": str(first),
                                            "num_epochs": 2}), str(workdir))
   assert [h["epoch"] for h in result.history if h["split"] == "val"] == [1, 2]
+
+
+def test_evaluation_reads_the_checkpoints_copy_of_a_given_vocabulary(tmp_path, monkeypatch):
+  """A run given a relative vocabulary path records it absolute; its checkpoint's copy of
+  the vocabulary is what evaluate encodes with, so the source may change or go (a
+  fine-tuning source run deleted), and a checkpoint written before the setting existed
+  evaluates as before. The .json beside an export gives the vocabulary too."""
+  data = tmp_path / "data"
+  _table(data / "train.tsv", 120, 0, ["good"], ["bad"])
+  _table(data / "test.tsv", 40, 1, ["good"], ["bad"])
+  (tmp_path / "vocab.txt").write_text("good\nbad\nthe\n")
+  monkeypatch.chdir(tmp_path)
+  config = _config(data, **{"dataset.vocabulary": "vocab.txt", "num_epochs": 2})
+  result = flaxnets.train(config, str(tmp_path / "run"))
+  predictor = flaxnets.load(tmp_path / "run")
+  assert predictor.config.dataset.vocabulary == str(tmp_path / "vocab.txt")
+  expected = result.test_metrics["accuracy"]
+  (tmp_path / "vocab.txt").write_text("the\nbad\ngood\nmovie\n")  # changed, then gone
+  assert predictor.evaluate("test")["accuracy"] == pytest.approx(expected)
+  (tmp_path / "vocab.txt").unlink()
+  assert flaxnets.load(tmp_path / "run").evaluate("test")["accuracy"] == pytest.approx(expected)
+  # a resume against the changed source names it
+  (tmp_path / "vocab.txt").write_text("the\nbad\ngood\nmovie\n")
+  config.num_epochs = 3
+  with pytest.raises(flaxnets.CheckpointError, match=r"vocabulary: the one config.dataset."
+                                                     r"vocabulary='.*vocab.txt' gives differs "
+                                                     r"from the checkpoint's"):
+    flaxnets.train(config, str(tmp_path / "run"))
+  # a checkpoint whose config has no dataset.vocabulary (written before it existed)
+  plain = flaxnets.train(_config(data, num_epochs=1), str(tmp_path / "plain"))
+  for meta in (tmp_path / "plain").glob("*/*/meta/metadata"):
+    m = json.loads(meta.read_text())
+    del m["config"]["dataset"]["vocabulary"]
+    meta.write_text(json.dumps(m))
+  assert flaxnets.load(tmp_path / "plain").evaluate("test")["accuracy"] == pytest.approx(
+      plain.test_metrics["accuracy"])
+  # the .json beside an export
+  predictor.export(tmp_path / "model.jax")
+  assert Vocabulary.load(tmp_path / "model.jax.json") == predictor.vocab
+  with pytest.raises(ValueError, match=r"model.jax is not a vocabulary file: expected UTF-8 "
+                                       r"text.*an export's vocabulary is the .json beside it"):
+    Vocabulary.from_token_file(tmp_path / "model.jax")
+
+
+def test_a_tfds_image_dataset_refuses_a_vocabulary(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  (tmp_path / "vocab.txt").write_text("good\n")
+  config = quiet_config(**{"dataset.name": "tfds:mnist", "dataset.vocabulary":
+                           str(tmp_path / "vocab.txt")})
+  with tfds.testing.mock_data(num_examples=20):
+    with pytest.raises(ConfigError, match=r"config.dataset.vocabulary='.*vocab.txt': TFDS "
+                                          r"dataset 'mnist' holds images, which have no "
+                                          r"vocabulary"):
+      sources.load_dataset(config.dataset)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from flaxnets.data import files, sources
-from flaxnets.data.text import Vocabulary, lm_eval_windows, lm_windows
+from flaxnets.data.text import PAD, UNK, Vocabulary, lm_eval_windows, lm_windows
 from flaxnets.data.types import Dataset
 from flaxnets.warn import warn
 
@@ -146,7 +146,7 @@ def _table_file(path: pathlib.Path, split: str) -> pathlib.Path | None:
   return None
 
 
-def text_table_dataset(dcfg: Any) -> Dataset:
+def text_table_dataset(dcfg: Any, vocab: Vocabulary | None = None) -> Dataset:
   """TSV/CSV with label and text columns; word or char vocabulary from train."""
   path = _path(dcfg)
   train_file = _table_file(path, dcfg.train_split)
@@ -179,7 +179,7 @@ def text_table_dataset(dcfg: Any) -> Dataset:
     t, r, where = _read_table(f, dcfg)
     splits[role] = {"texts": np.array(t, dtype=object),
                     "labels": files.encode_labels(r, names, where)[0]}
-  vocab, splits = _encode_texts(dcfg, splits)
+  vocab, splits = _encode_texts(dcfg, splits, vocab)
   return Dataset(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
                  num_classes=len(names), label_names=names, input_kind="tokens", vocab=vocab,
                  name=path.name)
@@ -192,7 +192,8 @@ def _read_table(f: pathlib.Path, dcfg: Any) -> tuple[list[str], list[str], list[
   return texts, raw, [f"{f}: line {n}" for n in lines]
 
 
-def _encode_texts(dcfg: Any, splits: dict[str, dict]) -> tuple[Vocabulary, dict[str, dict]]:
+def _encode_texts(dcfg: Any, splits: dict[str, dict], vocab: Vocabulary | None = None
+                  ) -> tuple[Vocabulary, dict[str, dict]]:
   """{'texts', 'labels'} splits -> (vocabulary, token splits). Validation is carved out of
   train (when no val split is given) before the vocabulary and max_len are taken from
   train, so no word or length seen only in validation shapes them."""
@@ -201,7 +202,8 @@ def _encode_texts(dcfg: Any, splits: dict[str, dict]) -> tuple[Vocabulary, dict[
     if val is not None:
       splits["val"] = val
   texts = list(splits["train"]["texts"])
-  vocab = given_vocabulary(dcfg)
+  if vocab is None:  # (evaluate passes the checkpoint's)
+    vocab = given_vocabulary(dcfg)
   if vocab is None:
     vocab = Vocabulary.build(texts, level=dcfg.vocab_level, lowercase=dcfg.lowercase,
                              min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
@@ -222,7 +224,7 @@ def given_vocabulary(dcfg: Any) -> Vocabulary | None:
   token a line tokenized by config.dataset's rules. The first two carry the tokenizer
   rules their model trained with: config.dataset's must be the same (a ConfigError names
   the one that differs), so the recorded config says how the texts were split."""
-  spec = dcfg.vocabulary
+  spec = dcfg.get("vocabulary", "")  # (a checkpoint's config from before 2026-11-30 lacks it)
   if not spec:
     return None
   where = f"config.dataset.vocabulary={spec!r}"
@@ -238,16 +240,19 @@ def given_vocabulary(dcfg: Any) -> Vocabulary | None:
     else:
       vocab = Vocabulary.from_token_file(path, dcfg.vocab_level, dcfg.lowercase,
                                          dcfg.split_punctuation)
-      cased = [t for t in vocab.tokens[2:] if t != t.lower()]
-      if dcfg.lowercase and cased:
-        warn(f"{where}: {len(cased)} of its {len(vocab) - 2} tokens have capitals (e.g. "
-             f"{cased[:3]}), and config.dataset.lowercase=True lowercases the texts, so "
-             "they never match; set lowercase=False for a cased vocabulary")
+      never = vocab.unreachable()
+      if never:
+        warn(f"{where}: {len(never)} of its {len(vocab) - 2} tokens are never produced by "
+             f"config.dataset's tokenizer (lowercase={dcfg.lowercase}, split_punctuation="
+             f"{dcfg.split_punctuation}), e.g. {never[:3]} becomes "
+             f"{vocab.tokenize(never[0])}, so they never match")
       return vocab
   except FileNotFoundError as e:  # a workdir without checkpoints
     raise FileNotFoundError(f"{where}: {e}") from None
   except (OSError, ValueError) as e:
     raise ValueError(f"{where}: {e}") from None
+  if len(vocab) <= 2:
+    raise ValueError(f"{where}: it holds no tokens but {PAD!r} and {UNK!r}; expected some")
   from flaxnets.config import ConfigError
   rules = {"vocab_level": vocab.level, "lowercase": vocab.lowercase}
   if vocab.level == "word":
@@ -261,22 +266,31 @@ def given_vocabulary(dcfg: Any) -> Vocabulary | None:
 
 
 def _run_vocabulary(workdir: pathlib.Path) -> Vocabulary:
+  """A run's vocabulary, from the metadata of its best step (else its latest): a step
+  that is damaged, or pruned by the still-training run while it is read, gives way to
+  the same step's copy in the other folder, then to the newest step (every step of a run
+  holds the same vocabulary)."""
   from flaxnets.inference import _step_dir
-  step_dir = _step_dir(workdir, "best")
-  meta_file = step_dir / "meta" / "metadata"
-  try:
-    meta = json.loads(meta_file.read_text("utf-8"))
-  except (OSError, ValueError) as e:
-    raise ValueError(f"the checkpoint {str(step_dir)!r} could not be read ({e})") from None
-  if not isinstance(meta, dict) or not meta.get("vocab"):
-    what = meta.get("input_kind", "no text") if isinstance(meta, dict) else "no text"
-    raise ValueError(f"the run in it trained on {what} inputs, with no vocabulary; expected "
-                     "a text model's run")
-  return Vocabulary.from_dict(meta["vocab"])
+  first = _step_dir(workdir, "best")
+  other = workdir / ("checkpoints" if first.parent.name == "best" else "best") / first.name
+  errors = []
+  for attempt in (first, other, "latest", "latest"):
+    try:
+      step_dir = _step_dir(workdir, attempt) if isinstance(attempt, str) else attempt
+      meta = json.loads((step_dir / "meta" / "metadata").read_text("utf-8"))
+    except (OSError, ValueError) as e:
+      errors.append(e)
+      continue
+    if not isinstance(meta, dict) or not meta.get("vocab"):
+      what = meta.get("input_kind", "no text") if isinstance(meta, dict) else "no text"
+      raise ValueError(f"the run in it trained on {what} inputs, with no vocabulary; "
+                       "expected a text model's run")
+    return Vocabulary.from_dict(meta["vocab"])
+  raise ValueError(f"the checkpoint {str(first)!r} could not be read ({errors[0]})")
 
 
 # ---- text corpora (language models) -------------------------------------------------------
-def text_file_dataset(dcfg: Any) -> Dataset:
+def text_file_dataset(dcfg: Any, vocab: Vocabulary | None = None) -> Dataset:
   """A plain-text corpus for next-token prediction: the last val_fraction is validation."""
   path = _path(dcfg)
   if not path.is_file():
@@ -298,7 +312,8 @@ def text_file_dataset(dcfg: Any) -> Dataset:
   if dcfg.vocab_level == "word":  # on a word boundary: a split word had become two tokens
     while cut < len(text) and not text[cut].isspace():
       cut += 1
-  vocab = given_vocabulary(dcfg)
+  if vocab is None:
+    vocab = given_vocabulary(dcfg)
   if vocab is None:
     vocab = Vocabulary.build([text[:cut]], level=dcfg.vocab_level, lowercase=dcfg.lowercase,
                              min_freq=dcfg.min_freq, max_size=dcfg.max_vocab or None,
@@ -330,7 +345,7 @@ def text_file_dataset(dcfg: Any) -> Dataset:
 
 
 # ---- TFDS -------------------------------------------------------------------------------
-def tfds_dataset(dcfg: Any) -> Dataset:
+def tfds_dataset(dcfg: Any, vocab: Vocabulary | None = None) -> Dataset:
   """`tfds:<name>[:<version>]` through tfds.data_source (prepared ArrayRecord files)."""
   from flaxnets.data import tfds_source
   name = dcfg.name[len("tfds:"):]
@@ -367,6 +382,11 @@ def tfds_dataset(dcfg: Any) -> Dataset:
     if split:
       raw[role] = load(split)
   if "images" in train_raw:
+    if dcfg.get("vocabulary", ""):
+      from flaxnets.config import ConfigError
+      raise ConfigError(f"config.dataset.vocabulary={dcfg.vocabulary!r}: TFDS dataset "
+                        f"{name!r} holds images, which have no vocabulary; expected "
+                        "vocabulary='' (or a text dataset)")
     splits = {k: {"inputs": v["images"], "labels": v["labels"]} for k, v in raw.items()}
     kind, vocab = "image", None
     if "val" not in splits:
@@ -374,7 +394,8 @@ def tfds_dataset(dcfg: Any) -> Dataset:
                                                                 dcfg.val_fraction)
   else:
     vocab, splits = _encode_texts(dcfg, {k: {"texts": np.array(list(v["texts"]), dtype=object),
-                                             "labels": v["labels"]} for k, v in raw.items()})
+                                             "labels": v["labels"]} for k, v in raw.items()},
+                                  vocab)
     kind = "tokens"
   return Dataset(train=splits["train"], val=splits.get("val"), test=splits.get("test"),
                  num_classes=len(names), label_names=names, input_kind=kind, vocab=vocab,

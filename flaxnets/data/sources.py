@@ -270,8 +270,9 @@ def from_arrays(train: tuple, val: tuple | None = None, test: tuple | None = Non
                  input_kind=kind, name="arrays")
 
 
-def load_dataset(dcfg: Any, data: Any = None) -> Dataset:
-  """Build the Dataset that config.dataset describes (`data` feeds the 'arrays' source)."""
+def load_dataset(dcfg: Any, data: Any = None, vocab: Any = None) -> Dataset:
+  """Build the Dataset that config.dataset describes (`data` feeds the 'arrays' source;
+  `vocab`, a Vocabulary, encodes a text dataset in place of config.dataset.vocabulary's)."""
   name = dcfg.name
   if isinstance(data, Dataset):
     return data
@@ -297,11 +298,11 @@ def load_dataset(dcfg: Any, data: Any = None) -> Dataset:
   if name == "image_folder":
     return local.image_folder_dataset(dcfg)
   if name == "text_table":
-    return local.text_table_dataset(dcfg)
+    return local.text_table_dataset(dcfg, vocab)
   if name == "text_file":
-    return local.text_file_dataset(dcfg)
+    return local.text_file_dataset(dcfg, vocab)
   if name.startswith("tfds:"):
-    return local.tfds_dataset(dcfg)
+    return local.tfds_dataset(dcfg, vocab)
   raise ValueError(f"config.dataset.name={name!r}: unknown dataset")
 
 

@@ -242,23 +242,29 @@ class Vocabulary:
                       split_punctuation: bool = False) -> "Vocabulary":
     """A vocabulary file of one token a line (Keras TextVectorization's `vocabulary=`
     file): ids in line order after '<pad>' 0 and '<unk>' 1, which the file may hold as its
-    first two lines (or as Keras's '' and '[UNK]'). The tokenizer rules are the arguments'. A token that
-    tokenized text could never produce (a word with whitespace in it, a 'char' of several
-    characters), an empty line, or a token given twice is an error naming its line."""
+    first two lines (or as Keras's '' and '[UNK]', or '[UNK]' alone first). The tokenizer
+    rules are the arguments'. A word with whitespace in it, a 'char' line of another
+    length, an empty line or a token given twice is an error naming its line; tokens the
+    tokenizer never produces (capitals under lowercase, punctuation under
+    split_punctuation) are listed by `unreachable()`."""
     path = pathlib.Path(path)
     if not path.is_file():
       raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
     try:
       text = path.read_text("utf-8-sig")
     except UnicodeDecodeError as e:
-      raise ValueError(f"{path} is not a vocabulary file: expected UTF-8 text ({e})") from None
+      raise ValueError(f"{path} is not a vocabulary file: expected UTF-8 text, one token a "
+                       f"line ({e}); an export's vocabulary is the .json beside it") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
       lines.pop()  # the last line's newline
     # the file's own padding and unknown-token lines: flaxnets' names, or Keras's
     # get_vocabulary() ('' and '[UNK]') written a line each
     head = [line.removesuffix("\r") for line in lines[:2]]
-    skip = 2 if head in ([PAD, UNK], ["", "[UNK]"]) else 0
+    if level == "word":
+      head = [h.strip() for h in head]
+    skip = (2 if head in ([PAD, UNK], ["", "[UNK]"]) else
+            1 if head[:1] in ([UNK], ["[UNK]"]) else 0)  # Keras StringLookup: '[UNK]' first
     cleaned = []
     for n, line in enumerate(lines[skip:], skip + 1):
       token = line.removesuffix("\r")
@@ -269,7 +275,8 @@ class Vocabulary:
                            "whitespace (text is split on it)")
       elif len(token) != 1:
         raise ValueError(f"{path}: line {n} is {line!r}: expected one character a line "
-                         "(level 'char')")
+                         "(level 'char'; a vocabulary with a newline character is a "
+                         ".json, Vocabulary.save's)")
       if not token:
         raise ValueError(f"{path}: line {n} is empty; expected one token a line")
       cleaned.append(token)
@@ -286,6 +293,11 @@ class Vocabulary:
     if len(tokens) == 2:
       raise ValueError(f"{path}: no tokens; expected one token a line")
     return cls(tokens, level, lowercase, split_punctuation)
+
+  def unreachable(self) -> list[str]:
+    """Tokens this vocabulary's own tokenizer never produces from any text (a capital
+    under lowercase, 'good.' under split_punctuation): their ids are never used."""
+    return [t for t in self.tokens[2:] if self.tokenize(t) != [t]]
 
 
 def padded_lengths(ids: np.ndarray) -> np.ndarray:

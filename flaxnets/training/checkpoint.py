@@ -241,6 +241,10 @@ def data_differences(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_
                    "only, after the validation carve, and a text_file corpus follows "
                    "dataset.lowercase and split_punctuation); the checkpoint's predict() "
                    "keeps its own vocabulary")
+    elif ((b.get("config") or {}).get("dataset") or {}).get("vocabulary"):
+      diffs.append(f"vocabulary: the one config.dataset.vocabulary="
+                   f"{b['config']['dataset']['vocabulary']!r} gives differs from the "
+                   "checkpoint's (it changed since)")
     else:
       diffs.append("vocabulary: built from different training data or settings")
   return diffs

@@ -537,7 +537,7 @@ def _train(config: Any, workdir: str | None, data: Any, restart: bool,
       (f"; batches of {config.batch_size} in {config.grad_accum_steps} micro-batches of "
        f"{config.batch_size // config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""))
   log(summary(state.params, state.batch_stats))
-  if config.dataset.vocabulary:
+  if config.dataset.vocabulary and dataset.vocab is not None:
     ids = dataset.train["inputs"]
     unknown = (ids == UNK_ID).sum() / max(1, (ids != PAD_ID).sum())
     log(f"vocabulary: {len(dataset.vocab)} tokens from {config.dataset.vocabulary} "
