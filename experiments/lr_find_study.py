@@ -62,7 +62,8 @@ def main() -> None:
       row = {"optimizer": opt, "seed": seed, "suggestion": r.suggestion,
              "min_loss_lr": r.min_loss_lr, "ema_steepest": ema_steepest(r),
              "stopped_early": r.stopped_early, "steps": len(r.losses)}
-      assert suggest(r.learning_rates, r.losses)[0] == r.suggestion
+      n = len(r.losses) - (1 if r.stopped_early else 0)  # a diverged last point is not read
+      assert suggest(r.learning_rates[:n], r.losses[:n])[0] == r.suggestion
       out["sweeps"].append(row)
       print(f"{opt:9} {seed:4}  {r.suggestion:10.3g}  {r.min_loss_lr:13.3g}  "
             f"{row['ema_steepest']:12.3g}  {r.stopped_early}")

@@ -61,6 +61,9 @@ def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
   # centred: no lag, unlike an exponential average
   assert int(np.argmax(-np.gradient(centred_average(losses[:80], 15)))) == 50
   assert suggest(lrs, np.linspace(1, 2, 100)) == (None, pytest.approx(lrs[10]))  # never falls
+  rng = np.random.default_rng(0)  # noise on a flat curve dips, but not by 5%
+  assert all(suggest(lrs, 2.3 + 0.05 * rng.standard_normal(100))[0] is None
+             for _ in range(50))
   assert suggest(lrs[:12], losses[:12]) == (None, None)  # too few points
 
 
@@ -73,6 +76,7 @@ def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
     ({"stop_factor": 1.0}, r"stop_factor=1.0: expected a number > 1"),
     ({"smoothing": 1.0}, r"smoothing=1.0: expected a number in \[0, 1\)"),
     ({"skip_begin": -1}, r"skip_begin=-1: expected an integer >= 0"),
+    ({"num_steps": 12}, r"num_steps=12: expected at least skip_begin \+ skip_end \+ 3 = 14"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -84,3 +88,20 @@ def test_a_bad_config_is_refused():
     flaxnets.lr_find(quiet_config(batch_size=0))
   with pytest.raises(flaxnets.ConfigError, match=r"expected an ml_collections.ConfigDict"):
     flaxnets.lr_find({"model": {}})
+
+
+def test_the_sweep_starts_from_config_init_and_refuses_what_train_refuses(tmp_path):
+  """A fine-tuning sweep starts from config.init's weights (a trained model's first loss
+  is far below a fresh one's); config.debug does not stop it; a freeze pattern that fits
+  no weight is refused as train refuses it; rates past float32's range stay finite."""
+  source = tmp_path / "source"
+  flaxnets.train(quiet_config(num_epochs=3, **SMALL), str(source))
+  fresh = flaxnets.lr_find(quiet_config(**SMALL), num_steps=20, skip_begin=2)
+  tuned = flaxnets.lr_find(quiet_config(**SMALL, **{"init.workdir": str(source),
+                                                   "debug": True}), num_steps=20, skip_begin=2)
+  assert tuned.losses[0] < 0.5 * fresh.losses[0], (tuned.losses[0], fresh.losses[0])
+  with pytest.raises(flaxnets.ConfigError, match=r"config.optimizer.freeze='nothing_here'"):
+    flaxnets.lr_find(quiet_config(**SMALL, **{"optimizer.freeze": "nothing_here"}))
+  wide = flaxnets.lr_find(quiet_config(**SMALL), start_lr=1e-30, end_lr=1e10, num_steps=20,
+                          skip_begin=2)
+  assert np.isfinite(wide.learning_rates[:-1]).all() and wide.learning_rates[1] < 1e-20

@@ -27,6 +27,7 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -46,11 +47,10 @@ class LRFindResult:
   def plot(self, path: str | pathlib.Path) -> pathlib.Path:
     """The smoothed loss against the learning rate (log scale) as a PNG, the suggestion
     marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays its own
     path = pathlib.Path(path).expanduser()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     ax.plot(self.learning_rates, self.smoothed_losses, label="smoothed loss")
     ax.plot(self.learning_rates, self.losses, alpha=0.3, label="loss")
     if self.suggestion is not None:
@@ -63,7 +63,6 @@ class LRFindResult:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -94,14 +93,15 @@ def suggest(learning_rates: np.ndarray, losses: np.ndarray, skip_begin: int = 10
   """(suggestion, rate at the minimum): the rate where the loss falls fastest before its
   minimum, both read on the losses' centred average over about a seventh of the points
   (15 of 100), the first `skip_begin` and last `skip_end` points left out. (None, None)
-  when too few points remain, and no suggestion when the loss never falls."""
+  when too few points remain, and no suggestion when the loss does not fall by 5%."""
   n = len(losses)
   end = n - skip_end
   if end - skip_begin < 3:
     return None, None
   smooth = centred_average(losses, 2 * (n // 14) + 1)
   low = skip_begin + int(np.argmin(smooth[skip_begin:end]))
-  if low - skip_begin < 2:  # the loss did not fall after skip_begin
+  # no suggestion unless the loss fell by 5% or more (noise on a flat curve dips too)
+  if low - skip_begin < 2 or smooth[low] > 0.95 * smooth[skip_begin]:
     return None, float(learning_rates[low])
   slope = np.gradient(smooth)[skip_begin:low + 1]
   return float(learning_rates[skip_begin + int(np.argmin(slope))]), float(learning_rates[low])
@@ -136,22 +136,28 @@ def lr_find(config: ml_collections.ConfigDict, data: Any = None, *, start_lr: fl
          f"a finite number > start_lr ({start_lr!r})")
   _check("num_steps", num_steps, _count(num_steps) and num_steps >= 2, "an integer >= 2")
   _check("stop_factor", stop_factor,
-         isinstance(stop_factor, (int, float)) and not isinstance(stop_factor, bool)
-         and stop_factor > 1, "a number > 1 (math.inf: never stop)")
+         isinstance(stop_factor, (int, float, np.integer, np.floating))
+         and not isinstance(stop_factor, bool) and stop_factor > 1,
+         "a number > 1 (math.inf: never stop)")
   _check("smoothing", smoothing, _number(smoothing) and 0 <= smoothing < 1,
          "a number in [0, 1)")
   for name, v in (("skip_begin", skip_begin), ("skip_end", skip_end)):
     _check(name, v, _count(v) and v >= 0, "an integer >= 0")
+  _check("num_steps", num_steps, num_steps >= skip_begin + skip_end + 3,
+         f"at least skip_begin + skip_end + 3 = {skip_begin + skip_end + 3} (the points the "
+         "suggestion leaves out, and 3 to read)")
   config = config_lib.validate(config_lib.resolved_copy(config))
+  config.debug = False  # its chex checks would stop the sweep at the divergence it seeks
   if config.init.workdir:
     config.init.workdir = str(pathlib.Path(config.init.workdir).expanduser().absolute())
     finetune.check(config.init, None, False)
 
   dataset, class_weights, stats, _, strategy, model, train_it = loop.setup(config, data)
-  ratio = float(end_lr) / float(start_lr)
+  log_start, log_ratio = math.log(start_lr), math.log(end_lr) - math.log(start_lr)
 
-  def schedule(step):  # start_lr at step 0, end_lr at step num_steps - 1
-    return start_lr * ratio ** (step / (num_steps - 1))
+  def schedule(step):  # start_lr at step 0, end_lr at step num_steps - 1 (in log space:
+    # a ratio past float32's range had overflowed)
+    return jnp.exp(log_start + log_ratio * (step / (num_steps - 1)))
 
   tx, _ = optim.make_optimizer(config.optimizer, train_it.steps_per_epoch, 1,
                                schedule=schedule)
@@ -159,6 +165,10 @@ def lr_find(config: ml_collections.ConfigDict, data: Any = None, *, start_lr: fl
                        dataset.input_kind)
   if config.init.workdir:
     state, _ = loop.init_from(state, config, dataset)
+  if config.optimizer.freeze:  # a pattern that fits no weight (or all) is refused, as train
+    finetune.check_freeze(state.params, config.optimizer.freeze, state.batch_stats)
+  if config.optimizer.lr_multipliers:
+    finetune.check_lr_multipliers(state.params, config.optimizer.lr_multipliers)
   train_step = loop.compile_train_step(config, dataset, stats, schedule, strategy,
                                        class_weights)
   state = strategy.put_state(state)
