@@ -1,8 +1,9 @@
-r"""Command line: `flaxnets train | eval | predict | generate | plot | prepare`.
+r"""Command line: `flaxnets train | lr_find | eval | predict | generate | plot | prepare`.
 
     flaxnets train                                    # SimpleCNN on digits
     flaxnets train --config experiments/configs/mnist1d_conv.py --config.seed=1 \
         --workdir runs/mnist1d
+    flaxnets lr_find --config experiments/configs/mnist1d_conv.py [--plot lr.png]
     flaxnets eval runs/mnist1d [--split test] [--step best]
     flaxnets predict runs/mnist1d INPUT...            # a classifier: images, .npy/.npz or text
     flaxnets generate runs/shakespeare "ROMEO:" [--length 200] [--temperature 0.8]
@@ -19,6 +20,7 @@ import json
 import os
 import pathlib
 import sys
+from typing import Any
 
 from absl import flags
 
@@ -56,14 +58,15 @@ def _load_config_error(argv: list[str], e: Exception) -> str:
   return f"config file {path} did not load: {type(e).__name__}: {message}"
 
 
-def _train(argv: list[str]) -> int:
+def _with_config(argv: list[str], name: str, usage: str, define: Any) -> tuple | None:
+  """Parse a command that takes a task config (`--config FILE --config.KEY=VALUE`) and
+  the flags `define(fv)` adds: (flag values, the config flag), or None after --help."""
   from ml_collections import config_flags
   fv = flags.FlagValues()
   default = str(pathlib.Path(__file__).with_name("config.py"))
-  usage = "flaxnets train [--config FILE] [--config.KEY=VALUE ...] [--workdir DIR]"
   # It reads the --config.A.B=V overrides of sys.argv and walks their parents now: those of
   # `argv` (main(argv) called from Python had taken none of them, "Unknown command line flag").
-  saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "flaxnets", "train", *argv]
+  saved_argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "flaxnets", name, *argv]
   try:
     config_flag = config_flags.DEFINE_config_file(
         "config", default, "task config file (a .py with get_config())", flag_values=fv,
@@ -93,6 +96,46 @@ def _train(argv: list[str]) -> int:
                      f"key of an override may be new); usage: {usage}") from None
   finally:
     sys.argv = saved_argv
+  define(fv)
+  # config_flags executes a config file into sys.modules["config_config"], reusing the
+  # module there (the default config's, loaded at definition): a file without
+  # get_config() would silently run the default's get_config().
+  sys.modules.pop("config_config", None)
+  try:
+    rest = _parse(argv, fv, name, usage)
+  except UsageError:
+    raise
+  except Exception as e:  # the config file is executed while the flags parse
+    if os.environ.get("FLAXNETS_TRACEBACK"):
+      raise
+    raise UsageError(_load_config_error(argv, e)) from None
+  if rest is None:
+    return None
+  try:  # a config file that cannot be read parses into a placeholder that raises on use
+    config_flag.value.keys()
+  except OSError as e:
+    cause = e.__cause__ or e
+    raise UsageError(_load_config_error(argv, cause)) from None
+  except Exception as e:  # get_config() returned None (absl: "Unexpected None value")
+    raise UsageError(_load_config_error(argv, e)) from None
+  if rest:
+    at = argv.index(rest[0]) if rest[0] in argv else 0
+    before = argv[at - 1].lstrip("-") if at > 0 else ""
+    if before in fv and getattr(fv[before], "boolean", False) and \
+        rest[0].lower() in _BOOL_WORDS:
+      hint = f" (a boolean flag takes --{before}={rest[0]}, or --{before} / --no{before})"
+    elif before.startswith("config.") and "=" not in before and rest[0].lower() in _BOOL_WORDS:
+      hint = f" (a boolean config value takes --{before}={rest[0]}; --{before} alone sets True)"
+    elif "workdir" in fv and fv.workdir is None:
+      hint = f" (did you mean --workdir {rest[0]}?)"
+    else:
+      hint = ""
+    raise UsageError(f"unexpected argument(s) {rest}: {name} takes only flags{hint}; "
+                     f"usage: {usage}")
+  return fv, config_flag
+
+
+def _train_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and results",
                       flag_values=fv)
   flags.DEFINE_boolean("restart", False, "delete the checkpoint steps in workdir and start over",
@@ -107,40 +150,14 @@ def _train(argv: list[str]) -> int:
                        flag_values=fv)
   flags.DEFINE_float("init_timeout", 60.0, "seconds to wait for the coordinator",
                      flag_values=fv)
-  # config_flags executes a config file into sys.modules["config_config"], reusing the
-  # module there (the default config's, loaded at definition): a file without
-  # get_config() would silently run the default's get_config().
-  sys.modules.pop("config_config", None)
-  try:
-    rest = _parse(argv, fv, "train", usage)
-  except UsageError:
-    raise
-  except Exception as e:  # the config file is executed while the flags parse
-    if os.environ.get("FLAXNETS_TRACEBACK"):
-      raise
-    raise UsageError(_load_config_error(argv, e)) from None
-  if rest is None:
+
+
+def _train(argv: list[str]) -> int:
+  usage = "flaxnets train [--config FILE] [--config.KEY=VALUE ...] [--workdir DIR]"
+  parsed = _with_config(argv, "train", usage, _train_flags)
+  if parsed is None:
     return 0
-  try:  # a config file that cannot be read parses into a placeholder that raises on use
-    config_flag.value.keys()
-  except OSError as e:
-    cause = e.__cause__ or e
-    raise UsageError(_load_config_error(argv, cause)) from None
-  except Exception as e:  # get_config() returned None (absl: "Unexpected None value")
-    raise UsageError(_load_config_error(argv, e)) from None
-  if rest:
-    at = argv.index(rest[0]) if rest[0] in argv else 0
-    before = argv[at - 1].lstrip("-") if at > 0 else ""
-    if before in ("restart", "distributed") and rest[0].lower() in _BOOL_WORDS:
-      hint = f" (a boolean flag takes --{before}={rest[0]}, or --{before} / --no{before})"
-    elif before.startswith("config.") and "=" not in before and rest[0].lower() in _BOOL_WORDS:
-      hint = f" (a boolean config value takes --{before}={rest[0]}; --{before} alone sets True)"
-    elif fv.workdir is None:
-      hint = f" (did you mean --workdir {rest[0]}?)"
-    else:
-      hint = ""
-    raise UsageError(f"unexpected argument(s) {rest}: train takes only flags{hint}; "
-                     f"usage: {usage}")
+  fv, config_flag = parsed
   if fv.distributed:
     from flaxnets.training.distributed import DistributedInitError, initialize
     try:
@@ -150,6 +167,42 @@ def _train(argv: list[str]) -> int:
       return 2
   from flaxnets.training import loop
   loop.train(config_flag.value, fv.workdir, restart=fv.restart)
+  return 0
+
+
+def _lr_find_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_float("start_lr", 1e-7, "the sweep's first learning rate", flag_values=fv)
+  flags.DEFINE_float("end_lr", 10.0, "the sweep's last learning rate", flag_values=fv)
+  flags.DEFINE_integer("num_steps", 100, "batches at most", flag_values=fv)
+  flags.DEFINE_string("plot", None, "write the loss against the rate to this PNG file",
+                      flag_values=fv)
+
+
+def _lr_find(argv: list[str]) -> int:
+  usage = ("flaxnets lr_find [--config FILE] [--config.KEY=VALUE ...] [--start_lr 1e-7] "
+           "[--end_lr 10] [--num_steps 100] [--plot PNG]")
+  parsed = _with_config(argv, "lr_find", usage, _lr_find_flags)
+  if parsed is None:
+    return 0
+  fv, config_flag = parsed
+  from flaxnets.training.lr_find import lr_find
+  result = lr_find(config_flag.value, start_lr=fv.start_lr, end_lr=fv.end_lr,
+                   num_steps=fv.num_steps)
+  n = len(result.losses)
+  print(f"{'step':>5}  {'learning rate':>13}  {'loss':>8}  {'smoothed':>8}")
+  for i in sorted(set(range(0, n, max(1, n // 20))) | {n - 1}):
+    print(f"{i + 1:5d}  {result.learning_rates[i]:13.3g}  {result.losses[i]:8.4f}  "
+          f"{result.smoothed_losses[i]:8.4f}")
+  if result.stopped_early:
+    print(f"stopped after {n} steps: the loss diverged")
+  if result.suggestion is None:
+    print("no suggestion: the loss did not fall by 5% over the sweep (try other --start_lr "
+          "/ --end_lr, or more --num_steps)")
+  else:
+    print(f"suggested learning rate: {result.suggestion:.3g} (--config.optimizer."
+          f"learning_rate={result.suggestion:.3g}); lowest loss at {result.min_loss_lr:.3g}")
+  if fv.plot:
+    print(result.plot(fv.plot))
   return 0
 
 
@@ -234,8 +287,8 @@ def _prepare(argv: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "generate": _generate,
-            "plot": _plot, "prepare": _prepare}
+COMMANDS = {"train": _train, "lr_find": _lr_find, "eval": _eval, "predict": _predict,
+            "generate": _generate, "plot": _plot, "prepare": _prepare}
 
 
 def main(argv: list[str] | None = None) -> int:

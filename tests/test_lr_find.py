@@ -105,3 +105,21 @@ def test_the_sweep_starts_from_config_init_and_refuses_what_train_refuses(tmp_pa
   wide = flaxnets.lr_find(quiet_config(**SMALL), start_lr=1e-30, end_lr=1e10, num_steps=20,
                           skip_begin=2)
   assert np.isfinite(wide.learning_rates[:-1]).all() and wide.learning_rates[1] < 1e-20
+
+
+def test_the_command_line_sweeps_and_suggests(tmp_path, capsys):
+  from flaxnets.cli import main
+  small = ["--config.model.features=(8,16)", "--config.model.hidden=32",
+           "--config.progress=false"]
+  png = tmp_path / "lr.png"
+  assert main(["lr_find", *small, "--plot", str(png)]) == 0
+  out = capsys.readouterr().out
+  assert "step  learning rate      loss  smoothed" in out
+  rate = float(out.split("suggested learning rate: ")[1].split()[0])
+  assert 3e-3 <= rate <= 0.06, out
+  assert png.read_bytes()[:4] == b"\x89PNG"
+  assert main(["lr_find", *small, "--num_steps=1"]) == 2
+  assert "flaxnets lr_find: num_steps=1: expected an integer >= 2" in capsys.readouterr().err
+  assert main(["lr_find", *small, "extra"]) == 2
+  assert ("unexpected argument(s) ['extra']: lr_find takes only flags; usage: flaxnets "
+          "lr_find") in capsys.readouterr().err

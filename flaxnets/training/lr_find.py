@@ -45,14 +45,17 @@ class LRFindResult:
   stopped_early: bool       # the loss diverged before num_steps
 
   def plot(self, path: str | pathlib.Path) -> pathlib.Path:
-    """The smoothed loss against the learning rate (log scale) as a PNG, the suggestion
-    marked."""
+    """The loss and its centred average against the learning rate (log scale) as a PNG,
+    the suggestion marked."""
     from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays its own
     path = pathlib.Path(path).expanduser()
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.plot(self.learning_rates, self.smoothed_losses, label="smoothed loss")
+    n = len(self.losses)
     ax.plot(self.learning_rates, self.losses, alpha=0.3, label="loss")
+    if n:  # the curve the suggestion reads (the exponential average lags behind it)
+      ax.plot(self.learning_rates, centred_average(self.losses, 2 * (n // 14) + 1),
+              label="centred average")
     if self.suggestion is not None:
       ax.axvline(self.suggestion, color="red", linestyle="--",
                  label=f"suggestion {self.suggestion:.2g}")
