@@ -575,7 +575,12 @@ def _lr_multipliers_setting(value: Any) -> tuple[tuple[str, float], ...]:
   pairs = []
   for pair in value:
     if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not isinstance(pair[0], str):
-      raise ConfigError(f"{key}={value!r}: {pair!r} is not a (pattern, factor) pair; {what}")
+      # ml_collections' flag parser turns a dict ({'^head/': 3.0}) into a tuple of its keys
+      hint = ("; a dict given as --config.optimizer.lr_multipliers reaches flaxnets as its "
+              "keys alone: give pairs, \"(('^head/', 3.0),)\"" if value and all(
+                  isinstance(p, str) for p in value) else "")
+      raise ConfigError(f"{key}={value!r}: {pair!r} is not a (pattern, factor) pair; "
+                        f"{what}{hint}")
     pattern, factor = pair
     try:
       re.compile(pattern)

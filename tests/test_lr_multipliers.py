@@ -141,3 +141,14 @@ def test_a_malformed_setting_is_refused_by_name(value, message):
   with pytest.raises(ConfigError, match=r"config\.optimizer\.lr_multipliers=.*" +
                      re.escape(message)):
     flaxnets.train(quiet_config(**{"optimizer.lr_multipliers": value}))
+
+
+def test_a_dict_on_the_command_line_is_explained(capsys):
+  """ml_collections' flag parser turns a dict into a tuple of its keys before flaxnets
+  sees it: the error says so and shows the pairs to write."""
+  from flaxnets.cli import main
+  assert main(["train", "--config.optimizer.lr_multipliers={'^head/': 3.0}"]) == 2
+  err = capsys.readouterr().err
+  assert "'^head/' is not a (pattern, factor) pair" in err, err
+  assert ("a dict given as --config.optimizer.lr_multipliers reaches flaxnets as its keys "
+          "alone: give pairs, \"(('^head/', 3.0),)\"") in err, err
