@@ -116,7 +116,9 @@ def check_01_quickstart(r, out, cwd):
   assert r["best_val_accuracy"] > 0.9, r
   assert r["cifar10_mock"] is True and r["cifar10_test_examples"] == 256, r
   assert 0.0 <= r["cifar10_test_accuracy"] <= 1.0
-  _files_exist(r, cwd, "curves.png", "confusion_matrix.png", "results.json")
+  assert 1e-3 <= r["lr_find_suggestion"] <= 0.03, r  # adam's 3e-3 trains it to > 0.9
+  _files_exist(r, cwd, "curves.png", "confusion_matrix.png", "results.json",
+               "digits_lr_find.png")
 
 
 def check_02_text_rnn(r, out, cwd):
