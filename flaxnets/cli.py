@@ -121,8 +121,8 @@ def _with_config(argv: list[str], name: str, usage: str, define: Any) -> tuple |
   if rest:
     at = argv.index(rest[0]) if rest[0] in argv else 0
     before = argv[at - 1].lstrip("-") if at > 0 else ""
-    if before in fv and getattr(fv[before], "boolean", False) and \
-        rest[0].lower() in _BOOL_WORDS:
+    if (not before.startswith("config.") and before in fv and
+        getattr(fv[before], "boolean", False) and rest[0].lower() in _BOOL_WORDS):
       hint = f" (a boolean flag takes --{before}={rest[0]}, or --{before} / --no{before})"
     elif before.startswith("config.") and "=" not in before and rest[0].lower() in _BOOL_WORDS:
       hint = f" (a boolean config value takes --{before}={rest[0]}; --{before} alone sets True)"
