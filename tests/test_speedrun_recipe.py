@@ -152,8 +152,9 @@ def test_muon_optimizer_first_step(sr, fast_cnn_params):
   params = fast_cnn_params
   batch = 2000
   tx = sr.muon_optimizer(batch_size=batch, steps_per_epoch=25, total_steps=200)
+  update = jax.jit(tx.update)  # one compile, not each op of Newton-Schulz run eagerly
   zeros = jax.tree.map(jnp.zeros_like, params)
-  new = optax.apply_updates(params, tx.update(zeros, tx.init(params), params)[0])
+  new = optax.apply_updates(params, update(zeros, tx.init(params), params)[0])
   # No gradient: the filters are only rescaled to norm sqrt(out), the SGD groups only
   # decay by 2e-6 * batch (schedules at 1 on the first step) times 1.85 (Nesterov
   # momentum 0.85 on its first step: g + 0.85 g, as torch's SGD), the stem kernel stays.
@@ -165,7 +166,7 @@ def test_muon_optimizer_first_step(sr, fast_cnn_params):
   np.testing.assert_array_equal(new["stem"]["kernel"], params["stem"]["kernel"])
   # Muon's step ignores the gradient's scale; SGD's does not.
   grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape, p.dtype), params)
-  step = lambda g: tx.update(g, tx.init(params), params)[0]
+  step = lambda g: update(g, tx.init(params), params)[0]
   small, large = step(grads), step(jax.tree.map(lambda g: 1000.0 * g, grads))
   np.testing.assert_allclose(small["Conv_3"]["kernel"], large["Conv_3"]["kernel"], rtol=1e-4, atol=1e-7)
   assert not np.allclose(small["head"]["kernel"], large["head"]["kernel"])
