@@ -53,7 +53,8 @@ CHILD = textwrap.dedent('''
     config = flaxnets.get_config()
     if args.get("cwd_by_pid", {}).get(str(args["process_id"])):  # relative paths differ
       os.chdir(args["cwd_by_pid"][str(args["process_id"])])
-    for dotted, value in args["config"].items():  # update_from_flattened_dict skips new
+    own = args.get("config_by_pid", {}).get(str(args["process_id"]), {})  # this one's alone
+    for dotted, value in {**args["config"], **own}.items():  # update_from_flattened_dict skips new
       *parents, leaf = dotted.split(".")          # keys such as model fields
       node = config
       for p in parents:
@@ -302,6 +303,21 @@ def _callback_group(tmp_path, name, config=None, workdir="workdir", **args):
   codes = _run_group(commands, logs, stop_on_failure=False)
   assert time.monotonic() - start < 120, [_tail(log) for log in logs]
   return codes, logs
+
+
+def test_processes_given_other_configs_stop_at_once_naming_the_settings(tmp_path):
+  """A process started with another learning rate and batch size had compiled other
+  programs and waited with the others in collectives that never matched."""
+  codes, logs = _callback_group(tmp_path, "mismatch", config_by_pid={
+      "1": {"optimizer.learning_rate": 0.01, "batch_size": 32}})
+  assert codes == [1, 1], [_tail(log) for log in logs]
+  assert ("ConfigError: this process (1) was given another config than process 0: "
+          "batch_size=32 here, 64 on process 0; "
+          "optimizer.learning_rate=0.01 here, 0.003 on process 0; every process of a run "
+          "needs the same settings (all but progress, dataset.path") in logs[1].read_text()
+  assert ("ConfigError: process(es) [1] of this run were given another config than "
+          "process 0 (their output names the settings)") in logs[0].read_text()
+  assert not (tmp_path / "workdir").exists()  # before the workdir is touched
 
 
 def test_a_callback_raising_on_one_process_ends_every_process_at_once(tmp_path):

@@ -136,3 +136,63 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
           file=sys.stderr, flush=True)
   jax.distributed.initialize(address, n, pid,
                              initialization_timeout=max(1, math.ceil(timeout_s)))
+
+
+# Settings a process may hold for itself: where its own disk keeps the data, checkpoints
+# to start from and vocabularies (read by each process; checked there), and its display.
+LOCAL_KEYS = ("progress", "dataset.path", "dataset.data_dir", "dataset.vocabulary",
+              "init.workdir")
+
+
+def _flat_settings(config) -> dict:
+  import json
+  out = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(value, f"{prefix}{key}.")
+      elif f"{prefix}{key}" not in LOCAL_KEYS:
+        out[f"{prefix}{key}"] = value
+  walk(config.to_dict(), "")
+  return json.loads(json.dumps(out, sort_keys=True, default=repr))  # tuples as lists
+
+
+def check_same_config(config) -> None:
+  """Every process of a run holds the same config (but for LOCAL_KEYS). A process with
+  another model, batch size or learning rate compiles other programs, and the processes
+  then wait in collectives that never match until JAX aborts them. A ConfigError on every
+  process names the settings that differ from process 0's."""
+  import hashlib
+  import json
+
+  import jax
+  import numpy as np
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+
+  from flaxnets.config import ConfigError
+  mine = _flat_settings(config)
+  text = json.dumps(mine, sort_keys=True).encode()
+  digest = np.frombuffer(hashlib.sha256(text).digest()[:4], np.int32)[0]
+  digests = np.asarray(multihost_utils.process_allgather(digest))
+  if (digests == digests[0]).all():
+    return
+  size = int(np.asarray(multihost_utils.process_allgather(np.int32(len(text)))).max())
+  padded = np.full(size, ord(" "), np.uint8)  # JSON allows trailing spaces
+  padded[:len(text)] = np.frombuffer(text, np.uint8)
+  zero = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))))
+  others = [int(i) for i in np.flatnonzero(digests != digests[0])]
+  me = jax.process_index()
+  if me in others:
+    missing = "(unset)"
+    diffs = [f"{k}={mine.get(k, missing)!r} here, {zero.get(k, missing)!r} on process 0"
+             for k in sorted(set(mine) | set(zero)) if mine.get(k, missing) != zero.get(k, missing)]
+    raise ConfigError(f"this process ({me}) was given another config than process 0: "
+                      f"{'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}; every "
+                      "process of a run needs the same settings (all but "
+                      f"{', '.join(LOCAL_KEYS)})")
+  raise ConfigError(f"process(es) {others} of this run were given another config than "
+                    f"process {me} (their output names the settings); every process of a "
+                    "run needs the same settings")

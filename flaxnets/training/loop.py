@@ -465,6 +465,8 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
   for key in ("path", "data_dir", "vocabulary"):  # checkpoints record where the data is
     if config.dataset[key]:
       config.dataset[key] = str(pathlib.Path(config.dataset[key]).expanduser().absolute())
+  from flaxnets.training import distributed
+  distributed.check_same_config(config)  # a process with other settings had hung the rest
   if config.init.workdir:
     config.init.workdir = str(pathlib.Path(config.init.workdir).expanduser().absolute())
     finetune.check(config.init, workdir, restart)

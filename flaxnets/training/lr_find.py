@@ -151,6 +151,8 @@ def lr_find(config: ml_collections.ConfigDict, data: Any = None, *, start_lr: fl
          "suggestion leaves out, and 3 to read)")
   config = config_lib.validate(config_lib.resolved_copy(config))
   config.debug = False  # its chex checks would stop the sweep at the divergence it seeks
+  from flaxnets.training import distributed
+  distributed.check_same_config(config)
   if config.init.workdir:
     config.init.workdir = str(pathlib.Path(config.init.workdir).expanduser().absolute())
     finetune.check(config.init, None, False)
