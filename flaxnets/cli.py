@@ -185,6 +185,8 @@ def _lr_find(argv: list[str]) -> int:
   if parsed is None:
     return 0
   fv, config_flag = parsed
+  if fv.plot and not fv.plot.lower().endswith(".png"):  # known before the sweep, not after
+    raise UsageError(f"--plot={fv.plot!r}: expected a .png file name; usage: {usage}")
   from flaxnets.training.lr_find import lr_find
   result = lr_find(config_flag.value, start_lr=fv.start_lr, end_lr=fv.end_lr,
                    num_steps=fv.num_steps)

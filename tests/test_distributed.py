@@ -314,10 +314,22 @@ def test_processes_given_other_configs_stop_at_once_naming_the_settings(tmp_path
   assert ("ConfigError: this process (1) was given another config than process 0: "
           "batch_size=32 here, 64 on process 0; "
           "optimizer.learning_rate=0.01 here, 0.003 on process 0; every process of a run "
-          "needs the same settings (all but progress, dataset.path") in logs[1].read_text()
+          "needs the same settings (but its own paths") in logs[1].read_text()
   assert ("ConfigError: process(es) [1] of this run were given another config than "
           "process 0 (their output names the settings)") in logs[0].read_text()
   assert not (tmp_path / "workdir").exists()  # before the workdir is touched
+  # a path given on one process only changes what the run does (here: fine-tuning)
+  codes, logs = _callback_group(tmp_path, "init_on_one", config_by_pid={
+      "1": {"init.workdir": str(tmp_path / "nowhere")}})
+  assert codes == [1, 1], [_tail(log) for log in logs]
+  assert "init.workdir='(a path)' here, '' on process 0" in logs[1].read_text()
+  # a value one process refuses: every process stops (the other had waited for it)
+  codes, logs = _callback_group(tmp_path, "invalid_on_one", config_by_pid={
+      "1": {"batch_size": 0}})
+  assert codes == [1, 1], [_tail(log) for log in logs]
+  assert "ConfigError: config.batch_size=0: expected an integer >= 1" in logs[1].read_text()
+  assert ("ConfigError: the config and arguments of train(): process 1 of this run could "
+          "not read it") in logs[0].read_text()
 
 
 def test_a_callback_raising_on_one_process_ends_every_process_at_once(tmp_path):
@@ -358,7 +370,8 @@ def test_two_processes_fine_tune_from_one_checkpoint(tmp_path):
   config = dict(CONFIG, **{"parallel.strategy": "mesh", "checkpoint.async_save": False,
                            "init.workdir": str(source), "optimizer.freeze": "^Conv_"})
   params, info, logs = _train_processes(tmp_path, "tuned", 2, 2, config,
-                                        str(tmp_path / "workdir"))
+                                        str(tmp_path / "workdir"),  # (progress may differ)
+                                        extra={"config_by_pid": {"1": {"progress": True}}})
   start = _flat(flaxnets.load(source).params)
   for key, value in start.items():
     if "Conv_" in key:

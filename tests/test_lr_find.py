@@ -120,6 +120,8 @@ def test_the_command_line_sweeps_and_suggests(tmp_path, capsys):
   assert png.read_bytes()[:4] == b"\x89PNG"
   assert main(["lr_find", *small, "--num_steps=1"]) == 2
   assert "flaxnets lr_find: num_steps=1: expected an integer >= 2" in capsys.readouterr().err
+  assert main(["lr_find", *small, "--plot=lr.txt"]) == 2
+  assert "--plot='lr.txt': expected a .png file name" in capsys.readouterr().err
   assert main(["lr_find", *small, "extra"]) == 2
   assert ("unexpected argument(s) ['extra']: lr_find takes only flags; usage: flaxnets "
           "lr_find") in capsys.readouterr().err

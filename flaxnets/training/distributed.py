@@ -140,29 +140,50 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 # Settings a process may hold for itself: where its own disk keeps the data, checkpoints
 # to start from and vocabularies (read by each process; checked there), and its display.
+# Whether a path is given must still agree: it changes what the run does.
 LOCAL_KEYS = ("progress", "dataset.path", "dataset.data_dir", "dataset.vocabulary",
-              "init.workdir")
+              "init.workdir", "workdir")
 
 
-def _flat_settings(config) -> dict:
+def _settings(config, extra: dict) -> dict:
+  """The dotted settings every process must share, as JSON values: numbers as floats (0
+  and 0.0 are one setting), tuples as lists, local paths as whether they are given."""
   import json
+  import numbers
   out = {}
+
+  def plain(value):
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+      return value
+    if isinstance(value, numbers.Real):
+      return float(value) + 0.0  # (-0.0 too)
+    if isinstance(value, (list, tuple)):
+      return [plain(v) for v in value]
+    if isinstance(value, dict):
+      return {str(k): plain(v) for k, v in value.items()}
+    return repr(value)
 
   def walk(node, prefix):
     for key, value in node.items():
-      if isinstance(value, dict):
-        walk(value, f"{prefix}{key}.")
-      elif f"{prefix}{key}" not in LOCAL_KEYS:
-        out[f"{prefix}{key}"] = value
-  walk(config.to_dict(), "")
-  return json.loads(json.dumps(out, sort_keys=True, default=repr))  # tuples as lists
+      name = f"{prefix}{key}"
+      if isinstance(value, dict) and prefix + key != "optimizer.class_weights":
+        walk(value, name + ".")
+      elif name == "progress":
+        continue
+      elif name in LOCAL_KEYS:
+        out[name] = "(a path)" if value else ""
+      else:
+        out[name] = plain(value)
+  walk({**config.to_dict(), **extra}, "")
+  return json.loads(json.dumps(out, sort_keys=True))
 
 
-def check_same_config(config) -> None:
-  """Every process of a run holds the same config (but for LOCAL_KEYS). A process with
-  another model, batch size or learning rate compiles other programs, and the processes
-  then wait in collectives that never match until JAX aborts them. A ConfigError on every
-  process names the settings that differ from process 0's."""
+def check_same_config(config, extra: dict | None = None) -> None:
+  """Every process of a run holds the same config and `extra` arguments (of train or
+  lr_find), but for LOCAL_KEYS. A process with another model, batch size or learning rate
+  compiles other programs, and the processes then wait in collectives that never match
+  until JAX aborts them. A ConfigError on every process names the settings that differ
+  from process 0's."""
   import hashlib
   import json
 
@@ -173,7 +194,7 @@ def check_same_config(config) -> None:
   from jax.experimental import multihost_utils
 
   from flaxnets.config import ConfigError
-  mine = _flat_settings(config)
+  mine = _settings(config, extra or {})
   text = json.dumps(mine, sort_keys=True).encode()
   digest = np.frombuffer(hashlib.sha256(text).digest()[:4], np.int32)[0]
   digests = np.asarray(multihost_utils.process_allgather(digest))
@@ -187,12 +208,17 @@ def check_same_config(config) -> None:
   me = jax.process_index()
   if me in others:
     missing = "(unset)"
-    diffs = [f"{k}={mine.get(k, missing)!r} here, {zero.get(k, missing)!r} on process 0"
-             for k in sorted(set(mine) | set(zero)) if mine.get(k, missing) != zero.get(k, missing)]
+
+    def shown(v):  # the numbers compared as floats, a whole one shown as such
+      return repr(int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**53 else v)
+    diffs = [f"{k}={shown(mine.get(k, missing))} here, {shown(zero.get(k, missing))} on "
+             "process 0" for k in sorted(set(mine) | set(zero))
+             if mine.get(k, missing) != zero.get(k, missing)]
     raise ConfigError(f"this process ({me}) was given another config than process 0: "
-                      f"{'; '.join(diffs[:6])}{' ...' if len(diffs) > 6 else ''}; every "
-                      "process of a run needs the same settings (all but "
-                      f"{', '.join(LOCAL_KEYS)})")
+                      f"{'; '.join(diffs[:6]) or 'the same values, written differently'}"
+                      f"{' ...' if len(diffs) > 6 else ''}; every process of a run needs "
+                      "the same settings (but its own paths, only given or not alike, and "
+                      "progress)")
   raise ConfigError(f"process(es) {others} of this run were given another config than "
                     f"process {me} (their output names the settings); every process of a "
                     "run needs the same settings")

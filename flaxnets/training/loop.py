@@ -451,22 +451,27 @@ def train(config: Any, workdir: str | None = None, *, data: Any = None,
     False while it holds checkpoints (without restart).
   """
   start_time = time.time()
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise config_lib.ConfigError(
-        f"config: expected an ml_collections.ConfigDict (flaxnets.get_config(), or a task "
-        f"config file's get_config()), got {type(config).__name__}")
-  config = config_lib.validate(config_lib.resolved_copy(config))
-  callbacks = check_callbacks(callbacks)
-  if workdir is not None:  # '~/runs/x' had made a folder named '~' in the current one
-    if not isinstance(workdir, (str, os.PathLike)):
+
+  def checked():
+    if not isinstance(config, ml_collections.ConfigDict):
+      raise config_lib.ConfigError(
+          f"config: expected an ml_collections.ConfigDict (flaxnets.get_config(), or a task "
+          f"config file's get_config()), got {type(config).__name__}")
+    if workdir is not None and not isinstance(workdir, (str, os.PathLike)):
       raise TypeError(f"workdir={workdir!r}: expected a folder path (str or pathlib.Path) "
                       "or None")
+    return config_lib.validate(config_lib.resolved_copy(config)), check_callbacks(callbacks)
+
+  # on every process at once: one that raised alone had left the others waiting
+  config, callbacks = finetune.agreed(checked, "the config and arguments of train()")
+  if workdir is not None:  # '~/runs/x' had made a folder named '~' in the current one
     workdir = str(pathlib.Path(workdir).expanduser())
   for key in ("path", "data_dir", "vocabulary"):  # checkpoints record where the data is
     if config.dataset[key]:
       config.dataset[key] = str(pathlib.Path(config.dataset[key]).expanduser().absolute())
   from flaxnets.training import distributed
-  distributed.check_same_config(config)  # a process with other settings had hung the rest
+  # a process with other settings had hung the rest
+  distributed.check_same_config(config, {"workdir": workdir, "restart": restart})
   if config.init.workdir:
     config.init.workdir = str(pathlib.Path(config.init.workdir).expanduser().absolute())
     finetune.check(config.init, workdir, restart)

@@ -51,10 +51,12 @@ class LRFindResult:
     path = pathlib.Path(path).expanduser()
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    n = len(self.losses)
     ax.plot(self.learning_rates, self.losses, alpha=0.3, label="loss")
-    if n:  # the curve the suggestion reads (the exponential average lags behind it)
-      ax.plot(self.learning_rates, centred_average(self.losses, 2 * (n // 14) + 1),
+    # the curve the suggestion reads (the exponential average lags behind it), without a
+    # diverged last point
+    n = len(self.losses) - (1 if self.stopped_early else 0)
+    if n > 0:
+      ax.plot(self.learning_rates[:n], centred_average(self.losses[:n], 2 * (n // 14) + 1),
               label="centred average")
     if self.suggestion is not None:
       ax.axvline(self.suggestion, color="red", linestyle="--",
@@ -127,32 +129,38 @@ def lr_find(config: ml_collections.ConfigDict, data: Any = None, *, start_lr: fl
   Returns:
     LRFindResult; `.plot(path)` draws it.
   """
-  from flaxnets.training import finetune, loop, optim, steps
+  from flaxnets.training import distributed, finetune, loop, optim, steps
   from flaxnets.training.state import create_state
 
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise config_lib.ConfigError(
-        f"config: expected an ml_collections.ConfigDict (flaxnets.get_config(), or a task "
-        f"config file's get_config()), got {type(config).__name__}")
-  _check("start_lr", start_lr, _number(start_lr) and start_lr > 0, "a finite number > 0")
-  _check("end_lr", end_lr, _number(end_lr) and end_lr > start_lr,
-         f"a finite number > start_lr ({start_lr!r})")
-  _check("num_steps", num_steps, _count(num_steps) and num_steps >= 2, "an integer >= 2")
-  _check("stop_factor", stop_factor,
-         isinstance(stop_factor, (int, float, np.integer, np.floating))
-         and not isinstance(stop_factor, bool) and stop_factor > 1,
-         "a number > 1 (math.inf: never stop)")
-  _check("smoothing", smoothing, _number(smoothing) and 0 <= smoothing < 1,
-         "a number in [0, 1)")
-  for name, v in (("skip_begin", skip_begin), ("skip_end", skip_end)):
-    _check(name, v, _count(v) and v >= 0, "an integer >= 0")
-  _check("num_steps", num_steps, num_steps >= skip_begin + skip_end + 3,
-         f"at least skip_begin + skip_end + 3 = {skip_begin + skip_end + 3} (the points the "
-         "suggestion leaves out, and 3 to read)")
-  config = config_lib.validate(config_lib.resolved_copy(config))
+  def checked():
+    if not isinstance(config, ml_collections.ConfigDict):
+      raise config_lib.ConfigError(
+          f"config: expected an ml_collections.ConfigDict (flaxnets.get_config(), or a task "
+          f"config file's get_config()), got {type(config).__name__}")
+    _check("start_lr", start_lr, _number(start_lr) and start_lr > 0, "a finite number > 0")
+    _check("end_lr", end_lr, _number(end_lr) and end_lr > start_lr,
+           f"a finite number > start_lr ({start_lr!r})")
+    _check("num_steps", num_steps, _count(num_steps) and num_steps >= 2, "an integer >= 2")
+    _check("stop_factor", stop_factor,
+           isinstance(stop_factor, (int, float, np.integer, np.floating))
+           and not isinstance(stop_factor, bool) and stop_factor > 1,
+           "a number > 1 (math.inf: never stop)")
+    _check("smoothing", smoothing, _number(smoothing) and 0 <= smoothing < 1,
+           "a number in [0, 1)")
+    for name, v in (("skip_begin", skip_begin), ("skip_end", skip_end)):
+      _check(name, v, _count(v) and v >= 0, "an integer >= 0")
+    _check("num_steps", num_steps, num_steps >= skip_begin + skip_end + 3,
+           f"at least skip_begin + skip_end + 3 = {skip_begin + skip_end + 3} (the points the "
+           "suggestion leaves out, and 3 to read)")
+    return config_lib.validate(config_lib.resolved_copy(config))
+
+  # on every process at once: one that raised alone had left the others waiting
+  config = finetune.agreed(checked, "the config and arguments of lr_find()")
   config.debug = False  # its chex checks would stop the sweep at the divergence it seeks
-  from flaxnets.training import distributed
-  distributed.check_same_config(config)
+  distributed.check_same_config(config, {
+      "start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps,
+      "stop_factor": stop_factor, "smoothing": smoothing, "skip_begin": skip_begin,
+      "skip_end": skip_end})
   if config.init.workdir:
     config.init.workdir = str(pathlib.Path(config.init.workdir).expanduser().absolute())
     finetune.check(config.init, None, False)
