@@ -197,7 +197,10 @@ def _lr_find(argv: list[str]) -> int:
           f"{result.smoothed_losses[i]:8.4f}")
   if result.stopped_early:
     print(f"stopped after {n} steps: the loss diverged")
-  if result.suggestion is None:
+  if result.suggestion is None and result.min_loss_lr is None:
+    print(f"no suggestion: {n} steps ran, too few to read past the first 10 (a lower "
+          "--start_lr, or more --num_steps)")
+  elif result.suggestion is None:
     print("no suggestion: the loss did not fall by 5% over the sweep (try other --start_lr "
           "/ --end_lr, or more --num_steps)")
   else:

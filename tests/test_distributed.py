@@ -316,7 +316,7 @@ def test_processes_given_other_configs_stop_at_once_naming_the_settings(tmp_path
           "optimizer.learning_rate=0.01 here, 0.003 on process 0; every process of a run "
           "needs the same settings (but its own paths") in logs[1].read_text()
   assert ("ConfigError: process(es) [1] of this run were given another config than "
-          "process 0 (their output names the settings)") in logs[0].read_text()
+          "process 0 (their output names the differences)") in logs[0].read_text()
   assert not (tmp_path / "workdir").exists()  # before the workdir is touched
   # a path given on one process only changes what the run does (here: fine-tuning)
   codes, logs = _callback_group(tmp_path, "init_on_one", config_by_pid={
@@ -330,6 +330,36 @@ def test_processes_given_other_configs_stop_at_once_naming_the_settings(tmp_path
   assert "ConfigError: config.batch_size=0: expected an integer >= 1" in logs[1].read_text()
   assert ("ConfigError: the config and arguments of train(): process 1 of this run could "
           "not read it") in logs[0].read_text()
+
+
+def test_processes_that_read_other_data_stop_at_once(tmp_path):
+  """Each process reads its own files: a vocabulary missing on one host, or another one
+  there, had hung the run or crashed it in a collective of other sizes."""
+  data = tmp_path / "data"
+  data.mkdir()
+  rows = [f"{i % 2}\t{'good' if i % 2 else 'bad'} movie {i % 7}" for i in range(64)]
+  (data / "train.tsv").write_text("label\tsentence\n" + "\n".join(rows) + "\n")
+  for host, words in (("a", "good\nbad\n"), ("b", "good\nbad\nmovie\n")):
+    (tmp_path / host).mkdir()
+    (tmp_path / host / "vocab.txt").write_text(words)
+  (tmp_path / "c").mkdir()  # no vocabulary file there
+  config = dict(CONFIG, **{"dataset.name": "text_table", "dataset.path": str(data),
+                           "dataset.vocabulary": "vocab.txt", "model.name": "text_cnn",
+                           "model.features": 8, "model.embed_dim": 8, "batch_size": 16,
+                           "eval_batch_size": 16, "parallel.strategy": "mesh"})
+  del config["model.hidden"]
+  codes, logs = _callback_group(tmp_path, "other_vocab", config=config, cwd_by_pid={
+      "0": str(tmp_path / "a"), "1": str(tmp_path / "b")})
+  assert codes == [1, 1], [_tail(log) for log in logs]
+  assert ("ConfigError: this process (1) was given another data than process 0: "
+          "vocabulary='5 tokens, digest") in logs[1].read_text()
+  assert "process(es) [1] of this run were given another data" in logs[0].read_text()
+  codes, logs = _callback_group(tmp_path, "no_vocab", config=config, cwd_by_pid={
+      "0": str(tmp_path / "a"), "1": str(tmp_path / "c")})
+  assert codes == [1, 1], [_tail(log) for log in logs]
+  assert "vocab.txt' does not exist" in logs[1].read_text()
+  assert ("ConfigError: config.dataset: process 1 of this run could not read it"
+          in logs[0].read_text())
 
 
 def test_a_callback_raising_on_one_process_ends_every_process_at_once(tmp_path):

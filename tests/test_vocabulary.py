@@ -65,8 +65,9 @@ def test_a_token_file_gives_ids_in_line_order(tmp_path):
                                  r"whitespace"),
     ("the\n\nmovie\n", "word", r"line 2 is empty; expected one token a line"),
     ("the\nmovie\nthe\n", "word", r"line 3 is 'the', as line 1 is; expected each token once"),
-    (f"the\n{UNK}\n", "word", r"line 2 is '<unk>'; expected '<pad>' and '<unk>' \(ids 0 and "
-                              r"1\) as lines 1 and 2 together, or not at all"),
+    (f"the\n{UNK}\n", "word", r"line 2 is '<unk>'; expected the padding and unknown tokens "
+                              r"only as the first lines \(ids 0 and 1\), or not at all"),
+    ("\n[UNK]\nthe\n[UNK]\n", "word", r"line 4 is '\[UNK\]'; expected the padding"),
     (f"{PAD}\nthe\n", "word", r"line 1 is '<pad>'"),
     ("a\nbc\n", "char", r"line 2 is 'bc': expected one character a line \(level 'char'; a vocabulary "
                                   r"with a newline character is a .json"),
@@ -291,6 +292,23 @@ def test_evaluation_reads_the_checkpoints_copy_of_a_given_vocabulary(tmp_path, m
   with pytest.raises(ValueError, match=r"model.jax is not a vocabulary file: expected UTF-8 "
                                        r"text.*an export's vocabulary is the .json beside it"):
     Vocabulary.from_token_file(tmp_path / "model.jax")
+  # a damaged best step gives way to the same vocabulary in checkpoints/
+  next((tmp_path / "run" / "best").glob("*/meta/metadata")).write_text("[1, 2]")
+  config = _config(data, **{"dataset.vocabulary": str(tmp_path / "run")})
+  assert sources.load_dataset(config.dataset).vocab == predictor.vocab
+
+
+def test_resume_messages_say_which_side_gave_the_vocabulary():
+  from flaxnets.training.checkpoint import data_differences
+
+  def meta(tokens, given):
+    return {"vocab": Vocabulary([PAD, UNK, *tokens]).to_dict(), "train_examples": 10,
+            "config": {"dataset": {"vocabulary": given}}}
+  assert data_differences(meta("a", ""), meta("b", "/v.txt"), ()) == [
+      "vocabulary: built from the training data (checkpoint) vs given by '/v.txt' (now)"]
+  assert data_differences(meta("a", "/v.txt"), meta("b", "/v.txt"), ()) == [
+      "vocabulary: the one config.dataset.vocabulary='/v.txt' gives differs from the "
+      "checkpoint's (it changed since)"]
 
 
 def test_a_tfds_image_dataset_refuses_a_vocabulary(tmp_path):

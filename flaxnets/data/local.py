@@ -274,19 +274,19 @@ def _run_vocabulary(workdir: pathlib.Path) -> Vocabulary:
   first = _step_dir(workdir, "best")
   other = workdir / ("checkpoints" if first.parent.name == "best" else "best") / first.name
   errors = []
-  for attempt in (first, other, "latest", "latest"):
+  for attempt in (first, other, "latest"):
+    step_dir = attempt
     try:
       step_dir = _step_dir(workdir, attempt) if isinstance(attempt, str) else attempt
       meta = json.loads((step_dir / "meta" / "metadata").read_text("utf-8"))
-    except (OSError, ValueError) as e:
-      errors.append(e)
+      if not (isinstance(meta, dict) and "vocab" in meta and not meta["vocab"]):
+        return Vocabulary.from_dict(meta["vocab"])
+    except (OSError, ValueError, TypeError, KeyError) as e:  # damaged, or pruned meanwhile
+      errors.append(f"{str(step_dir)!r}: {e!r}")
       continue
-    if not isinstance(meta, dict) or not meta.get("vocab"):
-      what = meta.get("input_kind", "no text") if isinstance(meta, dict) else "no text"
-      raise ValueError(f"the run in it trained on {what} inputs, with no vocabulary; "
-                       "expected a text model's run")
-    return Vocabulary.from_dict(meta["vocab"])
-  raise ValueError(f"the checkpoint {str(first)!r} could not be read ({errors[0]})")
+    raise ValueError(f"the run in it trained on {meta.get('input_kind') or 'no text'} "
+                     "inputs, with no vocabulary; expected a text model's run")
+  raise ValueError(f"no step of it could be read ({'; '.join(errors)})")
 
 
 # ---- text corpora (language models) -------------------------------------------------------

@@ -282,9 +282,9 @@ class Vocabulary:
       cleaned.append(token)
     tokens, line_of = [PAD, UNK], {}
     for n, token in enumerate(cleaned, skip + 1):
-      if token in (PAD, UNK):
-        raise ValueError(f"{path}: line {n} is {token!r}; expected {PAD!r} and {UNK!r} "
-                         "(ids 0 and 1) as lines 1 and 2 together, or not at all")
+      if token in (PAD, UNK) or (token == "[UNK]" and "[UNK]" in head[:skip]):
+        raise ValueError(f"{path}: line {n} is {token!r}; expected the padding and unknown "
+                         "tokens only as the first lines (ids 0 and 1), or not at all")
       if token in line_of:
         raise ValueError(f"{path}: line {n} is {token!r}, as line {line_of[token]} is; "
                          "expected each token once")

@@ -228,6 +228,8 @@ def data_differences(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_
     diffs.append(f"vocab_size (from the data): checkpoint {a['vocab_size']} vs now "
                  f"{b['vocab_size']}")
   va, vb = a.get("vocab") or {}, b.get("vocab") or {}
+  given = [((m.get("config") or {}).get("dataset") or {}).get("vocabulary") or ""
+           for m in (a, b)]
   if va != vb:
     rules = [v.get("punct_rules", 1) for v in (va, vb)]
     if va.get("split_punctuation") and vb.get("split_punctuation") and rules[0] != rules[1]:
@@ -241,10 +243,13 @@ def data_differences(saved: dict, current: dict, keys: tuple[str, ...] = RESUME_
                    "only, after the validation carve, and a text_file corpus follows "
                    "dataset.lowercase and split_punctuation); the checkpoint's predict() "
                    "keeps its own vocabulary")
-    elif ((b.get("config") or {}).get("dataset") or {}).get("vocabulary"):
-      diffs.append(f"vocabulary: the one config.dataset.vocabulary="
-                   f"{b['config']['dataset']['vocabulary']!r} gives differs from the "
-                   "checkpoint's (it changed since)")
+    elif given[1] and given[0] == given[1]:
+      diffs.append(f"vocabulary: the one config.dataset.vocabulary={given[1]!r} gives "
+                   "differs from the checkpoint's (it changed since)")
+    elif given[0] != given[1]:
+      diffs.append("vocabulary: " + " vs ".join(
+          f"{'given by ' + repr(g) if g else 'built from the training data'} ({side})"
+          for g, side in zip(given, ("checkpoint", "now"))))
     else:
       diffs.append("vocabulary: built from different training data or settings")
   return diffs

@@ -184,17 +184,42 @@ def check_same_config(config, extra: dict | None = None) -> None:
   compiles other programs, and the processes then wait in collectives that never match
   until JAX aborts them. A ConfigError on every process names the settings that differ
   from process 0's."""
+  _check_same(lambda: _settings(config, extra or {}), "config",
+              "every process of a run needs the same settings (but its own paths, only "
+              "given or not alike, and progress)")
+
+
+def check_same_data(dataset) -> None:
+  """Every process read the same classes, input shape and vocabulary (each reads its
+  own files: a vocabulary file or a dataset folder that differs between hosts had made
+  models of other shapes, or other token ids)."""
+  import hashlib
+  import json
+
+  def facts():
+    vocab = None if dataset.vocab is None else dataset.vocab.to_dict()
+    return {"num_classes": float(dataset.num_classes),
+            "input_shape": [float(d) for d in dataset.input_shape],
+            "label_names": [str(n) for n in dataset.label_names],
+            "vocabulary": None if vocab is None else (
+                f"{len(vocab['tokens'])} tokens, digest " + hashlib.sha256(json.dumps(
+                    vocab, sort_keys=True).encode()).hexdigest()[:12])}
+  _check_same(facts, "data", "every process of a run needs the same data: the same "
+              "files at its config.dataset.path and dataset.vocabulary")
+
+
+def _check_same(values, what: str, needs: str) -> None:
   import hashlib
   import json
 
   import jax
   import numpy as np
-  if jax.process_count() == 1:
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:
     return
   from jax.experimental import multihost_utils
 
   from flaxnets.config import ConfigError
-  mine = _settings(config, extra or {})
+  mine = json.loads(json.dumps(values(), sort_keys=True))
   text = json.dumps(mine, sort_keys=True).encode()
   digest = np.frombuffer(hashlib.sha256(text).digest()[:4], np.int32)[0]
   digests = np.asarray(multihost_utils.process_allgather(digest))
@@ -210,15 +235,14 @@ def check_same_config(config, extra: dict | None = None) -> None:
     missing = "(unset)"
 
     def shown(v):  # the numbers compared as floats, a whole one shown as such
-      return repr(int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**53 else v)
+      shown_v = int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**53 else v
+      text = repr(shown_v)
+      return text if len(text) <= 120 else text[:117] + "..."
     diffs = [f"{k}={shown(mine.get(k, missing))} here, {shown(zero.get(k, missing))} on "
              "process 0" for k in sorted(set(mine) | set(zero))
              if mine.get(k, missing) != zero.get(k, missing)]
-    raise ConfigError(f"this process ({me}) was given another config than process 0: "
+    raise ConfigError(f"this process ({me}) was given another {what} than process 0: "
                       f"{'; '.join(diffs[:6]) or 'the same values, written differently'}"
-                      f"{' ...' if len(diffs) > 6 else ''}; every process of a run needs "
-                      "the same settings (but its own paths, only given or not alike, and "
-                      "progress)")
-  raise ConfigError(f"process(es) {others} of this run were given another config than "
-                    f"process {me} (their output names the settings); every process of a "
-                    "run needs the same settings")
+                      f"{' ...' if len(diffs) > 6 else ''}; {needs}")
+  raise ConfigError(f"process(es) {others} of this run were given another {what} than "
+                    f"process {me} (their output names the differences); {needs}")

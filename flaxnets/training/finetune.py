@@ -64,8 +64,9 @@ def _named(where: str) -> Iterator[None]:
 def agreed(fn: Callable[[], Any], what: str) -> Any:
   """fn() on every process of a run; when it raises on any, it raises on all (its own
   error where it failed, a ConfigError naming the process elsewhere): a process that had
-  gone on alone would wait for the others in a collective forever."""
-  if jax.process_count() == 1:
+  gone on alone would wait for the others in a collective forever. Outside a
+  jax.distributed job it starts nothing: a refused train() leaves initialize() possible."""
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:
     return fn()
   from jax.experimental import multihost_utils
   result, error = None, None

@@ -487,7 +487,11 @@ def setup(config: Any, data: Any) -> tuple:
   """What a run trains on, and with: (dataset as the model reads it, class weights,
   input statistics, length buckets, strategy, model, training iterator)."""
   # ---- data ------------------------------------------------------------------------
-  dataset = sources.load_dataset(config.dataset, data)
+  from flaxnets.training import distributed
+  # each process reads its own files: all stop when one cannot, or read other data
+  dataset = finetune.agreed(lambda: sources.load_dataset(config.dataset, data),
+                            "config.dataset")
+  distributed.check_same_data(dataset)
   model_cls = registry.MODELS[config.model.name]
   check_task(config, dataset, model_cls)
   class_weights = steps.class_weight_vector(config.optimizer.class_weights,

@@ -51,11 +51,10 @@ class LRFindResult:
     path = pathlib.Path(path).expanduser()
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.plot(self.learning_rates, self.losses, alpha=0.3, label="loss")
-    # the curve the suggestion reads (the exponential average lags behind it), without a
-    # diverged last point
+    # a diverged last point is left out: it would squash the curve into the bottom
     n = len(self.losses) - (1 if self.stopped_early else 0)
-    if n > 0:
+    ax.plot(self.learning_rates[:n], self.losses[:n], alpha=0.3, label="loss")
+    if n > 0:  # the curve the suggestion reads (the exponential average lags behind it)
       ax.plot(self.learning_rates[:n], centred_average(self.losses[:n], 2 * (n // 14) + 1),
               label="centred average")
     if self.suggestion is not None:
